@@ -1,0 +1,85 @@
+"""``spatialscore`` command line: LightningCLI for fit/validate/test, plus data and scoring tools.
+
+    spatialscore fit --config configs/spatialscore/tiny.yaml
+    spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
+    spatialscore score --model runs/spatialscore/export --prompt "a red circle left of a blue square" a.png b.png
+    spatialscore perturb --prompts prompts.txt --out perturbed.jsonl --num 2-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from lightning.pytorch.cli import LightningCLI
+
+from spatialscore.data.datamodule import PreferenceDataModule
+from spatialscore.module import SpatialScoreModule
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_main(args: list[str]) -> None:
+    """LightningCLI over :class:`SpatialScoreModule` and :class:`PreferenceDataModule`."""
+    LightningCLI(
+        SpatialScoreModule,
+        PreferenceDataModule,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"fit": {"default_env": False}},
+    )
+
+
+def score_main(argv: list[str]) -> int:
+    """Score image files against a prompt with a saved SpatialScore; prints one JSON line per image."""
+    parser = argparse.ArgumentParser(prog="spatialscore score", description=score_main.__doc__)
+    parser.add_argument("--model", required=True, help="folder written by SpatialScore.save_pretrained")
+    parser.add_argument("--prompt", required=True, help="the prompt every image is judged against")
+    parser.add_argument("--base-path", default=None, help="override the base Qwen2.5-VL checkpoint path")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("images", nargs="+", help="image files")
+    args = parser.parse_args(argv)
+    from spatialscore.model import SpatialScore
+
+    model = SpatialScore.from_pretrained(args.model, base_path=args.base_path, device=args.device)
+    out = model.score(prompts=[args.prompt] * len(args.images), images=args.images, batch_size=args.batch_size)
+    for path, mu, sigma in zip(args.images, out.mu.tolist(), out.sigma.tolist(), strict=True):
+        print(json.dumps({"image": path, "score": mu, "sigma": sigma}))
+    return 0
+
+
+def _tool(module: str, name: str = "cli_main") -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).__dict__[name](argv)
+
+    return run
+
+
+TOOLS: dict[str, Callable[[list[str]], int]] = {
+    "synth": _tool("spatialscore.data.synthetic"),
+    "perturb": _tool("spatialscore.data.perturb"),
+    "score": score_main,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``spatialscore`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        return TOOLS[argv[0]](argv[1:]) or 0
+    if not argv or argv[0] in ("-h", "--help") or argv[0] in LIGHTNING_COMMANDS:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(f"extra commands: {', '.join(TOOLS)} (spatialscore COMMAND --help)\n")
+        lightning_main(argv)
+        return 0
+    print(f"unknown command {argv[0]!r}; commands: {', '.join(LIGHTNING_COMMANDS + tuple(TOOLS))}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""PreferenceDataModule: preference pairs for the reward model, and a prompts-only view for RL.
+
+Pairs come from validated manifests (:mod:`spatialscore.data.manifest`) or from procedural scenes generated on
+first use (:mod:`spatialscore.data.synthetic`). Collation encodes chosen and rejected images of a batch as one
+batch of 2B sequences (chosen first), so the model scores both halves in one forward pass. Sampling is
+deterministic for a seed and resumable mid-epoch (the loader's position is stored in Lightning checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from spatialscore.data.encode import RewardInputEncoder
+from spatialscore.data.manifest import Manifest, PairRecord, PromptRecord, read_manifest
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SyntheticData:
+    """Procedural pairs written to ``directory`` on first use (see ``spatialscore synth``).
+
+    ``stages``: curriculum stages (0 = two objects, left/right ... 3 = full task) spread evenly over the
+    training pairs; validation and test pairs use ``eval_stages``.
+    """
+
+    directory: str = "data/synthetic"
+    train_pairs: int = 4000
+    val_pairs: int = 200
+    test_pairs: int = 500
+    image_size: int = 64
+    stages: Sequence[int] = (0, 1, 2, 3)
+    eval_stages: Sequence[int] = (3,)
+    seed: int = 0
+
+
+@dataclass
+class CurriculumSchedule:
+    """Which curriculum stages a training step draws from, as a function of training progress.
+
+    ``boundaries[i]`` is the fraction of an epoch at which stage ``i + 1`` enters; each new stage then gets
+    ``new_stage_weight`` of the draws while earlier stages share the rest. Records without a ``stage`` in their
+    ``meta`` count as the last stage. Empty ``boundaries``: uniform sampling over all records.
+    """
+
+    boundaries: Sequence[float] = field(default_factory=list)
+    new_stage_weight: float = 0.5
+
+
+class PairDataset(Dataset):
+    """Loads the two images of each pair as uint8 arrays; encoding happens in :class:`PairCollator`."""
+
+    def __init__(self, records: Sequence[PairRecord]) -> None:
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        return {
+            "id": record.id,
+            "prompt": record.prompt,
+            "chosen": _load_rgb(record.chosen),
+            "rejected": _load_rgb(record.rejected),
+            "subset": record.subset or "all",
+            "category": record.category or "all",
+        }
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class PairCollator:
+    """Encodes a list of pairs into one batch of 2B sequences: chosen images first, then rejected ones."""
+
+    def __init__(self, encoder: RewardInputEncoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts = [item["prompt"] for item in items]
+        images = [item["chosen"] for item in items] + [item["rejected"] for item in items]
+        batch: dict[str, Any] = self.encoder(prompts=prompts + prompts, images=images)
+        batch["num_pairs"] = len(items)
+        for key in ("id", "prompt", "subset", "category"):
+            batch[key] = [item[key] for item in items]
+        return batch
+
+
+class CurriculumSampler(Sampler[int]):
+    """Deterministic, resumable sampler, optionally following a stage curriculum over the whole run.
+
+    Without a curriculum each epoch is a permutation of the records. With one, a single "epoch" of
+    ``num_samples`` draws spans the run (so the curriculum advances with training steps, not per epoch).
+    Epoch ``e`` is a pure function of ``(seed, e)``; ``skip`` drops the first indices of the next epoch (set
+    when resuming mid-epoch, counted in global samples so that it composes with the distributed split).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[int],
+        *,
+        seed: int,
+        schedule: CurriculumSchedule | None = None,
+        num_samples: int | None = None,
+    ) -> None:
+        self.stages = np.asarray(stages, dtype=np.int64)
+        self.seed = seed
+        self.schedule = schedule or CurriculumSchedule()
+        self.num_samples = num_samples or len(self.stages)
+        self.epoch = 0
+        self.skip = 0
+        self.progress: Callable[[], int] | None = None
+        self.samples_per_batch = 1
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """The full index order of ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        boundaries = list(self.schedule.boundaries)
+        if not boundaries:
+            return rng.permutation(len(self.stages))
+        n = self.num_samples
+        levels = np.unique(self.stages)
+        progress = np.arange(n) / n
+        active = 1 + (progress[:, None] >= np.asarray(boundaries)[None, :]).sum(1)
+        active = np.minimum(active, len(levels))
+        u = rng.random(n)
+        weight = self.schedule.new_stage_weight
+        older = np.floor((u - weight) / (1 - weight) * (active - 1)).astype(np.int64)
+        level_index = np.where((active == 1) | (u < weight), active - 1, np.clip(older, 0, active - 2))
+        out = np.empty(n, dtype=np.int64)
+        for i, level in enumerate(levels):
+            where = np.flatnonzero(level_index == i)
+            pool = rng.permutation(np.flatnonzero(self.stages == level))
+            out[where] = pool[np.arange(len(where)) % len(pool)]
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.indices(self.epoch)[self.skip :]
+        self.epoch += 1
+        self.skip = 0
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        length = len(self.stages) if not self.schedule.boundaries else self.num_samples
+        return length - self.skip
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch of the batch in progress and the number of its batches already processed."""
+        processed = int(self.progress()) if self.progress is not None else 0
+        return {"epoch": max(self.epoch - 1, 0), "batches": processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state``: the same epoch, skipping the processed batches' samples."""
+        self.epoch = state["epoch"]
+        self.skip = state["batches"] * self.samples_per_batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position is saved in Lightning checkpoints (Lightning's ``_Stateful`` protocol).
+
+    The state lives in its :class:`CurriculumSampler` (also when Lightning wraps it in a distributed sampler),
+    which knows how many batches the trainer has processed; on load it skips them, so a resumed run sees
+    exactly the batches the uninterrupted run would.
+    """
+
+    def _curriculum_sampler(self) -> CurriculumSampler:
+        sampler = self.sampler
+        while not isinstance(sampler, CurriculumSampler):
+            sampler = getattr(sampler, "_sampler", None) or sampler.dataset._sampler
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        """The sampler's position."""
+        return self._curriculum_sampler().state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the sampler's position."""
+        self._curriculum_sampler().load_state_dict(state)
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs for SpatialScore and prompts for Spatial-RL.
+
+    Give manifests (``train``/``val``/``test``: JSONL or Parquet paths) or ``synthetic`` to generate procedural
+    pairs on first use (explicit manifests win). An encoder (the model's, set by ``SpatialScoreModule``) turns
+    pairs into model inputs. ``skip_invalid`` drops bad rows and reports them instead of failing.
+    """
+
+    def __init__(
+        self,
+        *,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        synthetic: SyntheticData | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        curriculum: CurriculumSchedule | None = None,
+        skip_invalid: bool = False,
+        check_images: bool = True,
+    ) -> None:
+        super().__init__()
+        self.paths = {"train": train, "val": val, "test": test}
+        self.synthetic = synthetic
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.curriculum = curriculum
+        self.skip_invalid = skip_invalid
+        self.check_images = check_images
+        self.encoder: RewardInputEncoder | None = None
+        self.manifests: dict[str, Manifest] = {}
+        self._sampler: CurriculumSampler | None = None
+
+    def manifest_path(self, split: str) -> Path | None:
+        """The manifest used for ``split``: the explicit one, else the synthetic one, else None."""
+        if self.paths[split] is not None:
+            return Path(self.paths[split])
+        if self.synthetic is not None:
+            return Path(self.synthetic.directory) / f"{split}.jsonl"
+        return None
+
+    def prepare_data(self) -> None:
+        """Generate the procedural pairs once (rank 0), if configured and not yet on disk."""
+        if self.synthetic is None:
+            return
+        from spatialscore.data.synthetic import write_synthetic_dataset
+
+        spec = self.synthetic
+        sizes = {"train": spec.train_pairs, "val": spec.val_pairs, "test": spec.test_pairs}
+        for offset, split in enumerate(SPLITS):
+            path = self.manifest_path(split)
+            if self.paths[split] is not None or path.exists() or sizes[split] == 0:
+                continue
+            stages = spec.stages if split == "train" else spec.eval_stages
+            write_synthetic_dataset(
+                Path(spec.directory),
+                num_pairs=sizes[split],
+                seed=spec.seed * 1000 + offset,
+                image_size=spec.image_size,
+                stages=tuple(stages),
+                split=split,
+            )
+
+    def load(self, split: str) -> Manifest | None:
+        """Read and validate ``split``'s manifest (cached); None when the split is not configured."""
+        if split not in self.manifests:
+            path = self.manifest_path(split)
+            if path is None or not path.exists():
+                if self.paths[split] is not None:
+                    raise FileNotFoundError(f"{split} manifest not found: {path}")
+                return None
+            self.manifests[split] = read_manifest(
+                path, skip_invalid=self.skip_invalid, check_images=self.check_images
+            )
+        return self.manifests[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate the manifests needed by ``stage`` before any training starts."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        for split in wanted:
+            self.load(split)
+        if stage == "fit" and "train" not in self.manifests:
+            raise ValueError("no training data: give `train` (a manifest path) or `synthetic`")
+
+    def set_encoder(self, encoder: RewardInputEncoder) -> None:
+        """Set the model's input encoder used by collation."""
+        self.encoder = encoder
+
+    def _collator(self) -> PairCollator:
+        if self.encoder is None:
+            raise RuntimeError("PreferenceDataModule has no encoder: use it with SpatialScoreModule or set_encoder()")
+        return PairCollator(self.encoder)
+
+    def _has_trainer(self) -> bool:
+        return getattr(self, "trainer", None) is not None
+
+    def _batches_processed(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> DataLoader:
+        records = self.manifests["train"].records
+        stages = [int(r.meta.get("stage", 1 << 30)) if isinstance(r.meta, dict) else 1 << 30 for r in records]
+        num_samples = None
+        if self._has_trainer() and self.trainer.max_steps > 0:
+            num_samples = self.trainer.max_steps * self.batch_size * self.trainer.world_size
+        self._sampler = CurriculumSampler(stages, seed=self.seed, schedule=self.curriculum, num_samples=num_samples)
+        if self._has_trainer():
+            self._sampler.progress = self._batches_processed
+            self._sampler.samples_per_batch = self.batch_size * self.trainer.world_size
+        return ResumableDataLoader(
+            PairDataset(records),
+            batch_size=self.batch_size,
+            sampler=self._sampler,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=True,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        manifest = self.manifests.get(split) or self.load(split)
+        if manifest is None:
+            return []
+        return DataLoader(
+            PairDataset(manifest.records),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def prompts(self, split: str = "train") -> list[PromptRecord]:
+        """The prompts-only view of ``split``: unique perfect prompts with their metadata (for Spatial-RL)."""
+        manifest = self.load(split)
+        if manifest is None:
+            raise ValueError(f"split {split!r} has no manifest")
+        return manifest.prompts()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Data settings recorded in checkpoints (the loader position is saved by the loader itself)."""
+        return {"seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuse to resume with a different seed or batch size, which would silently change the data order."""
+        for key in ("seed", "batch_size"):
+            if state.get(key, getattr(self, key)) != getattr(self, key):
+                raise ValueError(
+                    f"checkpoint was trained with data {key}={state[key]}, this run has {getattr(self, key)}"
+                )

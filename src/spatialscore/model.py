@@ -1,0 +1,281 @@
+"""SpatialScore: a Qwen2.5-VL reward model read at a special reward token.
+
+The reward token is the last token of every sequence; its last-layer hidden state goes through a small fp32
+MLP head giving ``(mu, log_sigma)``; the score is ``mu``. Only the reward token's embedding row learns (it is a
+separate parameter written into the embedding output, so the other rows stay frozen without restoring them),
+LoRA adapts the language model's linear layers only, and the vision merger/tower can optionally be trained fully.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from spatialscore.backbone import (
+    REWARD_TOKEN,
+    BackboneConfig,
+    SpatialProcessor,
+    TinyBackboneConfig,
+    load_backbone,
+    load_processor,
+    resolve_backbone_path,
+)
+from spatialscore.data.encode import ImageLike, PromptTemplate, RewardInputEncoder
+from spatialscore.losses import sigma_from_log_sigma
+
+CONFIG_NAME = "spatialscore_config.json"
+WEIGHTS_NAME = "spatialscore.safetensors"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model's linear layers. ``rank=0`` disables LoRA (full fine-tuning of the LM)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: Sequence[str] = LORA_TARGETS
+
+
+@dataclass
+class SpatialScoreConfig:
+    """Everything needed to rebuild a SpatialScore around its weights."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    head_hidden_size: int = 256
+    train_vision_merger: bool = False
+    train_vision_tower: bool = False
+    activation_checkpointing: bool = False
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict."""
+        out = asdict(self)
+        out["lora"]["targets"] = list(self.lora.targets)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> SpatialScoreConfig:
+        """Inverse of :meth:`to_dict`."""
+        backbone = dict(raw["backbone"])
+        backbone["tiny"] = TinyBackboneConfig(**backbone["tiny"])
+        return cls(
+            backbone=BackboneConfig(**backbone),
+            lora=LoraSettings(**raw["lora"]),
+            template=PromptTemplate(**raw["template"]),
+            **{k: v for k, v in raw.items() if k not in ("backbone", "lora", "template")},
+        )
+
+
+class RewardOutput(NamedTuple):
+    """Per-sequence score mean ``mu`` and raw uncertainty ``log_sigma``, float32, shape (B,)."""
+
+    mu: torch.Tensor
+    log_sigma: torch.Tensor
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Standard deviation of the score, ``softplus(log_sigma)`` (~``exp(log_sigma)`` when small)."""
+        return sigma_from_log_sigma(self.log_sigma)
+
+
+class RewardHead(nn.Module):
+    """fp32 MLP from the reward token's hidden state to ``(mu, log_sigma)``."""
+
+    def __init__(self, hidden_size: int, inner_size: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.SiLU(), nn.Linear(inner_size, 2))
+
+    def forward(self, hidden: torch.Tensor) -> RewardOutput:
+        """Score a (B, hidden) batch of reward-token states."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            out = self.net(hidden.float())
+        return RewardOutput(out[:, 0], out[:, 1])
+
+
+def lora_target_regex(targets: Sequence[str]) -> str:
+    """A peft ``target_modules`` regex that matches ``targets`` inside the language model only.
+
+    Qwen2.5-VL's vision blocks also have ``gate_proj``/``up_proj``/``down_proj``; plain names would hit them.
+    """
+    return r".*language_model\.layers\.\d+\..*\.(" + "|".join(targets) + r")"
+
+
+class SpatialScore(nn.Module):
+    """Qwen2.5-VL + reward token + MLP head. Use :meth:`build`, :meth:`from_pretrained` and :meth:`score`."""
+
+    def __init__(self, backbone: nn.Module, processor: SpatialProcessor, config: SpatialScoreConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.processor = processor
+        self.encoder = RewardInputEncoder(processor, template=config.template)
+        self.reward_token_id = self.encoder.reward_token_id
+        backbone.requires_grad_(False)
+        if config.lora.rank > 0:
+            lora = LoraConfig(
+                r=config.lora.rank,
+                lora_alpha=config.lora.alpha,
+                lora_dropout=config.lora.dropout,
+                target_modules=lora_target_regex(config.lora.targets),
+            )
+            backbone = inject_adapter_in_model(lora, backbone)
+            for name, param in backbone.named_parameters():
+                param.requires_grad_("lora_" in name)
+        else:
+            backbone.language_model.requires_grad_(True)
+            backbone.language_model.get_input_embeddings().requires_grad_(False)
+        if config.train_vision_tower:
+            backbone.visual.requires_grad_(True)
+        elif config.train_vision_merger:
+            backbone.visual.merger.requires_grad_(True)
+        if config.activation_checkpointing:
+            backbone.activation_checkpointing_enable({"use_reentrant": False})
+        self.backbone = backbone
+        embeddings = backbone.get_input_embeddings()
+        hidden = embeddings.embedding_dim
+        self.reward_embedding = nn.Parameter(embeddings.weight.detach().float().mean(0).to(embeddings.weight.dtype))
+        self.head = RewardHead(hidden, config.head_hidden_size)
+        embeddings.register_forward_hook(self._write_reward_embedding)
+
+    def _write_reward_embedding(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Replace the embedding of every reward token by the trainable ``reward_embedding``."""
+        is_reward = (args[0] == self.reward_token_id).unsqueeze(-1)
+        return torch.where(is_reward, self.reward_embedding.to(output.dtype), output)
+
+    @classmethod
+    def build(cls, config: SpatialScoreConfig) -> SpatialScore:
+        """Load or build the backbone described by ``config`` and wrap it (new head, new reward token)."""
+        backbone, processor = load_backbone(config.backbone)
+        return cls(backbone, processor, config)
+
+    def forward(
+        self,
+        *,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+    ) -> RewardOutput:
+        """Score a batch of encoded (prompt, image) sequences (see :class:`RewardInputEncoder`)."""
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_token_type_ids,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            use_cache=False,
+        )
+        last = attention_mask.sum(-1) - 1
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return self.head(out.last_hidden_state[rows, last])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the head's parameters."""
+        return self.head.net[0].weight.device
+
+    @torch.no_grad()
+    def score(
+        self,
+        *,
+        prompts: Sequence[str],
+        images: Sequence[ImageLike],
+        batch_size: int = 32,
+        show_progress: bool = False,
+    ) -> RewardOutput:
+        """Scores of ``images[i]`` against ``prompts[i]``, batched; returns CPU tensors ``mu`` and ``log_sigma``.
+
+        Images may be PIL images, paths, uint8 (H, W, 3) arrays or float (3, H, W) tensors in [0, 1].
+        """
+        if len(prompts) != len(images):
+            raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
+        was_training = self.training
+        self.eval()
+        mus, log_sigmas = [], []
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="scoring", disable=not show_progress):
+            batch = self.encoder(
+                prompts=prompts[start : start + batch_size], images=images[start : start + batch_size]
+            )
+            out = self(**{k: v.to(self.device) for k, v in batch.items()})
+            mus.append(out.mu.cpu())
+            log_sigmas.append(out.log_sigma.cpu())
+        self.train(was_training)
+        if not mus:
+            return RewardOutput(torch.empty(0), torch.empty(0))
+        return RewardOutput(torch.cat(mus), torch.cat(log_sigmas))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint holds besides the base: LoRA, head, reward token, trained vision parts.
+
+        Under FSDP2 the parameters are sharded DTensors; gathering them is collective, so every rank calls this.
+        """
+        state = {}
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                value = param.full_tensor() if hasattr(param, "full_tensor") else param
+                state[name] = value.detach().cpu().contiguous()
+        return state
+
+    def save_pretrained(self, directory: str | Path, *, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config JSON, safetensors weights and the processor files; nothing is pickled.
+
+        The base checkpoint is referenced by path; a tiny base built offline is copied to ``directory/base``
+        so that the folder is self-contained. ``state``: weights already gathered by
+        :meth:`trainable_state_dict` (distributed runs gather on all ranks and save on one).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = SpatialScoreConfig.from_dict(self.config.to_dict())
+        if config.backbone.path is None:
+            shutil.copytree(resolve_backbone_path(config.backbone), directory / "base", dirs_exist_ok=True)
+            config.backbone.path = "base"
+        (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
+        save_file(state if state is not None else self.trainable_state_dict(), str(directory / WEIGHTS_NAME))
+        self.processor.tokenizer.save_pretrained(str(directory))
+        self.processor.image_processor.save_pretrained(str(directory))
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, base_path: str | None = None, device: str | torch.device = "cpu"
+    ) -> SpatialScore:
+        """Load a model saved by :meth:`save_pretrained`, offline.
+
+        ``base_path`` overrides where the Qwen2.5-VL base checkpoint lives (it is not copied into ``directory``).
+        """
+        directory = Path(directory)
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a SpatialScore folder")
+        config = SpatialScoreConfig.from_dict(json.loads(config_file.read_text()))
+        if base_path is not None:
+            config.backbone.path = base_path
+        elif config.backbone.path is not None and not Path(config.backbone.path).is_absolute():
+            config.backbone.path = str(directory / config.backbone.path)
+        backbone, _ = load_backbone(config.backbone)
+        processor = load_processor(directory)
+        if REWARD_TOKEN not in processor.tokenizer.get_vocab():
+            raise ValueError(f"{directory}: tokenizer lacks {REWARD_TOKEN}")
+        model = cls(backbone, processor, config)
+        state = load_file(str(directory / WEIGHTS_NAME))
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{directory / WEIGHTS_NAME}: unexpected weights {result.unexpected_keys[:5]}")
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        missing = [k for k in result.missing_keys if k in trainable]
+        if missing:
+            raise ValueError(f"{directory / WEIGHTS_NAME}: missing weights {missing[:5]}")
+        return model.to(device).eval()

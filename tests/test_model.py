@@ -1,0 +1,165 @@
+"""SpatialScore on a tiny Qwen2.5-VL: LoRA scoping, reward token, scoring, save/load, QLoRA, checkpointing."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spatialscore.backbone import BackboneConfig
+from spatialscore.data.encode import PromptTemplate
+from spatialscore.losses import bradley_terry_loss
+from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+
+PROMPTS = ["a red circle to the left of a blue square", "a green triangle above a yellow circle in the corner"]
+
+
+def make_model(**overrides) -> SpatialScore:
+    torch.manual_seed(0)
+    return SpatialScore.build(SpatialScoreConfig(**overrides))
+
+
+def images(n: int, seed: int = 0, size: int = 64) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def train_steps(model: SpatialScore, steps: int = 2, lr: float = 1e-2) -> list[float]:
+    """A few Bradley-Terry steps on fixed random pairs; returns the losses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    pics = images(4, seed=3)
+    batch = model.encoder(prompts=PROMPTS * 2, images=pics)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        out = model(**batch)
+        loss = bradley_terry_loss(chosen=out.mu[:2], rejected=out.mu[2:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_lora_only_on_language_model_linears():
+    model = make_model(lora=LoraSettings(rank=4))
+    lora_modules = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
+    assert lora_modules, "no LoRA layer injected"
+    assert all(".language_model.layers." in n for n in lora_modules)
+    assert not any("visual" in n for n in lora_modules)
+    layers = len(model.backbone.language_model.layers)
+    assert len(lora_modules) == 7 * layers
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("head.") or n == "reward_embedding" for n in trainable)
+
+
+def test_vision_training_flags():
+    merger = make_model(train_vision_merger=True)
+    tower = make_model(train_vision_tower=True)
+    grad = lambda m, prefix: [p.requires_grad for n, p in m.named_parameters() if n.startswith(prefix)]  # noqa: E731
+    assert all(grad(merger, "backbone.visual.merger")) and not any(grad(merger, "backbone.visual.blocks"))
+    assert all(grad(tower, "backbone.visual.blocks")) and all(grad(tower, "backbone.visual.patch_embed"))
+
+
+def test_only_the_reward_token_row_learns():
+    model = make_model(lora=LoraSettings(rank=4))
+    table = model.backbone.get_input_embeddings().weight.detach().clone()
+    token = model.reward_embedding.detach().clone()
+    train_steps(model)
+    assert torch.equal(model.backbone.get_input_embeddings().weight, table)
+    assert not torch.equal(model.reward_embedding.detach(), token)
+    with torch.no_grad():
+        before = model.score(prompts=PROMPTS, images=images(2)).mu
+        model.reward_embedding.add_(1.0)
+        after = model.score(prompts=PROMPTS, images=images(2)).mu
+    assert not torch.allclose(before, after), "the reward embedding does not reach the model"
+
+
+def test_training_reduces_loss_and_changes_lora():
+    model = make_model(lora=LoraSettings(rank=4))
+    lora_b = model.backbone.language_model.layers[0].self_attn.q_proj.lora_B["default"].weight.detach().clone()
+    losses = train_steps(model, steps=20, lr=3e-3)
+    assert losses[-1] < losses[0] - 0.1
+    assert not torch.equal(model.backbone.language_model.layers[0].self_attn.q_proj.lora_B["default"].weight, lora_b)
+
+
+def test_batched_score_equals_single_and_ignores_padding():
+    model = make_model()
+    pics = images(5, seed=1)
+    prompts = [PROMPTS[i % 2] + " " * 0 + ("" if i % 2 else " and a pink star behind them") for i in range(5)]
+    batched = model.score(prompts=prompts, images=pics, batch_size=5)
+    single = torch.cat([model.score(prompts=[p], images=[i]).mu for p, i in zip(prompts, pics, strict=True)])
+    torch.testing.assert_close(batched.mu, single, rtol=1e-4, atol=1e-5)
+    tensors = [torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255 for p in pics]
+    torch.testing.assert_close(model.score(prompts=prompts, images=tensors).mu, batched.mu)
+    assert batched.sigma.shape == (5,) and (batched.sigma > 0).all()
+
+
+def test_multimodal_rope_is_used():
+    """mm_token_type_ids must reach the model; without them 3D M-RoPE silently falls back to 1D positions."""
+    model = make_model()
+    batch = model.encoder(prompts=PROMPTS, images=images(2))
+    with torch.no_grad():
+        full = model(**batch).mu
+        batch["mm_token_type_ids"] = torch.zeros_like(batch["mm_token_type_ids"])
+        flat = model(**batch).mu
+    assert not torch.allclose(full, flat)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = make_model(lora=LoraSettings(rank=4), train_vision_merger=True)
+    train_steps(model)
+    model.save_pretrained(tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert "spatialscore.safetensors" in files and "spatialscore_config.json" in files
+    assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".ckpt")]
+    loaded = SpatialScore.from_pretrained(tmp_path / "ckpt")
+    pics = images(3, seed=9)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    torch.testing.assert_close(loaded.score(prompts=prompts, images=pics), model.score(prompts=prompts, images=pics), rtol=0, atol=0)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a SpatialScore folder"):
+        SpatialScore.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        SpatialScore.build(SpatialScoreConfig(backbone=BackboneConfig(path=str(tmp_path))))
+
+
+def test_activation_checkpointing_same_loss_and_grads():
+    results = []
+    for checkpointing in (False, True):
+        model = make_model(lora=LoraSettings(rank=4), activation_checkpointing=checkpointing)
+        model.train()
+        batch = model.encoder(prompts=PROMPTS * 2, images=images(4, seed=5))
+        out = model(**batch)
+        loss = bradley_terry_loss(chosen=out.mu[:2], rejected=out.mu[2:]) + out.mu.square().mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n or "head" in n)
+        results.append((loss.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_qlora_trains_on_cpu_with_evaluation_between_steps(quantization):
+    import bitsandbytes as bnb
+
+    model = make_model(
+        backbone=BackboneConfig(quantization=quantization), lora=LoraSettings(rank=4), template=PromptTemplate()
+    )
+    kind = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
+    assert any(isinstance(m, kind) for m in model.backbone.language_model.modules())
+    assert not any(isinstance(m, kind) for m in model.backbone.visual.modules())
+    first = copy.deepcopy({n: p.detach() for n, p in model.named_parameters() if "lora_B" in n})
+    train_steps(model, steps=1)
+    model.score(prompts=PROMPTS, images=images(2))
+    losses = train_steps(model, steps=2)
+    assert all(np.isfinite(losses))
+    assert any(not torch.equal(p.detach(), first[n]) for n, p in model.named_parameters() if "lora_B" in n)
