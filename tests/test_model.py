@@ -137,7 +137,7 @@ def test_activation_checkpointing_same_loss_and_grads():
         model.train()
         batch = model.encoder(prompts=PROMPTS * 2, images=images(4, seed=5))
         out = model(**batch)
-        loss = bradley_terry_loss(chosen=out.mu[:2], rejected=out.mu[2:]) + out.mu.square().mean()
+        loss = bradley_terry_loss(chosen=out.mu[:2], rejected=out.mu[2:]) + out.mu.square().mean() + out.log_sigma.mean()
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n or "head" in n)

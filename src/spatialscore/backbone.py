@@ -72,6 +72,7 @@ class TinyBackboneConfig:
     text_heads: int = 4
     text_kv_heads: int = 2
     text_intermediate_size: int = 128
+    text_rope_theta: float = 10000.0
     vision_hidden_size: int = 64
     vision_depth: int = 2
     vision_heads: int = 4
@@ -154,7 +155,7 @@ def tiny_config(tiny: TinyBackboneConfig, *, tokenizer: PreTrainedTokenizerBase)
             "bos_token_id": None,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            "rope_parameters": {"rope_type": "default", "rope_theta": tiny.text_rope_theta, "mrope_section": mrope},
         },
         vision_config={
             "depth": tiny.vision_depth,

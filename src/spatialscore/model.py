@@ -92,17 +92,22 @@ class RewardOutput(NamedTuple):
 
 
 class RewardHead(nn.Module):
-    """fp32 MLP from the reward token's hidden state to ``(mu, log_sigma)``."""
+    """fp32 MLP from the reward token's hidden state to ``(mu, log_sigma)``.
+
+    ``mu`` has no output bias: a pairwise loss is blind to a constant offset, so a bias would only receive
+    rounding noise, which Adam turns into a random drift of every score.
+    """
 
     def __init__(self, hidden_size: int, inner_size: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.SiLU(), nn.Linear(inner_size, 2))
+        self.net = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.SiLU(), nn.Linear(inner_size, 2, bias=False))
+        self.log_sigma_bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, hidden: torch.Tensor) -> RewardOutput:
         """Score a (B, hidden) batch of reward-token states."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             out = self.net(hidden.float())
-        return RewardOutput(out[:, 0], out[:, 1])
+        return RewardOutput(out[:, 0], out[:, 1] + self.log_sigma_bias)
 
 
 def lora_target_regex(targets: Sequence[str]) -> str:

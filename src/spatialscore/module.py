@@ -135,6 +135,7 @@ class SpatialScoreModule(L.LightningModule):
             },
             prog_bar=True,
             batch_size=batch["num_pairs"],
+            sync_dist=True,
         )
         return loss
 

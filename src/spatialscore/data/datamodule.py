@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spatialscore.data.encode import RewardInputEncoder
 from spatialscore.data.manifest import Manifest, PairRecord, PromptRecord, read_manifest
@@ -53,6 +53,14 @@ class CurriculumSchedule:
 
     boundaries: Sequence[float] = field(default_factory=list)
     new_stage_weight: float = 0.5
+
+
+def mirror_groups(records: Sequence[PairRecord]) -> list[list[int]]:
+    """Group the records that share the same two images (a pair and its mirror), in first-seen order."""
+    groups: dict[frozenset[Path], list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(frozenset((record.chosen, record.rejected)), []).append(index)
+    return list(groups.values())
 
 
 class PairDataset(Dataset):
@@ -97,13 +105,19 @@ class PairCollator:
         return batch
 
 
-class CurriculumSampler(Sampler[int]):
-    """Deterministic, resumable sampler, optionally following a stage curriculum over the whole run.
+class CurriculumSampler(DistributedSampler):
+    """Deterministic, resumable, distributed sampler of record indices, optionally following a curriculum.
 
-    Without a curriculum each epoch is a permutation of the records. With one, a single "epoch" of
-    ``num_samples`` draws spans the run (so the curriculum advances with training steps, not per epoch).
-    Epoch ``e`` is a pure function of ``(seed, e)``; ``skip`` drops the first indices of the next epoch (set
-    when resuming mid-epoch, counted in global samples so that it composes with the distributed split).
+    ``groups`` lists records that must be drawn together, adjacently (a pair and its mirror: the same two images
+    with the other prompt and the preference flipped). Such "mirrored batches" cancel every prompt-independent
+    gradient, which lets a model leave the symmetric saddle of the text-dependent task much sooner.
+
+    Without a curriculum each epoch is a permutation of the groups. With one, a single "epoch" of
+    ``num_samples`` records spans the run, so the curriculum advances with training steps, not per epoch.
+    The global order of epoch ``e`` (``set_epoch``, as for any DistributedSampler) is a pure function of
+    ``(seed, e)``; rank ``r`` of ``W`` takes every ``W``-th index from ``r``, so one process with batch ``W*b``
+    sees exactly the union of what ``W`` processes with batch ``b`` see. It subclasses ``DistributedSampler`` so
+    that Lightning does not wrap (and reshuffle) it. Resuming mid-epoch drops the samples already processed.
     """
 
     def __init__(
@@ -111,26 +125,31 @@ class CurriculumSampler(Sampler[int]):
         stages: Sequence[int],
         *,
         seed: int,
+        groups: Sequence[Sequence[int]] | None = None,
         schedule: CurriculumSchedule | None = None,
         num_samples: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
-        self.stages = np.asarray(stages, dtype=np.int64)
-        self.seed = seed
+        super().__init__(range(len(stages)), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        self.groups = [list(g) for g in groups] if groups is not None else [[i] for i in range(len(stages))]
+        self.group_stages = np.asarray([stages[g[0]] for g in self.groups], dtype=np.int64)
+        self.group_size = max(len(g) for g in self.groups)
         self.schedule = schedule or CurriculumSchedule()
-        self.num_samples = num_samples or len(self.stages)
-        self.epoch = 0
-        self.skip = 0
+        self.total = num_samples if num_samples and self.schedule.boundaries else sum(map(len, self.groups))
+        self.resume_epoch = -1
+        self.resume_skip = 0
         self.progress: Callable[[], int] | None = None
         self.samples_per_batch = 1
 
-    def indices(self, epoch: int) -> np.ndarray:
-        """The full index order of ``epoch``."""
+    def group_order(self, epoch: int) -> np.ndarray:
+        """The order in which groups are drawn in ``epoch``."""
         rng = np.random.default_rng([self.seed, epoch])
         boundaries = list(self.schedule.boundaries)
         if not boundaries:
-            return rng.permutation(len(self.stages))
-        n = self.num_samples
-        levels = np.unique(self.stages)
+            return rng.permutation(len(self.groups))
+        n = -(-self.total // self.group_size)
+        levels = np.unique(self.group_stages)
         progress = np.arange(n) / n
         active = 1 + (progress[:, None] >= np.asarray(boundaries)[None, :]).sum(1)
         active = np.minimum(active, len(levels))
@@ -141,52 +160,52 @@ class CurriculumSampler(Sampler[int]):
         out = np.empty(n, dtype=np.int64)
         for i, level in enumerate(levels):
             where = np.flatnonzero(level_index == i)
-            pool = rng.permutation(np.flatnonzero(self.stages == level))
+            pool = rng.permutation(np.flatnonzero(self.group_stages == level))
             out[where] = pool[np.arange(len(where)) % len(pool)]
         return out
 
+    def indices(self, epoch: int) -> list[int]:
+        """The global record order of ``epoch`` (all ranks), before resuming and splitting."""
+        return [i for g in self.group_order(epoch) for i in self.groups[g]][: self.total]
+
+    def _remaining(self) -> int:
+        skip = self.resume_skip if self.epoch == self.resume_epoch else 0
+        return self.total - skip
+
     def __iter__(self) -> Iterator[int]:
-        order = self.indices(self.epoch)[self.skip :]
-        self.epoch += 1
-        self.skip = 0
-        return iter(order.tolist())
+        order = self.indices(self.epoch)[self.total - self._remaining() :]
+        usable = len(order) - len(order) % self.num_replicas
+        return iter(order[self.rank : usable : self.num_replicas])
 
     def __len__(self) -> int:
-        length = len(self.stages) if not self.schedule.boundaries else self.num_samples
-        return length - self.skip
+        return self._remaining() // self.num_replicas
 
     def state_dict(self) -> dict[str, int]:
-        """Epoch of the batch in progress and the number of its batches already processed."""
+        """Epoch of the batch in progress and the number of its batches the trainer has processed."""
         processed = int(self.progress()) if self.progress is not None else 0
-        return {"epoch": max(self.epoch - 1, 0), "batches": processed}
+        return {"epoch": self.epoch, "batches": processed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from ``state``: the same epoch, skipping the processed batches' samples."""
-        self.epoch = state["epoch"]
-        self.skip = state["batches"] * self.samples_per_batch
+        """Continue from ``state``: the same epoch, skipping the processed batches' samples (global count)."""
+        self.resume_epoch = state["epoch"]
+        self.resume_skip = state["batches"] * self.samples_per_batch
+        self.set_epoch(state["epoch"])
 
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position is saved in Lightning checkpoints (Lightning's ``_Stateful`` protocol).
 
-    The state lives in its :class:`CurriculumSampler` (also when Lightning wraps it in a distributed sampler),
-    which knows how many batches the trainer has processed; on load it skips them, so a resumed run sees
+    The state lives in its :class:`CurriculumSampler`, which knows how many batches the trainer has processed; on load it skips them, so a resumed run sees
     exactly the batches the uninterrupted run would.
     """
 
-    def _curriculum_sampler(self) -> CurriculumSampler:
-        sampler = self.sampler
-        while not isinstance(sampler, CurriculumSampler):
-            sampler = getattr(sampler, "_sampler", None) or sampler.dataset._sampler
-        return sampler
-
     def state_dict(self) -> dict[str, int]:
         """The sampler's position."""
-        return self._curriculum_sampler().state_dict()
+        return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore the sampler's position."""
-        self._curriculum_sampler().load_state_dict(state)
+        self.sampler.load_state_dict(state)
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -194,7 +213,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     Give manifests (``train``/``val``/``test``: JSONL or Parquet paths) or ``synthetic`` to generate procedural
     pairs on first use (explicit manifests win). An encoder (the model's, set by ``SpatialScoreModule``) turns
-    pairs into model inputs. ``skip_invalid`` drops bad rows and reports them instead of failing.
+    pairs into model inputs. ``mirrored_batches`` keeps each pair next to its mirror (same images, other prompt,
+    flipped preference) in training batches. ``skip_invalid`` drops bad rows and reports them instead of failing.
     """
 
     def __init__(
@@ -209,10 +229,12 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         curriculum: CurriculumSchedule | None = None,
+        mirrored_batches: bool = True,
         skip_invalid: bool = False,
         check_images: bool = True,
     ) -> None:
         super().__init__()
+        self.mirrored_batches = mirrored_batches
         self.paths = {"train": train, "val": val, "test": test}
         self.synthetic = synthetic
         self.batch_size = batch_size
@@ -224,7 +246,6 @@ class PreferenceDataModule(L.LightningDataModule):
         self.check_images = check_images
         self.encoder: RewardInputEncoder | None = None
         self.manifests: dict[str, Manifest] = {}
-        self._sampler: CurriculumSampler | None = None
 
     def manifest_path(self, split: str) -> Path | None:
         """The manifest used for ``split``: the explicit one, else the synthetic one, else None."""
@@ -298,14 +319,24 @@ class PreferenceDataModule(L.LightningDataModule):
         num_samples = None
         if self._has_trainer() and self.trainer.max_steps > 0:
             num_samples = self.trainer.max_steps * self.batch_size * self.trainer.world_size
-        self._sampler = CurriculumSampler(stages, seed=self.seed, schedule=self.curriculum, num_samples=num_samples)
+        groups = mirror_groups(records) if self.mirrored_batches else None
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._has_trainer() else (1, 0)
+        sampler = CurriculumSampler(
+            stages,
+            seed=self.seed,
+            groups=groups,
+            schedule=self.curriculum,
+            num_samples=num_samples,
+            num_replicas=world,
+            rank=rank,
+        )
         if self._has_trainer():
-            self._sampler.progress = self._batches_processed
-            self._sampler.samples_per_batch = self.batch_size * self.trainer.world_size
+            sampler.progress = self._batches_processed
+            sampler.samples_per_batch = self.batch_size * self.trainer.world_size
         return ResumableDataLoader(
             PairDataset(records),
             batch_size=self.batch_size,
-            sampler=self._sampler,
+            sampler=sampler,
             collate_fn=self._collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
