@@ -25,8 +25,8 @@ from spatialscore.data.synthetic import (
     write_synthetic_dataset,
 )
 
-STAGES = (0, 1, 2, 3)
-PAIRS_PER_STAGE = 100
+STAGES = (0, 1, 2, 3, 4, 5)
+PAIRS_PER_STAGE = 70
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def pairs():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    manifest = write_synthetic_dataset(out, num_pairs=40, seed=7, stages=STAGES, show_progress=False)
+    manifest = write_synthetic_dataset(out, num_pairs=60, seed=7, stages=STAGES, show_progress=False)
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     return manifest, records
 
@@ -81,8 +81,8 @@ def test_output_is_byte_identical_for_a_seed_and_differs_for_another(tmp_path):
 
 def test_manifest_fields_and_relative_paths(dataset):
     manifest, records = dataset
-    assert len(records) == 80
-    assert len({r["id"] for r in records}) == 80
+    assert len(records) == 120
+    assert len({r["id"] for r in records}) == 120
     for record in records:
         assert set(record) == {
             "id",
@@ -130,14 +130,14 @@ def test_stages_are_spread_evenly_in_order(dataset):
     _, records = dataset
     stages = [r["meta"]["stage"] for r in records]
     assert stages == sorted(stages)
-    assert Counter(stages) == {0: 20, 1: 20, 2: 20, 3: 20}
+    assert Counter(stages) == dict.fromkeys(STAGES, 20)
 
 
 def test_manifest_reads_with_the_manifest_reader(dataset):
     from spatialscore.data.manifest import read_manifest
 
     manifest, _ = dataset
-    assert len(read_manifest(manifest)) == 80
+    assert len(read_manifest(manifest)) == 120
 
 
 def test_prompt_ignoring_scorers_are_exactly_at_chance(dataset):
@@ -171,7 +171,7 @@ def test_record_is_reproducible_from_its_meta(dataset):
 
 def test_cli_writes_and_reports_counts(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["--out", str(out), "--num-pairs", "6", "--seed", "1", "--stages", "0", "3", "--split", "val"]
+    args = ["--out", str(out), "--num-pairs", "6", "--seed", "1", "--stages", "0", "5", "--split", "val"]
     assert cli_main([*args, "--image-size", "48", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "wrote 12 records" in printed and "per subset" in printed and "per category" in printed
@@ -181,7 +181,7 @@ def test_cli_writes_and_reports_counts(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(num_pairs=0), dict(stages=(4,)), dict(image_size=16), dict(split="../x")]
+    "kwargs", [dict(num_pairs=0), dict(stages=(6,)), dict(image_size=16), dict(split="../x")]
 )
 def test_writer_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
@@ -223,18 +223,24 @@ def test_stages_follow_the_curriculum(pairs):
         n = len(pair.perfect.objects)
         axes_seen[pair.stage] |= {r.axis for r in pair.perfect.relations}
         kinds_seen[pair.stage] |= set(pair.kinds)
-        if pair.stage == 0:
+        if pair.stage <= 2:
             assert {o.colour for o in pair.perfect.objects} == {"red", "blue"}
-        assert 2 <= n <= {0: 2, 1: 2, 2: 3, 3: 5}[pair.stage]
-        if pair.stage < 3:
+            assert len(pair.perfect.relations) == 1
+        if pair.stage == 0:
+            assert pair.perfect.relations[0].objects[0][0] == "red"
+        assert 2 <= n <= {0: 2, 1: 2, 2: 2, 3: 2, 4: 3, 5: 5}[pair.stage]
+        if pair.stage < 5:
             assert len(pair.kinds) == 1
-    assert axes_seen[0] == {"horizontal"} and kinds_seen[0] == {"swap"}
-    assert axes_seen[1] == {"horizontal", "vertical"}
-    assert kinds_seen[1] == {"swap", "flip", "predicate", "attribute_swap"}
-    assert axes_seen[2] == {"horizontal", "vertical", "depth", "corner", "edge"}
-    assert axes_seen[3] == axes_seen[2] | {"row"} and kinds_seen[3] == set(PERTURBATIONS)
-    subsets = Counter(pair.subset for pair, _, _ in pairs if pair.stage == 3)
-    assert subsets["1-pert"] > 20 and subsets["2-3-pert"] > 20
+    first_named = {p.perfect.relations[0].objects[0][0] for p, _, _ in pairs if p.stage == 1}
+    assert first_named == {"red", "blue"}
+    assert axes_seen[0] == axes_seen[1] == {"horizontal"} and kinds_seen[0] == kinds_seen[1] == {"swap"}
+    assert axes_seen[2] == {"horizontal", "vertical"} and kinds_seen[2] == {"swap", "flip"}
+    assert axes_seen[3] == {"horizontal", "vertical"}
+    assert kinds_seen[3] == {"swap", "flip", "predicate", "attribute_swap"}
+    assert axes_seen[4] == {"horizontal", "vertical", "depth", "corner", "edge"}
+    assert axes_seen[5] == axes_seen[4] | {"row"} and kinds_seen[5] == set(PERTURBATIONS)
+    subsets = Counter(pair.subset for pair, _, _ in pairs if pair.stage == 5)
+    assert subsets["1-pert"] > 15 and subsets["2-3-pert"] > 15
 
 
 def test_depth_is_drawn_with_overlap_scale_and_order(pairs):

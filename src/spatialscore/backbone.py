@@ -39,6 +39,7 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+TINY_BUILD_VERSION = 2  # bump when build_tiny_checkpoint changes, so cached tiny checkpoints are rebuilt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _TOKENIZER_CORPUS = """
@@ -48,7 +49,8 @@ middle corner edge upper lower top bottom back front row from left to right alig
 red green blue yellow purple orange cyan magenta pink brown black white gray grey gold silver bronze
 circle square triangle star diamond cross ring hexagon cube sphere cone cup vase lantern book table chair
 small large big tiny tall short wide narrow image photo picture scene object objects placed standing
-evaluate spatial layout does match prompt description score
+evaluate spatial layout does match prompt description score judge whether shows described user assistant
+system you helpful diamond edge corner upper-left upper-right lower-left lower-right
 """
 
 
@@ -107,12 +109,13 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=1024,
         special_tokens=list(QWEN_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [line.strip() for line in _TOKENIZER_CORPUS.strip().splitlines()]
+    words = _TOKENIZER_CORPUS.split()
+    lines = [" ".join(words), *(f"{w} {w} {w}" for w in words), "user assistant system", "left-to-right upper-left"]
     tok.train_from_iterator(lines * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -215,7 +218,8 @@ def resolve_backbone_path(config: BackboneConfig) -> Path:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"backbone path {path}: no config.json (expected a Qwen2.5-VL checkpoint folder)")
         return path
-    key = hashlib.sha256(json.dumps(asdict(config.tiny), sort_keys=True).encode()).hexdigest()[:12]
+    spec = {"version": TINY_BUILD_VERSION, **asdict(config.tiny)}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     directory = tiny_cache_dir() / f"tiny-qwen2_5_vl-{key}"
     if not (directory / "config.json").is_file():
         directory.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,8 @@ SPLITS = ("train", "val", "test")
 class SyntheticData:
     """Procedural pairs written to ``directory`` on first use (see ``spatialscore synth``).
 
-    ``stages``: curriculum stages (0 = two objects, left/right ... 3 = full task) spread evenly over the
-    training pairs; validation and test pairs use ``eval_stages``.
+    ``stages``: curriculum stages (0 = red/blue left-right ... 5 = the full task, see ``spatialscore synth``)
+    spread evenly over the training pairs; validation and test pairs use ``eval_stages``.
     """
 
     directory: str = "data/synthetic"
@@ -37,8 +37,8 @@ class SyntheticData:
     val_pairs: int = 200
     test_pairs: int = 500
     image_size: int = 64
-    stages: Sequence[int] = (0, 1, 2, 3)
-    eval_stages: Sequence[int] = (3,)
+    stages: Sequence[int] = (0, 1, 2, 3, 4, 5)
+    eval_stages: Sequence[int] = (5,)
     seed: int = 0
 
 

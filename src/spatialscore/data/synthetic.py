@@ -31,9 +31,11 @@ two bounding boxes overlap and the front object's base is lower by ``MARGIN`` (t
 later and larger); corners are the corner cells of a 3x3 grid; edges are the outer thirds (an object in the
 upper-left corner is also at the top edge and at the left edge).
 
-Curriculum stages: 0 = two objects, red and blue, left/right, swap; 1 = two objects, all colours,
-left/right/above/below, swap/flip/predicate/attribute_swap; 2 = 2-3 objects, adds front/behind, corners,
-edges and anchor; 3 = 2-5 objects, adds rows and row_permute, and 2-3 perturbations in half of the pairs.
+Curriculum stages (each adds one difficulty, as a tiny model needs; see README):
+0 = red and blue, one left/right relation naming red first, swap; 1 = the same in either naming order;
+2 = red and blue, adds above/below and flip; 3 = two objects of all colours, adds predicate and
+attribute_swap; 4 = 2-3 objects, adds front/behind, corners, edges and anchor; 5 = the full task: 2-5 objects,
+adds rows and row_permute, and 2-3 perturbations in half of the pairs.
 """
 
 from __future__ import annotations
@@ -564,24 +566,41 @@ class _StageSpec:
     colours: tuple[str, ...]
     axes: tuple[str, ...]
     perturbations: tuple[str, ...]
+    palette_order: bool = False  # name the objects of a pair relation in palette order (red before blue)
+    relations: int | None = None  # prompt relations: None = one per object pair and anchor, as drawn
+    multi_perturbation: bool = False  # 2-3 perturbations in half of the pairs
 
 
+_RED_BLUE = ("red", "blue")
 _STAGES: dict[int, _StageSpec] = {
-    0: _StageSpec(2, 2, ("red", "blue"), ("horizontal",), ("swap",)),
-    1: _StageSpec(
-        2, 2, tuple(PALETTE), ("horizontal", "vertical"), ("swap", "flip", "predicate", "attribute_swap")
+    0: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), palette_order=True, relations=1),
+    1: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), relations=1),
+    2: _StageSpec(2, 2, _RED_BLUE, ("horizontal", "vertical"), ("swap", "flip"), relations=1),
+    3: _StageSpec(
+        2,
+        2,
+        tuple(PALETTE),
+        ("horizontal", "vertical"),
+        ("swap", "flip", "predicate", "attribute_swap"),
+        relations=1,
     ),
-    2: _StageSpec(
+    4: _StageSpec(
         2,
         3,
         tuple(PALETTE),
         ("horizontal", "vertical", "depth", "corner", "edge"),
         ("swap", "flip", "predicate", "anchor", "attribute_swap"),
     ),
-    3: _StageSpec(
-        2, 5, tuple(PALETTE), ("horizontal", "vertical", "depth", "corner", "edge", "row"), PERTURBATIONS
+    5: _StageSpec(
+        2,
+        5,
+        tuple(PALETTE),
+        ("horizontal", "vertical", "depth", "corner", "edge", "row"),
+        PERTURBATIONS,
+        multi_perturbation=True,
     ),
 }
+FULL_STAGE = max(_STAGES)
 _ANCHOR_PROBABILITY = 0.35
 _DEPTH_PROBABILITY = 0.35
 _ROW_PROBABILITY = 0.3
@@ -691,8 +710,11 @@ def _candidate_relations(
     objects: Sequence[SceneObject],
     axes: Sequence[str],
     depth: tuple[int, int] | None,
+    *,
+    palette_order: bool = False,
 ) -> list[Relation]:
-    """Every relation of an allowed axis that clearly holds, each in a random one of its phrasings.
+    """Every relation of an allowed axis that clearly holds, each in a random one of its phrasings
+    (or, with ``palette_order``, naming the object that comes first in the palette first).
 
     The depth pair, if any, is related by depth only.
     """
@@ -703,7 +725,10 @@ def _candidate_relations(
     for i, a in enumerate(objects):
         for b in objects[i + 1 :]:
             if {a.colour, b.colour} != depth_colours:
-                refs = (a.ref, b.ref) if rng.random() < 0.5 else (b.ref, a.ref)
+                if palette_order:
+                    refs = tuple(sorted((a.ref, b.ref), key=lambda ref: list(PALETTE).index(ref[0])))
+                else:
+                    refs = (a.ref, b.ref) if rng.random() < 0.5 else (b.ref, a.ref)
                 candidates += [Relation(p, refs) for p in pair_predicates]
         for anchor_kind, anchors in (("corner", CORNERS), ("edge", EDGES)):
             if anchor_kind in axes:
@@ -970,7 +995,7 @@ def _draw_pair(
         return None
     placed, depth, row = layout
     n = len(placed)
-    candidates = _candidate_relations(rng, placed, spec.axes, depth)
+    candidates = _candidate_relations(rng, placed, spec.axes, depth, palette_order=spec.palette_order)
     if row:
         designed = Relation("row", tuple(placed[k].ref for k in sorted(row, key=lambda k: placed[k].x)))
         if _slack(designed, _geometry(placed)) >= _GEN_CLEAR:
@@ -1007,9 +1032,9 @@ def _draw_pair(
     if not _layout_ok(perturbed, [replacements.get(r, r) for r in required]):
         return None
 
-    if stage <= 1:
-        count = 1
-    elif stage == 2:
+    if spec.relations is not None:
+        count = spec.relations
+    elif not spec.multi_perturbation:
         count = int(rng.integers(n - 1, n + 1))
     else:
         count = int(rng.integers(max(n - 1, len(plan)), n + 2))
@@ -1073,7 +1098,7 @@ def _generate(
     if stage not in _STAGES:
         raise ValueError(f"stage must be one of {sorted(_STAGES)}, got {stage}")
     kinds = _STAGES[stage].perturbations
-    count = 1 if stage < 3 else int(rng.choice((1, 2, 3), p=(0.5, 0.3, 0.2)))
+    count = int(rng.choice((1, 2, 3), p=(0.5, 0.3, 0.2))) if _STAGES[stage].multi_perturbation else 1
     plan = [str(k) for k in rng.choice(kinds, count, replace=False)]
     plan.sort(key=PERTURBATIONS.index)
     for _ in range(5000):
@@ -1098,7 +1123,7 @@ def _generate(
     )
 
 
-def generate_pair(*, seed: int | Sequence[int], stage: int = 3, image_size: int = 64) -> ScenePair:
+def generate_pair(*, seed: int | Sequence[int], stage: int = FULL_STAGE, image_size: int = 64) -> ScenePair:
     """One verified perfect/perturbed scene pair; ``seed=(dataset_seed, pair_index)`` reproduces a record.
 
     Verified on the rendered ``image_size`` images: the perfect image satisfies every original relation,
@@ -1126,7 +1151,7 @@ def write_synthetic_dataset(
     num_pairs: int,
     seed: int,
     image_size: int = 64,
-    stages: Sequence[int] = (3,),
+    stages: Sequence[int] = (FULL_STAGE,),
     split: str = "train",
     show_progress: bool = True,
 ) -> Path:
@@ -1196,7 +1221,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-pairs", required=True, type=int, help="scene pairs (two records each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--stages", type=int, nargs="+", default=[3], choices=sorted(_STAGES))
+    parser.add_argument("--stages", type=int, nargs="+", default=[FULL_STAGE], choices=sorted(_STAGES))
     parser.add_argument("--split", default="train", help="manifest name: OUT/SPLIT.jsonl")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
