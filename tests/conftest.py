@@ -24,6 +24,6 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     for offset, (split, pairs) in enumerate((("train", 48), ("val", 16), ("test", 16))):
         write_synthetic_dataset(
-            out, num_pairs=pairs, seed=100 + offset, image_size=64, stages=(0, 3), split=split, show_progress=False
+            out, num_pairs=pairs, seed=100 + offset, image_size=64, stages=(1, 6), split=split, show_progress=False
         )
     return out

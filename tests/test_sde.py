@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from test_schedule import FLUX_DEV_SCHEDULER
 
 from spatialrl.schedule import calculate_shift, flux_sigmas
 from spatialrl.sde import sde_step
@@ -70,15 +71,7 @@ def test_log_prob_is_the_averaged_gaussian_density():
 @pytest.mark.parametrize("kind", KINDS)
 def test_zero_noise_is_diffusers_euler_step(kind):
     num_steps, seq_len = 6, 1024
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=1.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), mu=calculate_shift(seq_len))
     sigmas = flux_sigmas(num_steps=num_steps, image_seq_len=seq_len)
     gen = torch.Generator().manual_seed(1)

@@ -25,8 +25,9 @@ from spatialscore.data.synthetic import (
     write_synthetic_dataset,
 )
 
-STAGES = (0, 1, 2, 3, 4, 5)
-PAIRS_PER_STAGE = 70
+STAGES = (0, 1, 2, 3, 4, 5, 6)
+MIRRORED_STAGES = STAGES[1:]  # stage 0 is the mirror-free warm-up
+PAIRS_PER_STAGE = 60
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def pairs():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    manifest = write_synthetic_dataset(out, num_pairs=60, seed=7, stages=STAGES, show_progress=False)
+    manifest = write_synthetic_dataset(out, num_pairs=60, seed=7, stages=MIRRORED_STAGES, show_progress=False)
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     return manifest, records
 
@@ -130,7 +131,7 @@ def test_stages_are_spread_evenly_in_order(dataset):
     _, records = dataset
     stages = [r["meta"]["stage"] for r in records]
     assert stages == sorted(stages)
-    assert Counter(stages) == dict.fromkeys(STAGES, 20)
+    assert Counter(stages) == dict.fromkeys(MIRRORED_STAGES, 20)
 
 
 def test_manifest_reads_with_the_manifest_reader(dataset):
@@ -169,9 +170,19 @@ def test_record_is_reproducible_from_its_meta(dataset):
         assert Scene.from_dict(meta["scene"]) in (pair.perfect, pair.perturbed)
 
 
+def test_warm_up_stage_has_no_mirrors_and_one_prompt_form(tmp_path):
+    manifest = write_synthetic_dataset(tmp_path, num_pairs=8, seed=3, stages=(0,), show_progress=False)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(records) == 8 and not any(r["meta"]["mirror"] for r in records)
+    for r in records:
+        assert " to the left of a blue " in r["prompt"] and r["prompt"].startswith("a red ")
+        assert relation_score(Image.open(tmp_path / r["chosen"]), r["prompt"]) == 1.0
+        assert relation_score(Image.open(tmp_path / r["rejected"]), r["prompt"]) == 0.0
+
+
 def test_cli_writes_and_reports_counts(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["--out", str(out), "--num-pairs", "6", "--seed", "1", "--stages", "0", "5", "--split", "val"]
+    args = ["--out", str(out), "--num-pairs", "6", "--seed", "1", "--stages", "1", "6", "--split", "val"]
     assert cli_main([*args, "--image-size", "48", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "wrote 12 records" in printed and "per subset" in printed and "per category" in printed
@@ -181,7 +192,7 @@ def test_cli_writes_and_reports_counts(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(num_pairs=0), dict(stages=(6,)), dict(image_size=16), dict(split="../x")]
+    "kwargs", [dict(num_pairs=0), dict(stages=(7,)), dict(image_size=16), dict(split="../x")]
 )
 def test_writer_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
@@ -228,18 +239,22 @@ def test_stages_follow_the_curriculum(pairs):
             assert len(pair.perfect.relations) == 1
         if pair.stage == 0:
             assert pair.perfect.relations[0].objects[0][0] == "red"
-        assert 2 <= n <= {0: 2, 1: 2, 2: 2, 3: 2, 4: 3, 5: 5}[pair.stage]
-        if pair.stage < 5:
+        assert 2 <= n <= {0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 3, 6: 5}[pair.stage]
+        if pair.stage < 6:
             assert len(pair.kinds) == 1
-    first_named = {p.perfect.relations[0].objects[0][0] for p, _, _ in pairs if p.stage == 1}
-    assert first_named == {"red", "blue"}
-    assert axes_seen[0] == axes_seen[1] == {"horizontal"} and kinds_seen[0] == kinds_seen[1] == {"swap"}
-    assert axes_seen[2] == {"horizontal", "vertical"} and kinds_seen[2] == {"swap", "flip"}
-    assert axes_seen[3] == {"horizontal", "vertical"}
-    assert kinds_seen[3] == {"swap", "flip", "predicate", "attribute_swap"}
-    assert axes_seen[4] == {"horizontal", "vertical", "depth", "corner", "edge"}
-    assert axes_seen[5] == axes_seen[4] | {"row"} and kinds_seen[5] == set(PERTURBATIONS)
-    subsets = Counter(pair.subset for pair, _, _ in pairs if pair.stage == 5)
+    predicates = {p.perfect.relations[0].predicate for p, _, _ in pairs if p.stage == 0}
+    assert predicates == {"left_of"}
+    assert {p.perfect.relations[0].predicate for p, _, _ in pairs if p.stage == 1} == {"left_of", "right_of"}
+    assert {p.perfect.relations[0].objects[0][0] for p, _, _ in pairs if p.stage == 1} == {"red"}
+    assert {p.perfect.relations[0].objects[0][0] for p, _, _ in pairs if p.stage == 2} == {"red", "blue"}
+    for stage in (0, 1, 2):
+        assert axes_seen[stage] == {"horizontal"} and kinds_seen[stage] == {"swap"}
+    assert axes_seen[3] == {"horizontal", "vertical"} and kinds_seen[3] == {"swap", "flip"}
+    assert axes_seen[4] == {"horizontal", "vertical"}
+    assert kinds_seen[4] == {"swap", "flip", "predicate", "attribute_swap"}
+    assert axes_seen[5] == {"horizontal", "vertical", "depth", "corner", "edge"}
+    assert axes_seen[6] == axes_seen[5] | {"row"} and kinds_seen[6] == set(PERTURBATIONS)
+    subsets = Counter(pair.subset for pair, _, _ in pairs if pair.stage == 6)
     assert subsets["1-pert"] > 15 and subsets["2-3-pert"] > 15
 
 

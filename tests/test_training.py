@@ -31,6 +31,7 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, curriculum: bool, eve
             "check_val_every_n_epoch": None,
             "num_sanity_val_steps": 0,
             "log_every_n_steps": 1,
+            "gradient_clip_val": 0.5,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "default_root_dir": str(tmp / "run"),
@@ -131,21 +132,23 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, synthetic_dir, curricu
     assert final(metrics(full)) == final(metrics(crashed))
 
 
+STRATEGIES = {
+    "ddp": ["--trainer.strategy=ddp"],
+    "fsdp": [
+        "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+        "--trainer.strategy.data_parallel_size=2",
+        "--trainer.strategy.tensor_parallel_size=1",
+    ],
+}
+
+
 def test_ddp_and_fsdp_match_single_process(tmp_path, synthetic_dir):
     steps = 4
     single = tmp_path / "single"
     single.mkdir()
     run_cli("fit", "--config", str(write_config(single, synthetic_dir, max_steps=steps, curriculum=False)), cwd=single)
     reference = exported(single)
-    strategies = {
-        "ddp": ["--trainer.strategy=ddp"],
-        "fsdp": [
-            "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
-            "--trainer.strategy.data_parallel_size=2",
-            "--trainer.strategy.tensor_parallel_size=1",
-        ],
-    }
-    for name, args in strategies.items():
+    for name, args in STRATEGIES.items():
         folder = tmp_path / name
         folder.mkdir()
         config = write_config(folder, synthetic_dir, max_steps=steps, curriculum=False)
@@ -155,3 +158,19 @@ def test_ddp_and_fsdp_match_single_process(tmp_path, synthetic_dir):
         ref_losses = [float(r["train/loss"]) for r in metrics(single) if r.get("train/loss")]
         assert len(losses) == len(ref_losses) == steps
         assert losses == pytest.approx(ref_losses, rel=1e-5)
+
+
+def test_fsdp_checkpoint_resumes(tmp_path, synthetic_dir):
+    """A 2-process FSDP2 run killed mid-epoch resumes from its sharded checkpoint to the uninterrupted result."""
+    steps, args = 6, ["--trainer.devices=2", "--data.batch_size=4", *STRATEGIES["fsdp"]]
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    for folder in (full, crashed):
+        folder.mkdir()
+    run_cli("fit", "--config", str(write_config(full, synthetic_dir, max_steps=steps, curriculum=True)), *args, cwd=full)
+    config = write_config(crashed, synthetic_dir, max_steps=steps, curriculum=True)
+    run_cli("fit", "--config", str(config), *args, "--trainer.callbacks+=crash_callback.CrashAtStep",
+            "--trainer.callbacks.step=5", cwd=crashed, expect=17)
+    ckpt = crashed / "run" / "ckpt" / "last.ckpt"
+    assert ckpt.is_dir(), "FSDP2 checkpoints are sharded (torch.distributed.checkpoint folders)"
+    run_cli("fit", "--config", str(config), "--ckpt_path", str(ckpt), *args, cwd=crashed)
+    assert_same_weights(exported(full), exported(crashed), rtol=0, atol=0)

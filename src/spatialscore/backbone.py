@@ -74,7 +74,9 @@ class TinyBackboneConfig:
     text_heads: int = 4
     text_kv_heads: int = 2
     text_intermediate_size: int = 128
-    text_rope_theta: float = 10000.0
+    # Tiny models see a 4x4 grid of merged image tokens and have 2 rotary frequencies per spatial axis; at
+    # Qwen's theta (1e6) or even 1e4 those turn by < 0.02 rad per grid step, so left and right look the same.
+    text_rope_theta: float = 10.0
     vision_hidden_size: int = 64
     vision_depth: int = 2
     vision_heads: int = 4

@@ -64,6 +64,7 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "synth": _tool("spatialscore.data.synthetic"),
     "perturb": _tool("spatialscore.data.perturb"),
     "score": score_main,
+    "benchmark": _tool("spatialscore.benchmark"),
 }
 
 

@@ -69,12 +69,12 @@ class SpatialScoreConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> SpatialScoreConfig:
         """Inverse of :meth:`to_dict`."""
-        backbone = dict(raw["backbone"])
-        backbone["tiny"] = TinyBackboneConfig(**backbone["tiny"])
+        backbone = dict(raw.get("backbone", {}))
+        backbone["tiny"] = TinyBackboneConfig(**backbone.get("tiny", {}))
         return cls(
             backbone=BackboneConfig(**backbone),
-            lora=LoraSettings(**raw["lora"]),
-            template=PromptTemplate(**raw["template"]),
+            lora=LoraSettings(**raw.get("lora", {})),
+            template=PromptTemplate(**raw.get("template", {})),
             **{k: v for k, v in raw.items() if k not in ("backbone", "lora", "template")},
         )
 

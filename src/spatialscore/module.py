@@ -69,6 +69,10 @@ class SpatialScoreModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if isinstance(model, dict):  # hyper-parameters read back from a checkpoint
+            model = SpatialScoreConfig.from_dict(model)
+        if isinstance(optimizer, dict):
+            optimizer = OptimizerConfig(**optimizer)
         self.model_config = model or SpatialScoreConfig()
         self.optimizer_config = optimizer or OptimizerConfig()
         self.loss_kind = loss

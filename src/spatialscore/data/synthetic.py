@@ -32,10 +32,11 @@ later and larger); corners are the corner cells of a 3x3 grid; edges are the out
 upper-left corner is also at the top edge and at the left edge).
 
 Curriculum stages (each adds one difficulty, as a tiny model needs; see README):
-0 = red and blue, one left/right relation naming red first, swap; 1 = the same in either naming order;
-2 = red and blue, adds above/below and flip; 3 = two objects of all colours, adds predicate and
-attribute_swap; 4 = 2-3 objects, adds front/behind, corners, edges and anchor; 5 = the full task: 2-5 objects,
-adds rows and row_permute, and 2-3 perturbations in half of the pairs.
+0 = warm-up without mirrors: every prompt says "a red ... to the left of a blue ...", so the image alone
+decides (a model first learns to see the layout); 1 = red and blue, left or right, red named first, mirrored
+(from here on the prompt matters); 2 = either naming order; 3 = adds above/below and flip; 4 = two objects of
+all colours, adds predicate and attribute_swap; 5 = 2-3 objects, adds front/behind, corners, edges and anchor;
+6 = the full task: 2-5 objects, adds rows and row_permute, and 2-3 perturbations in half of the pairs.
 """
 
 from __future__ import annotations
@@ -567,16 +568,22 @@ class _StageSpec:
     axes: tuple[str, ...]
     perturbations: tuple[str, ...]
     palette_order: bool = False  # name the objects of a pair relation in palette order (red before blue)
+    predicates: tuple[str, ...] | None = None  # allowed pair predicates (None: every one of the axes)
+    mirrored: bool = True  # also write the mirror record (False only for the warm-up stage)
     relations: int | None = None  # prompt relations: None = one per object pair and anchor, as drawn
     multi_perturbation: bool = False  # 2-3 perturbations in half of the pairs
 
 
 _RED_BLUE = ("red", "blue")
 _STAGES: dict[int, _StageSpec] = {
-    0: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), palette_order=True, relations=1),
-    1: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), relations=1),
-    2: _StageSpec(2, 2, _RED_BLUE, ("horizontal", "vertical"), ("swap", "flip"), relations=1),
-    3: _StageSpec(
+    0: _StageSpec(
+        2, 2, _RED_BLUE, ("horizontal",), ("swap",), palette_order=True, predicates=("left_of",), relations=1,
+        mirrored=False,
+    ),
+    1: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), palette_order=True, relations=1),
+    2: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), relations=1),
+    3: _StageSpec(2, 2, _RED_BLUE, ("horizontal", "vertical"), ("swap", "flip"), relations=1),
+    4: _StageSpec(
         2,
         2,
         tuple(PALETTE),
@@ -584,14 +591,14 @@ _STAGES: dict[int, _StageSpec] = {
         ("swap", "flip", "predicate", "attribute_swap"),
         relations=1,
     ),
-    4: _StageSpec(
+    5: _StageSpec(
         2,
         3,
         tuple(PALETTE),
         ("horizontal", "vertical", "depth", "corner", "edge"),
         ("swap", "flip", "predicate", "anchor", "attribute_swap"),
     ),
-    5: _StageSpec(
+    6: _StageSpec(
         2,
         5,
         tuple(PALETTE),
@@ -712,6 +719,7 @@ def _candidate_relations(
     depth: tuple[int, int] | None,
     *,
     palette_order: bool = False,
+    predicates: Sequence[str] | None = None,
 ) -> list[Relation]:
     """Every relation of an allowed axis that clearly holds, each in a random one of its phrasings
     (or, with ``palette_order``, naming the object that comes first in the palette first).
@@ -720,7 +728,11 @@ def _candidate_relations(
     """
     found = _geometry(objects)
     depth_colours = set() if depth is None else {objects[depth[0]].colour, objects[depth[1]].colour}
-    pair_predicates = [p for p in _OPPOSITE if _AXIS[p] in ("horizontal", "vertical") and _AXIS[p] in axes]
+    pair_predicates = [
+        p
+        for p in _OPPOSITE
+        if _AXIS[p] in ("horizontal", "vertical") and _AXIS[p] in axes and (predicates is None or p in predicates)
+    ]
     candidates: list[Relation] = []
     for i, a in enumerate(objects):
         for b in objects[i + 1 :]:
@@ -995,7 +1007,9 @@ def _draw_pair(
         return None
     placed, depth, row = layout
     n = len(placed)
-    candidates = _candidate_relations(rng, placed, spec.axes, depth, palette_order=spec.palette_order)
+    candidates = _candidate_relations(
+        rng, placed, spec.axes, depth, palette_order=spec.palette_order, predicates=spec.predicates
+    )
     if row:
         designed = Relation("row", tuple(placed[k].ref for k in sorted(row, key=lambda k: placed[k].x)))
         if _slack(designed, _geometry(placed)) >= _GEN_CLEAR:
@@ -1159,7 +1173,7 @@ def write_synthetic_dataset(
 
     Each scene pair yields the record (perfect prompt, chosen=perfect, rejected=perturbed) and its mirror
     (perturbed prompt, chosen=perturbed, rejected=perfect), so a scorer that ignores the prompt is exactly
-    at chance. Stages are spread evenly over the pairs in order. Output is byte-identical for a seed (with
+    at chance; stage 0, a warm-up whose prompts all say "red to the left of blue", has no mirrors. Stages are spread evenly over the pairs in order. Output is byte-identical for a seed (with
     the same numpy and Pillow). Pair i is ``generate_pair(seed=(seed, i), stage=...)``; its record ids are
     ``{split}-{i:06d}`` and ``{split}-{i:06d}-mirror``; ``category`` joins the perturbation kinds with "+".
     """
@@ -1189,7 +1203,8 @@ def write_synthetic_dataset(
                 role: scene.to_dict(image_size=image_size)
                 for role, scene in (("perfect", pair.perfect), ("perturbed", pair.perturbed))
             }
-            for mirror, (good, bad) in ((False, ("perfect", "perturbed")), (True, ("perturbed", "perfect"))):
+            roles = ((False, ("perfect", "perturbed")), (True, ("perturbed", "perfect")))
+            for mirror, (good, bad) in roles if _STAGES[stage].mirrored else roles[:1]:
                 record = {
                     "id": f"{name}-mirror" if mirror else name,
                     "prompt": scenes[good]["prompt"],

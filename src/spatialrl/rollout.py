@@ -1,0 +1,221 @@
+"""Rollouts: sample images from a :class:`~spatialrl.flux.FluxPolicy`, recording what GRPO trains on.
+
+Each of the ``num_steps`` steps is an SDE step (stochastic, trained) or an ODE step (deterministic Euler, not
+trained), chosen by a boolean step mask; the mask helpers cover Flow-GRPO (all but the last), Flow-GRPO-Fast /
+MixGRPO (a window) and DanceGRPO (a random fraction). All step math is :func:`spatialrl.sde.sde_step` in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spatialrl.flux import FluxPolicy
+from spatialrl.sde import SDEKind, SDEStepOutput, sde_step
+
+__all__ = [
+    "Trajectory",
+    "replay_step",
+    "sample",
+    "sde_mask_all_but_last",
+    "sde_mask_random",
+    "sde_mask_window",
+    "step_mask",
+]
+
+
+@dataclass
+class Trajectory:
+    """A batch of rollouts. Per trained (SDE) step k of K, batch first:
+
+    ``latents`` / ``next_latents`` / ``means``: ``(B, K, tokens, 4C)`` float32 packed latents before the step,
+    after it, and the transition mean; ``log_probs`` and ``stds``: ``(B, K)``; ``sigma`` / ``sigma_next``: ``(K,)``;
+    ``step_indices``: ``(K,)`` positions in the ``num_steps`` schedule. ``final_latents`` ``(B, tokens, 4C)`` and
+    ``images`` ``(B, 3, H, W)`` in [0, 1]. The prompt encodings and sampling settings are kept for replay.
+    """
+
+    prompts: list[str]
+    prompt_embeds: Tensor
+    pooled: Tensor
+    height: int
+    width: int
+    guidance: float
+    noise_level: float
+    kind: SDEKind
+    sigmas: Tensor
+    step_indices: Tensor
+    sigma: Tensor
+    sigma_next: Tensor
+    latents: Tensor
+    next_latents: Tensor
+    log_probs: Tensor
+    means: Tensor
+    stds: Tensor
+    final_latents: Tensor
+    images: Tensor
+
+
+def sde_mask_all_but_last(num_steps: int) -> Tensor:
+    """Flow-GRPO: every step but the last, nearly deterministic one is an SDE step."""
+    return sde_mask_window(num_steps, start=0, size=num_steps - 1)
+
+
+def sde_mask_window(num_steps: int, *, start: int, size: int) -> Tensor:
+    """Steps ``start .. start + size - 1`` (clipped to the schedule) are SDE steps: Flow-GRPO-Fast, MixGRPO."""
+    if num_steps < 1 or start < 0 or size < 0:
+        raise ValueError(f"need num_steps >= 1, start >= 0, size >= 0; got {num_steps}, {start}, {size}")
+    mask = torch.zeros(num_steps, dtype=torch.bool)
+    mask[start : start + size] = True
+    return mask
+
+
+def sde_mask_random(num_steps: int, *, fraction: float, seed: int, exclude_last: bool = True) -> Tensor:
+    """DanceGRPO: ``round(fraction * n)`` of the ``n`` candidate steps, drawn without replacement from ``seed``."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    candidates = num_steps - 1 if exclude_last else num_steps
+    chosen = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[
+        : round(fraction * candidates)
+    ]
+    mask = torch.zeros(num_steps, dtype=torch.bool)
+    mask[chosen] = True
+    return mask
+
+
+def step_mask(sde_steps: Tensor | Sequence[int] | None, num_steps: int) -> Tensor:
+    """A ``(num_steps,)`` bool mask from a mask, a list of step indices, or ``None`` (all but the last)."""
+    if sde_steps is None:
+        return sde_mask_all_but_last(num_steps)
+    if isinstance(sde_steps, Tensor) and sde_steps.dtype == torch.bool:
+        if sde_steps.shape != (num_steps,):
+            raise ValueError(f"step mask must have shape ({num_steps},), got {tuple(sde_steps.shape)}")
+        return sde_steps.cpu()
+    indices = torch.as_tensor(sde_steps, dtype=torch.long).reshape(-1)
+    if bool(((indices < 0) | (indices >= num_steps)).any()):
+        raise ValueError(f"step indices must lie in [0, {num_steps}), got {indices.tolist()}")
+    mask = torch.zeros(num_steps, dtype=torch.bool)
+    mask[indices] = True
+    return mask
+
+
+@torch.no_grad()
+def sample(
+    policy: FluxPolicy,
+    *,
+    prompts: list[str],
+    height: int,
+    width: int,
+    num_steps: int,
+    noise_level: float,
+    kind: SDEKind = "sde",
+    sde_steps: Tensor | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    initial_noise: Tensor | None = None,
+    guidance: float = 3.5,
+) -> Trajectory:
+    """Sample one image per prompt (repeat prompts for a group) and record the SDE steps.
+
+    ``initial_noise`` is packed ``(B, tokens, 4C)`` like ``FluxPipeline(latents=...)``; otherwise it is drawn
+    unpacked ``(B, C, h, w)`` from ``generator`` and packed, as FluxPipeline does, so the same seed gives the
+    same start. SDE noise comes from ``generator`` too. With ``noise_level=0`` every step is the Euler ODE step
+    and the images equal FluxPipeline's. The transformer runs in its dtype; each step is float32.
+    """
+    mask = step_mask(sde_steps, num_steps)
+    device = policy.device
+    rows, cols = policy.latent_size(height, width)
+    prompt_embeds, pooled = policy.encode_prompts(prompts)
+    img_ids = policy.latent_image_ids(height, width)
+    batch = len(prompts)
+    if initial_noise is None:
+        noise_device = generator.device if generator is not None else device
+        shape = (batch, policy.latent_channels, rows, cols)
+        latents = policy.pack_latents(
+            torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
+        )
+    else:
+        expected = (batch, (rows // 2) * (cols // 2), 4 * policy.latent_channels)
+        if tuple(initial_noise.shape) != expected:
+            raise ValueError(f"initial_noise must have shape {expected}, got {tuple(initial_noise.shape)}")
+        latents = initial_noise
+    latents = latents.to(device=device, dtype=torch.float32)
+    sigmas = policy.sigmas(num_steps, height, width)
+
+    records: list[tuple[Tensor, SDEStepOutput]] = []
+    for i in range(num_steps):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        velocity = policy.velocity(
+            latents=latents,
+            sigma=sigma,
+            prompt_embeds=prompt_embeds,
+            pooled=pooled,
+            img_ids=img_ids,
+            guidance=guidance,
+        )
+        out = sde_step(
+            velocity=velocity.float(),
+            sample=latents,
+            sigma=sigma,
+            sigma_next=sigma_next,
+            noise_level=noise_level if bool(mask[i]) else 0.0,
+            kind=kind,
+            generator=generator,
+        )
+        if bool(mask[i]):
+            records.append((latents, out))
+        latents = out.prev_sample
+
+    step_indices = mask.nonzero().reshape(-1)
+    empty = latents.new_zeros(batch, 0, *latents.shape[1:])
+    return Trajectory(
+        prompts=list(prompts),
+        prompt_embeds=prompt_embeds,
+        pooled=pooled,
+        height=height,
+        width=width,
+        guidance=guidance,
+        noise_level=noise_level,
+        kind=kind,
+        sigmas=sigmas,
+        step_indices=step_indices,
+        sigma=sigmas[step_indices],
+        sigma_next=sigmas[step_indices + 1],
+        latents=torch.stack([x for x, _ in records], dim=1) if records else empty,
+        next_latents=torch.stack([o.prev_sample for _, o in records], dim=1) if records else empty,
+        log_probs=torch.stack([o.log_prob for _, o in records], dim=1)
+        if records
+        else latents.new_zeros(batch, 0),
+        means=torch.stack([o.mean for _, o in records], dim=1) if records else empty,
+        stds=torch.stack([o.std for _, o in records], dim=1) if records else latents.new_zeros(batch, 0),
+        final_latents=latents,
+        images=policy.decode(latents, height=height, width=width),
+    )
+
+
+def replay_step(policy: FluxPolicy, trajectory: Trajectory, *, index: int) -> SDEStepOutput:
+    """Re-score trained step ``index`` (of K) under the policy's current weights, with gradients.
+
+    Recomputes the velocity at the recorded latents and the log-probability of the recorded next latents:
+    on-policy (unchanged weights, same batch) it equals the recorded log-prob, the PPO ratio's ``old`` term.
+    """
+    sigma, sigma_next = float(trajectory.sigma[index]), float(trajectory.sigma_next[index])
+    latents = trajectory.latents[:, index]
+    velocity = policy.velocity(
+        latents=latents,
+        sigma=sigma,
+        prompt_embeds=trajectory.prompt_embeds,
+        pooled=trajectory.pooled,
+        img_ids=policy.latent_image_ids(trajectory.height, trajectory.width),
+        guidance=trajectory.guidance,
+    )
+    return sde_step(
+        velocity=velocity.float(),
+        sample=latents,
+        sigma=sigma,
+        sigma_next=sigma_next,
+        noise_level=trajectory.noise_level,
+        kind=trajectory.kind,
+        prev_sample=trajectory.next_latents[:, index],
+    )
