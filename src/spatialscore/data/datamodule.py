@@ -286,7 +286,7 @@ class PreferenceDataModule(L.LightningDataModule):
                     raise FileNotFoundError(f"{split} manifest not found: {path}")
                 return None
             self.manifests[split] = read_manifest(
-                path, skip_invalid=self.skip_invalid, check_images=self.check_images
+                path, skip_invalid=self.skip_invalid, check_images=self.check_images, show_progress=True
             )
         return self.manifests[split]
 
