@@ -373,7 +373,7 @@ def test_checker_accepts_pil_arrays_batches_and_tensors(pairs):
 
 
 def test_checker_accepts_real_torch_tensors(pairs):
-    torch = pytest.importorskip("torch")
+    import torch
     pair, perfect, perturbed = pairs[-2]
     batch = torch.from_numpy(np.stack([_as_chw(perfect), _as_chw(perturbed)])).to(torch.bfloat16)
     scores = RuleChecker()(images=batch, prompts=[pair.perfect.prompt] * 2)

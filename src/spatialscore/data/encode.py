@@ -90,7 +90,7 @@ class RewardInputEncoder:
         self.min_pixels = int(ip.size["shortest_edge"])
         self.max_pixels = int(ip.size["longest_edge"])
         self.resample = PILImageResampling(ip.resample)
-        self.lut = torch.from_numpy(self._lookup_table())
+        self.lut = self._lookup_table()
         tokenizer = processor.tokenizer
         self.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.pad_token_id = tokenizer.pad_token_id
@@ -143,22 +143,23 @@ class RewardInputEncoder:
         groups = [arrays] if len(shapes) == 1 else [[a] for a in arrays]
         patches, grids = [], []
         for group in groups:
-            batch = torch.from_numpy(np.stack(group))
-            p, g = self._patchify(batch)
+            p, g = self._patchify(np.stack(group))
             patches.append(p)
             grids.extend([g] * len(group))
         return torch.cat(patches), torch.tensor(grids, dtype=torch.long)
 
-    def _patchify(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    def _patchify(self, batch: np.ndarray) -> tuple[torch.Tensor, list[int]]:
         """Normalise a (N, H, W, 3) uint8 batch through the lookup table and flatten it into patches."""
         n, height, width, channels = batch.shape
         p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
         gh, gw = height // p, width // p
-        values = self.lut[torch.arange(channels)[None, :, None, None], batch.permute(0, 3, 1, 2).long()]
-        values = values.reshape(n, channels, gh // m, m, p, gw // m, m, p)
-        values = values.permute(0, 2, 5, 3, 6, 1, 4, 7)
-        values = values.unsqueeze(6).expand(*values.shape[:6], t, p, p)
-        return values.reshape(n * gh * gw, channels * t * p * p), [1, gh, gw]
+        values = np.empty((n, channels, height, width), dtype=np.float32)
+        for c in range(channels):
+            np.take(self.lut[c], batch[..., c], out=values[:, c])
+        patches = torch.from_numpy(values).reshape(n, channels, gh // m, m, p, gw // m, m, p)
+        patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)
+        patches = patches.unsqueeze(6).expand(*patches.shape[:6], t, p, p)
+        return patches.reshape(n * gh * gw, channels * t * p * p), [1, gh, gw]
 
     def __call__(self, *, prompts: Sequence[str], images: Sequence[ImageLike]) -> dict[str, torch.Tensor]:
         """Model inputs for ``len(prompts)`` sequences, the i-th prompt judging the i-th image."""
