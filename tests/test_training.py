@@ -35,10 +35,16 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, curriculum: bool, eve
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "default_root_dir": str(tmp / "run"),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp / "run"), "name": "csv"},
-            },
+            "logger": [
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp / "run"), "name": "csv"},
+                },
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(tmp / "run"), "name": "tb"},
+                },
+            ],
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -103,6 +109,11 @@ def test_fit_validate_test_and_score(tmp_path, synthetic_dir):
     rows = metrics(tmp_path)
     assert any("val/accuracy" in r and r["val/accuracy"] for r in rows)
     assert any(r.get("val/subset/2-3-pert/num_pairs") for r in rows) or any(r.get("val/subset/1-pert/num_pairs") for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "run" / "tb").glob("version_*"))))
+    events.Reload()
+    assert "val/pairs" in events.Tags()["images"] and "val/accuracy" in events.Tags()["scalars"]
     ckpt = tmp_path / "run" / "ckpt" / "last.ckpt"
     out = run_cli("test", "--config", str(config), "--ckpt_path", str(ckpt), cwd=tmp_path)
     assert "test/accuracy" in out.stdout

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from spatialscore.backbone import DTYPES, load_processor, resolve_backbone_path
+from spatialscore.data.datamodule import PairCollator, PairDataset
 from spatialscore.data.encode import RewardInputEncoder
 from spatialscore.losses import bradley_terry_loss, expected_bt_loss
 from spatialscore.metrics import PairwiseAccuracy
@@ -174,15 +175,15 @@ class SpatialScoreModule(L.LightningModule):
         manifest = getattr(datamodule, "manifests", {}).get("val")
         if manifest is None or self.num_logged_pairs <= 0 or self.trainer.sanity_checking:
             return
-        records = manifest.records[: self.num_logged_pairs]
-        batch = datamodule.val_dataloader().collate_fn([datamodule.val_dataloader().dataset[i] for i in range(len(records))])
+        dataset = PairDataset(manifest.records[: self.num_logged_pairs])
+        items = [dataset[i] for i in range(len(dataset))]
+        batch = PairCollator(self.encoder)(items)
         with torch.no_grad():
             out = self({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        n = len(records)
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or not self.trainer.is_global_zero:
             return
-        items = [datamodule.val_dataloader().dataset[i] for i in range(n)]
+        n = len(items)
         grid = pair_grid(
             chosen=[item["chosen"] for item in items],
             rejected=[item["rejected"] for item in items],
