@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import string
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from transformers import (
 )
 
 from spatialrl.schedule import flux_sigmas
-from spatialscore.backbone import tiny_cache_dir
+from spatialscore.backbone import staged_directory, tiny_cache_dir
 
 __all__ = ["FluxPolicy", "TinyFluxConfig", "build_tiny_flux", "resolve_tiny_flux"]
 
@@ -142,21 +139,16 @@ def build_tiny_flux(directory: str | Path, *, seed: int = 0, config: TinyFluxCon
         base_shift=0.5,
         max_shift=1.15,
     )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-flux-", dir=directory.parent))
-    FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=clip,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=t5,
-        tokenizer_2=t5_tokenizer,
-        transformer=transformer,
-    ).save_pretrained(tmp)
-    if directory.exists():
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, directory)
+    with staged_directory(directory) as tmp:
+        FluxPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=clip,
+            tokenizer=clip_tokenizer,
+            text_encoder_2=t5,
+            tokenizer_2=t5_tokenizer,
+            transformer=transformer,
+        ).save_pretrained(tmp)
     return directory
 
 

@@ -6,11 +6,13 @@ so every code path downstream (quantization included) is the one a real checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -202,15 +204,31 @@ def build_tiny_checkpoint(tiny: TinyBackboneConfig, directory: str | Path) -> Pa
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=tiny.patch_size, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels
     )
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    image_processor.save_pretrained(str(tmp))
+    with staged_directory(directory) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        image_processor.save_pretrained(str(tmp))
+    return directory
+
+
+@contextlib.contextmanager
+def staged_directory(directory: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to write into, then move it to ``directory`` in one rename.
+
+    Concurrent builders (several test workers, ranks) never see a half-written folder; if another process
+    finished first, its folder is kept and this one is discarded.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if directory.exists():
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, directory)
-    return directory
 
 
 def resolve_backbone_path(config: BackboneConfig) -> Path:
@@ -224,7 +242,6 @@ def resolve_backbone_path(config: BackboneConfig) -> Path:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     directory = tiny_cache_dir() / f"tiny-qwen2_5_vl-{key}"
     if not (directory / "config.json").is_file():
-        directory.parent.mkdir(parents=True, exist_ok=True)
         build_tiny_checkpoint(config.tiny, directory)
     return directory
 
