@@ -120,3 +120,19 @@ def test_encoder_must_be_set(synthetic_dir):
     dm.setup("fit")
     with pytest.raises(RuntimeError, match="no encoder"):
         dm.train_dataloader()
+
+
+def test_synthetic_data_is_generated_once_and_never_silently_mismatched(tmp_path):
+    from spatialscore.data.datamodule import SyntheticData
+
+    spec = SyntheticData(directory=str(tmp_path / "syn"), train_pairs=4, val_pairs=2, test_pairs=0, stages=(1,), eval_stages=(1,))
+    dm = PreferenceDataModule(synthetic=spec)
+    dm.prepare_data()
+    first = (tmp_path / "syn" / "train.jsonl").read_bytes()
+    PreferenceDataModule(synthetic=spec).prepare_data()
+    assert (tmp_path / "syn" / "train.jsonl").read_bytes() == first
+    assert not (tmp_path / "syn" / "test.jsonl").exists()
+    assert len(dm.load("train")) == 8
+    other = SyntheticData(**{**spec.__dict__, "seed": 1})
+    with pytest.raises(ValueError, match="generated with .* but this run asks for"):
+        PreferenceDataModule(synthetic=other).prepare_data()

@@ -21,15 +21,9 @@ from spatialscore.module import SpatialScoreModule
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-def lightning_main(args: list[str]) -> None:
-    """LightningCLI over :class:`SpatialScoreModule` and :class:`PreferenceDataModule`."""
-    LightningCLI(
-        SpatialScoreModule,
-        PreferenceDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"fit": {"default_env": False}},
-    )
+def lightning_main(args: list[str] | None) -> None:
+    """LightningCLI over :class:`SpatialScoreModule` and :class:`PreferenceDataModule` (``args=None``: sys.argv)."""
+    LightningCLI(SpatialScoreModule, PreferenceDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
 def score_main(argv: list[str]) -> int:
@@ -70,13 +64,14 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spatialscore`` console script."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:]) or 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] in LIGHTNING_COMMANDS:
         if not argv or argv[0] in ("-h", "--help"):
             print(f"extra commands: {', '.join(TOOLS)} (spatialscore COMMAND --help)\n")
-        lightning_main(argv)
+        lightning_main(None if from_command_line else argv)
         return 0
     print(f"unknown command {argv[0]!r}; commands: {', '.join(LIGHTNING_COMMANDS + tuple(TOOLS))}", file=sys.stderr)
     return 2

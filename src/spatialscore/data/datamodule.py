@@ -8,8 +8,9 @@ deterministic for a seed and resumable mid-epoch (the loader's position is store
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ SPLITS = ("train", "val", "test")
 class SyntheticData:
     """Procedural pairs written to ``directory`` on first use (see ``spatialscore synth``).
 
-    ``stages``: curriculum stages (0 = red/blue left-right ... 5 = the full task, see ``spatialscore synth``)
-    spread evenly over the training pairs; validation and test pairs use ``eval_stages``.
+    ``stages``: curriculum stages (0 = red/blue warm-up ... 4 = two objects of all colours ... 6 = the full task,
+    see ``spatialscore synth``) spread evenly over the training pairs; validation and test pairs use
+    ``eval_stages``.
     """
 
     directory: str = "data/synthetic"
@@ -37,8 +39,8 @@ class SyntheticData:
     val_pairs: int = 200
     test_pairs: int = 500
     image_size: int = 64
-    stages: Sequence[int] = (0, 1, 2, 3, 4, 5)
-    eval_stages: Sequence[int] = (5,)
+    stages: Sequence[int] = (0, 1, 2, 3, 4)
+    eval_stages: Sequence[int] = (4,)
     seed: int = 0
 
 
@@ -46,7 +48,8 @@ class SyntheticData:
 class CurriculumSchedule:
     """Which curriculum stages a training step draws from, as a function of training progress.
 
-    ``boundaries[i]`` is the fraction of an epoch at which stage ``i + 1`` enters; each new stage then gets
+    ``boundaries[i]`` is the fraction of the run (with a curriculum, one sampler epoch spans ``max_steps``) at which
+    the ``i + 1``-th stage present in the data enters; each new stage then gets
     ``new_stage_weight`` of the draws while earlier stages share the rest. Records without a ``stage`` in their
     ``meta`` count as the last stage. Empty ``boundaries``: uniform sampling over all records.
     """
@@ -262,6 +265,13 @@ class PreferenceDataModule(L.LightningDataModule):
         from spatialscore.data.synthetic import write_synthetic_dataset
 
         spec = self.synthetic
+        record = Path(spec.directory) / "synthetic_spec.json"
+        wanted = json.loads(json.dumps(asdict(spec)))
+        if record.exists() and json.loads(record.read_text()) != wanted:
+            raise ValueError(
+                f"{spec.directory} holds procedural data generated with {record.read_text().strip()}, but this run "
+                f"asks for {json.dumps(wanted)}: delete the folder or set data.synthetic.directory to another one"
+            )
         sizes = {"train": spec.train_pairs, "val": spec.val_pairs, "test": spec.test_pairs}
         for offset, split in enumerate(SPLITS):
             path = self.manifest_path(split)
@@ -276,6 +286,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 stages=tuple(stages),
                 split=split,
             )
+        record.write_text(json.dumps(wanted))
 
     def load(self, split: str) -> Manifest | None:
         """Read and validate ``split``'s manifest (cached); None when the split is not configured."""
