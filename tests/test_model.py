@@ -163,3 +163,12 @@ def test_qlora_trains_on_cpu_with_evaluation_between_steps(quantization):
     losses = train_steps(model, steps=2)
     assert all(np.isfinite(losses))
     assert any(not torch.equal(p.detach(), first[n]) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_module_trains_in_train_mode():
+    """HF loads models in eval mode; training must not inherit it (LoRA dropout, activation checkpointing)."""
+    from spatialscore.module import SpatialScoreModule
+
+    module = SpatialScoreModule(model=SpatialScoreConfig(lora=LoraSettings(rank=4, dropout=0.1), activation_checkpointing=True))
+    module.configure_model()
+    assert all(m.training for m in module.model.modules())

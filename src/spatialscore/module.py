@@ -98,7 +98,9 @@ class SpatialScoreModule(L.LightningModule):
         """Build the model (once), and shard it with FSDP2 under ``ModelParallelStrategy``."""
         if self.model is not None:
             return
-        self.model = SpatialScore.build(self.model_config)
+        # from_pretrained returns modules in eval mode; Lightning keeps the mode it finds, which would silently
+        # disable LoRA dropout and activation checkpointing during training (evaluation loops switch to eval).
+        self.model = SpatialScore.build(self.model_config).train()
         if self._device_mesh is not None:
             backbone = self.model.backbone
             dtype = DTYPES[self.model_config.backbone.dtype]
