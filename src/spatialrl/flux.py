@@ -139,16 +139,17 @@ def build_tiny_flux(directory: str | Path, *, seed: int = 0, config: TinyFluxCon
         base_shift=0.5,
         max_shift=1.15,
     )
+    policy = FluxPolicy(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        scheduler_config=scheduler.config,
+    )
     with staged_directory(directory) as tmp:
-        FluxPipeline(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=clip,
-            tokenizer=clip_tokenizer,
-            text_encoder_2=t5,
-            tokenizer_2=t5_tokenizer,
-            transformer=transformer,
-        ).save_pretrained(tmp)
+        policy.pipeline().save_pretrained(tmp)
     return directory
 
 

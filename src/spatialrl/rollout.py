@@ -168,7 +168,12 @@ def sample(
         latents = out.prev_sample
 
     step_indices = mask.nonzero().reshape(-1)
-    empty = latents.new_zeros(batch, 0, *latents.shape[1:])
+
+    def stacked(values: list[Tensor], per_step_shape: tuple[int, ...]) -> Tensor:
+        """(B, K, ...) from K per-step tensors; (B, 0, ...) when no step was recorded."""
+        return torch.stack(values, dim=1) if values else latents.new_zeros(batch, 0, *per_step_shape)
+
+    token_shape = tuple(latents.shape[1:])
     return Trajectory(
         prompts=list(prompts),
         prompt_embeds=prompt_embeds,
@@ -182,13 +187,11 @@ def sample(
         step_indices=step_indices,
         sigma=sigmas[step_indices],
         sigma_next=sigmas[step_indices + 1],
-        latents=torch.stack([x for x, _ in records], dim=1) if records else empty,
-        next_latents=torch.stack([o.prev_sample for _, o in records], dim=1) if records else empty,
-        log_probs=torch.stack([o.log_prob for _, o in records], dim=1)
-        if records
-        else latents.new_zeros(batch, 0),
-        means=torch.stack([o.mean for _, o in records], dim=1) if records else empty,
-        stds=torch.stack([o.std for _, o in records], dim=1) if records else latents.new_zeros(batch, 0),
+        latents=stacked([x for x, _ in records], token_shape),
+        next_latents=stacked([o.prev_sample for _, o in records], token_shape),
+        log_probs=stacked([o.log_prob for _, o in records], ()),
+        means=stacked([o.mean for _, o in records], token_shape),
+        stds=stacked([o.std for _, o in records], ()),
         final_latents=latents,
         images=policy.decode(latents, height=height, width=width),
     )

@@ -142,7 +142,7 @@ class SpatialScoreModule(L.LightningModule):
             },
             prog_bar=True,
             batch_size=batch["num_pairs"],
-            sync_dist=True,
+            sync_dist=True,  # the global batch's values: one rank alone may hold only records or only mirrors
         )
         return loss
 
