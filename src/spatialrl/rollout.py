@@ -145,20 +145,15 @@ def sample(
 
     records: list[tuple[Tensor, SDEStepOutput]] = []
     for i in range(num_steps):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        velocity = policy.velocity(
+        out = policy_step(
+            policy,
             latents=latents,
-            sigma=sigma,
+            sigma=float(sigmas[i]),
+            sigma_next=float(sigmas[i + 1]),
             prompt_embeds=prompt_embeds,
             pooled=pooled,
             img_ids=img_ids,
             guidance=guidance,
-        )
-        out = sde_step(
-            velocity=velocity.float(),
-            sample=latents,
-            sigma=sigma,
-            sigma_next=sigma_next,
             noise_level=noise_level if bool(mask[i]) else 0.0,
             kind=kind,
             generator=generator,
@@ -203,22 +198,56 @@ def replay_step(policy: FluxPolicy, trajectory: Trajectory, *, index: int) -> SD
     Recomputes the velocity at the recorded latents and the log-probability of the recorded next latents:
     on-policy (unchanged weights, same batch) it equals the recorded log-prob, the PPO ratio's ``old`` term.
     """
-    sigma, sigma_next = float(trajectory.sigma[index]), float(trajectory.sigma_next[index])
-    latents = trajectory.latents[:, index]
-    velocity = policy.velocity(
-        latents=latents,
-        sigma=sigma,
+    return policy_step(
+        policy,
+        latents=trajectory.latents[:, index],
+        sigma=float(trajectory.sigma[index]),
+        sigma_next=float(trajectory.sigma_next[index]),
         prompt_embeds=trajectory.prompt_embeds,
         pooled=trajectory.pooled,
         img_ids=policy.latent_image_ids(trajectory.height, trajectory.width),
         guidance=trajectory.guidance,
+        noise_level=trajectory.noise_level,
+        kind=trajectory.kind,
+        prev_sample=trajectory.next_latents[:, index],
+    )
+
+
+def policy_step(
+    policy: FluxPolicy,
+    *,
+    latents: Tensor,
+    sigma: float,
+    sigma_next: float,
+    prompt_embeds: Tensor,
+    pooled: Tensor,
+    img_ids: Tensor,
+    guidance: float,
+    noise_level: float,
+    kind: SDEKind,
+    generator: torch.Generator | None = None,
+    prev_sample: Tensor | None = None,
+) -> SDEStepOutput:
+    """One transition: the transformer's velocity (in its dtype), then :func:`sde_step` in float32.
+
+    Sampling (``generator``) and re-scoring a recorded transition (``prev_sample``) share this function, so the
+    recorded and the recomputed log-probabilities come from the same arithmetic.
+    """
+    velocity = policy.velocity(
+        latents=latents,
+        sigma=sigma,
+        prompt_embeds=prompt_embeds,
+        pooled=pooled,
+        img_ids=img_ids,
+        guidance=guidance,
     )
     return sde_step(
         velocity=velocity.float(),
         sample=latents,
         sigma=sigma,
         sigma_next=sigma_next,
-        noise_level=trajectory.noise_level,
-        kind=trajectory.kind,
-        prev_sample=trajectory.next_latents[:, index],
+        noise_level=noise_level,
+        kind=kind,
+        generator=generator,
+        prev_sample=prev_sample,
     )
