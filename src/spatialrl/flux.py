@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,9 +27,9 @@ from transformers import (
 )
 
 from spatialrl.schedule import flux_sigmas
-from spatialscore.backbone import staged_directory, tiny_cache_dir
+from spatialscore.backbone import DTYPES, staged_directory, tiny_cache_dir
 
-__all__ = ["FluxPolicy", "TinyFluxConfig", "build_tiny_flux", "resolve_tiny_flux"]
+__all__ = ["FluxPolicy", "FluxSource", "TinyFluxConfig", "build_tiny_flux", "resolve_tiny_flux"]
 
 TINY_FLUX_VERSION = 1  # bump when build_tiny_flux changes, so cached tiny folders are rebuilt
 _TINY_CHARS = sorted(set(string.ascii_lowercase + string.digits + ".,;:-!?'()"))
@@ -161,6 +161,34 @@ def resolve_tiny_flux(*, seed: int = 0, config: TinyFluxConfig | None = None) ->
     if not (directory / "transformer" / "config.json").is_file():
         build_tiny_flux(directory, seed=seed, config=config)
     return directory
+
+
+@dataclass
+class FluxSource:
+    """Where a policy comes from, as a config block: a local diffusers FLUX folder (``path``), else a tiny random
+    FLUX built offline from ``tiny`` with ``tiny_seed`` (cached). ``dtype`` is the transformer's and the frozen
+    components' dtype; ``max_sequence_length`` the T5 length (512 for FLUX.1-dev).
+    """
+
+    path: str | None = None
+    tiny: TinyFluxConfig = field(default_factory=TinyFluxConfig)
+    tiny_seed: int = 0
+    dtype: str = "float32"
+    max_sequence_length: int = 512
+
+    def resolve(self) -> Path:
+        """The folder to load: ``path`` (checked) or the cached tiny FLUX."""
+        if self.path is not None:
+            return Path(self.path)
+        return resolve_tiny_flux(seed=self.tiny_seed, config=self.tiny)
+
+    def load(self, *, device: str | torch.device = "cpu") -> FluxPolicy:
+        """Load the policy (every component in eval mode; only the transformer is trainable)."""
+        if self.dtype not in DTYPES:
+            raise ValueError(f"policy dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        return FluxPolicy.from_pretrained(
+            self.resolve(), dtype=DTYPES[self.dtype], device=device, max_sequence_length=self.max_sequence_length
+        )
 
 
 class FluxPolicy:

@@ -202,13 +202,15 @@ def ppo_clip_loss(
     old_log_prob: Tensor,
     advantages: Tensor,
     clip_range: float,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate ``mean(max(-A rho, -A clip(rho, 1 - eps, 1 + eps)))``.
 
     ``rho = exp(log_prob - old_log_prob)``, ``eps = clip_range``; ``advantages`` must broadcast to
-    ``log_prob``'s shape. Returns the scalar loss and detached stats: ``clip_fraction`` (share with
-    ``|rho - 1| > eps``), ``approx_kl`` (the k3 estimator ``mean((rho - 1) - log rho)`` of KL(old || new),
-    >= 0) and ``ratio_mean``.
+    ``log_prob``'s shape. ``mask`` (boolean, ``log_prob``'s shape) restricts the mean and the stats to the
+    True entries (padding entries keep the graph but contribute exactly 0; an all-False mask gives a zero loss).
+    Returns the scalar loss and detached stats: ``clip_fraction`` (share with ``|rho - 1| > eps``),
+    ``approx_kl`` (the k3 estimator ``mean((rho - 1) - log rho)`` of KL(old || new), >= 0) and ``ratio_mean``.
     """
     if clip_range <= 0:
         raise ValueError(f"clip_range must be positive, got {clip_range}")
@@ -218,16 +220,20 @@ def ppo_clip_loss(
         )
     if torch.broadcast_shapes(advantages.shape, log_prob.shape) != log_prob.shape:
         raise ValueError(f"advantages {tuple(advantages.shape)} do not broadcast to {tuple(log_prob.shape)}")
+    if mask is not None and mask.shape != log_prob.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} and log_prob {tuple(log_prob.shape)} differ in shape")
+    weight = torch.ones_like(log_prob) if mask is None else mask.to(log_prob.dtype)
+    count = weight.sum().clamp_min(1)
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    loss = (torch.maximum(unclipped, clipped) * weight).sum() / count
     with torch.no_grad():
         stats = {
-            "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean(),
-            "approx_kl": (ratio - 1 - log_ratio).mean(),
-            "ratio_mean": ratio.mean(),
+            "clip_fraction": (((ratio - 1).abs() > clip_range).to(weight.dtype) * weight).sum() / count,
+            "approx_kl": ((ratio - 1 - log_ratio) * weight).sum() / count,
+            "ratio_mean": (ratio * weight).sum() / count,
         }
     return loss, stats
 

@@ -8,7 +8,7 @@ MixGRPO (a window) and DanceGRPO (a random fraction). All step math is :func:`sp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -56,6 +56,23 @@ class Trajectory:
     stds: Tensor
     final_latents: Tensor
     images: Tensor
+
+    _BATCHED = ("prompt_embeds", "pooled", "latents", "next_latents", "log_probs", "means", "stds", "final_latents",
+                "images")
+
+    def select(self, rows: Tensor | Sequence[int]) -> Trajectory:
+        """The sub-batch ``rows`` (e.g. a training micro-batch), sharing the sampling settings."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        fields = {name: getattr(self, name)[rows.to(getattr(self, name).device)] for name in self._BATCHED}
+        return replace(self, prompts=[self.prompts[int(i)] for i in rows], **fields)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Trajectory]) -> Trajectory:
+        """One trajectory from rollouts of the same settings (e.g. sampled in chunks)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        fields = {name: torch.cat([getattr(p, name) for p in parts]) for name in cls._BATCHED}
+        return replace(parts[0], prompts=[q for p in parts for q in p.prompts], **fields)
 
 
 def sde_mask_all_but_last(num_steps: int) -> Tensor:
@@ -114,13 +131,15 @@ def sample(
     sde_steps: Tensor | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     initial_noise: Tensor | None = None,
+    step_noise: Tensor | None = None,
     guidance: float = 3.5,
 ) -> Trajectory:
     """Sample one image per prompt (repeat prompts for a group) and record the SDE steps.
 
     ``initial_noise`` is packed ``(B, tokens, 4C)`` like ``FluxPipeline(latents=...)``; otherwise it is drawn
     unpacked ``(B, C, h, w)`` from ``generator`` and packed, as FluxPipeline does, so the same seed gives the
-    same start. SDE noise comes from ``generator`` too. With ``noise_level=0`` every step is the Euler ODE step
+    same start. SDE noise comes from ``generator`` too, unless ``step_noise`` ``(B, num_steps, tokens, 4C)``
+    gives each step's standard-normal draw (so a sample's randomness need not depend on its batch). With ``noise_level=0`` every step is the Euler ODE step
     and the images equal FluxPipeline's. The transformer runs in its dtype; each step is float32.
     """
     mask = step_mask(sde_steps, num_steps)
@@ -140,6 +159,10 @@ def sample(
         if tuple(initial_noise.shape) != expected:
             raise ValueError(f"initial_noise must have shape {expected}, got {tuple(initial_noise.shape)}")
         latents = initial_noise
+    if step_noise is not None and tuple(step_noise.shape) != (batch, num_steps, *latents.shape[1:]):
+        raise ValueError(
+            f"step_noise must have shape {(batch, num_steps, *latents.shape[1:])}, got {tuple(step_noise.shape)}"
+        )
     latents = latents.to(device=device, dtype=torch.float32)
     sigmas = policy.sigmas(num_steps, height, width)
 
@@ -157,6 +180,7 @@ def sample(
             noise_level=noise_level if bool(mask[i]) else 0.0,
             kind=kind,
             generator=generator,
+            noise=None if step_noise is None else step_noise[:, i].to(device=device, dtype=torch.float32),
         )
         if bool(mask[i]):
             records.append((latents, out))
@@ -226,6 +250,7 @@ def policy_step(
     noise_level: float,
     kind: SDEKind,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
     prev_sample: Tensor | None = None,
 ) -> SDEStepOutput:
     """One transition: the transformer's velocity (in its dtype), then :func:`sde_step` in float32.
@@ -249,5 +274,6 @@ def policy_step(
         noise_level=noise_level,
         kind=kind,
         generator=generator,
+        noise=noise,
         prev_sample=prev_sample,
     )

@@ -1,4 +1,4 @@
-"""PreferenceDataModule: preference pairs for the reward model, and a prompts-only view for RL.
+"""PreferenceDataModule: preference pairs for the reward model, a prompts-only view for RL, images for fine-tuning.
 
 Pairs come from validated manifests (:mod:`spatialscore.data.manifest`) or from procedural scenes generated on
 first use (:mod:`spatialscore.data.synthetic`). Collation encodes chosen and rejected images of a batch as one
@@ -12,10 +12,11 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -87,9 +88,92 @@ class PairDataset(Dataset):
         }
 
 
+class ImageDataset(Dataset):
+    """The chosen image of each pair with its prompt, as float (3, H, W) in [0, 1] (flow-matching fine-tuning).
+
+    ``image_size`` resizes (bicubic) to a square; None keeps the file's size, which must then agree within a batch.
+    """
+
+    def __init__(self, records: Sequence[PairRecord], *, image_size: int | None) -> None:
+        self.records = list(records)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        with Image.open(record.chosen) as image:
+            image = image.convert("RGB")
+            if self.image_size is not None and image.size != (self.image_size, self.image_size):
+                image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            array = np.asarray(image)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return {"id": record.id, "prompt": record.prompt, "image": tensor}
+
+
+def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"images": (B, 3, H, W), "prompts": [...], "ids": [...]}``; images of different sizes are an error."""
+    sizes = {tuple(item["image"].shape) for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"images of different sizes in one batch {sorted(sizes)}: set the data module's image_size")
+    return {
+        "images": torch.stack([item["image"] for item in items]),
+        "prompts": [item["prompt"] for item in items],
+        "ids": [item["id"] for item in items],
+    }
+
+
+class PromptDataset(Dataset):
+    """Unique prompts with their metadata (``id`` of the first pair, ``subset``, ``category``, ``meta`` keys)."""
+
+    def __init__(self, prompts: Sequence[PromptRecord]) -> None:
+        self.prompts = list(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.prompts[index]
+        metadata = {"id": record.ids[0], "subset": record.subset, "category": record.category, **record.meta}
+        return {"prompt": record.prompt, "metadata": metadata}
+
+
+def collate_prompts(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"prompts": [...], "metadata": [...]}``."""
+    return {"prompts": [item["prompt"] for item in items], "metadata": [item["metadata"] for item in items]}
+
+
+def prompt_mirror_groups(prompts: Sequence[PromptRecord], records: Sequence[PairRecord]) -> list[list[int]]:
+    """Group each prompt with its mirror: the other prompt of the same two images (``perturbed_prompt``).
+
+    In a batch, a prompt next to its mirror asks for opposite layouts of the same objects, so a policy that
+    ignores the prompt gains nothing on average: the RL analogue of mirrored preference batches.
+    """
+    index = {record.prompt: i for i, record in enumerate(prompts)}
+    partner: dict[int, int] = {}
+    for record in records:
+        i, j = index.get(record.prompt), index.get(record.perturbed_prompt or "")
+        if i is not None and j is not None and i != j and i not in partner and j not in partner:
+            partner[i], partner[j] = j, i
+    groups, seen = [], set()
+    for i in range(len(prompts)):
+        if i in seen:
+            continue
+        group = [i] if i not in partner else [i, partner[i]]
+        seen.update(group)
+        groups.append(group)
+    return groups
+
+
 def _load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def _stage(meta: Any) -> int:
+    """A record's curriculum stage (``meta["stage"]``); records without one count as the last stage."""
+    return int(meta.get("stage", 1 << 30)) if isinstance(meta, dict) else 1 << 30
 
 
 class PairCollator:
@@ -212,7 +296,12 @@ class ResumableDataLoader(DataLoader):
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Preference pairs for SpatialScore and prompts for Spatial-RL.
+    """Preference pairs for SpatialScore, prompts for Spatial-RL, image-prompt pairs for flow-matching fine-tuning.
+
+    ``view`` picks what the loaders yield: ``pairs`` (encoded chosen+rejected batches for the reward model; needs
+    the model's encoder), ``prompts`` (``{"prompts", "metadata"}`` over the unique perfect prompts, each next to
+    its mirror when ``mirrored_batches``; for GRPO) or ``images`` (``{"images", "prompts", "ids"}``: each pair's
+    chosen image with its prompt, resized to ``image_size``; for supervised fine-tuning of a generator).
 
     Give manifests (``train``/``val``/``test``: JSONL or Parquet paths) or ``synthetic`` to generate procedural
     pairs on first use (explicit manifests win). An encoder (the model's, set by ``SpatialScoreModule``) turns
@@ -235,8 +324,14 @@ class PreferenceDataModule(L.LightningDataModule):
         mirrored_batches: bool = True,
         skip_invalid: bool = False,
         check_images: bool = True,
+        view: Literal["pairs", "prompts", "images"] = "pairs",
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
+        if view not in ("pairs", "prompts", "images"):
+            raise ValueError(f"view must be 'pairs', 'prompts' or 'images', got {view!r}")
+        self.view = view
+        self.image_size = image_size
         self.mirrored_batches = mirrored_batches
         self.paths = {"train": train, "val": val, "test": test}
         self.synthetic = synthetic
@@ -324,13 +419,32 @@ class PreferenceDataModule(L.LightningDataModule):
     def _batches_processed(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def _dataset(self, split: str, manifest: Manifest) -> Dataset:
+        if self.view == "prompts":
+            return PromptDataset(manifest.prompts())
+        if self.view == "images":
+            return ImageDataset(manifest.records, image_size=self.image_size)
+        return PairDataset(manifest.records)
+
+    def _collate(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        if self.view == "prompts":
+            return collate_prompts
+        if self.view == "images":
+            return collate_images
+        return self._collator()
+
     def train_dataloader(self) -> DataLoader:
-        records = self.manifests["train"].records
-        stages = [int(r.meta.get("stage", 1 << 30)) if isinstance(r.meta, dict) else 1 << 30 for r in records]
+        manifest = self.manifests["train"]
+        records = manifest.records
+        groups = mirror_groups(records) if self.mirrored_batches and self.view == "pairs" else None
+        if self.view == "prompts":
+            prompts = manifest.prompts()
+            groups = prompt_mirror_groups(prompts, records) if self.mirrored_batches else None
+            records = prompts
+        stages = [_stage(r.meta) for r in records]
         num_samples = None
         if self._has_trainer() and self.trainer.max_steps > 0:
             num_samples = self.trainer.max_steps * self.batch_size * self.trainer.world_size
-        groups = mirror_groups(records) if self.mirrored_batches else None
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._has_trainer() else (1, 0)
         sampler = CurriculumSampler(
             stages,
@@ -345,10 +459,10 @@ class PreferenceDataModule(L.LightningDataModule):
             sampler.progress = self._batches_processed
             sampler.samples_per_batch = self.batch_size * self.trainer.world_size
         return ResumableDataLoader(
-            PairDataset(records),
+            self._dataset("train", manifest),
             batch_size=self.batch_size,
             sampler=sampler,
-            collate_fn=self._collator(),
+            collate_fn=self._collate(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=True,
@@ -359,10 +473,10 @@ class PreferenceDataModule(L.LightningDataModule):
         if manifest is None:
             return []
         return DataLoader(
-            PairDataset(manifest.records),
+            self._dataset(split, manifest),
             batch_size=self.eval_batch_size,
             shuffle=False,
-            collate_fn=self._collator(),
+            collate_fn=self._collate(),
             num_workers=self.num_workers,
         )
 

@@ -1,0 +1,62 @@
+"""Exponential moving average of trainable weights (e.g. the LoRA adapter), swappable in for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ParameterEMA"]
+
+
+class ParameterEMA:
+    """``ema = decay * ema + (1 - decay) * param`` after every optimiser step, in float32.
+
+    Works on sharded (FSDP2 DTensor) parameters shard by shard. Its state goes into Lightning checkpoints.
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], *, decay: float) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = [p.detach().float().clone() for p in params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, params: Sequence[nn.Parameter]) -> None:
+        """Move the average towards the current ``params`` (same order as at construction)."""
+        self._check(params)
+        for shadow, param in zip(self.shadow, params, strict=True):
+            shadow.lerp_(param.detach().float(), 1 - self.decay)
+        self.updates += 1
+
+    @contextmanager
+    def swapped(self, params: Sequence[nn.Parameter]) -> Iterator[None]:
+        """Temporarily load the averaged weights into ``params`` (e.g. for validation), then restore them."""
+        self._check(params)
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for shadow, param in zip(self.shadow, params, strict=True):
+                param.copy_(shadow.to(param.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for old, param in zip(saved, params, strict=True):
+                    param.copy_(old)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        shadow: list[Tensor] = state["shadow"]  # type: ignore[assignment]
+        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow, strict=True)):
+            raise ValueError("EMA state does not match the trainable parameters")
+        self.shadow = [s.to(device=t.device, dtype=torch.float32) for s, t in zip(shadow, self.shadow, strict=True)]
+        self.updates = int(state["updates"])  # type: ignore[arg-type]
+
+    def _check(self, params: Sequence[nn.Parameter]) -> None:
+        if len(params) != len(self.shadow):
+            raise ValueError(f"EMA tracks {len(self.shadow)} tensors, got {len(params)}")

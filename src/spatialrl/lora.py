@@ -1,0 +1,126 @@
+"""LoRA on the FLUX transformer: small functional helpers over diffusers' PEFT integration.
+
+The adapter is added with ``transformer.add_adapter`` (the diffusers/peft path FLUX LoRA users already know),
+so the GRPO reference policy is the same module with its adapter switched off: no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from diffusers import FluxTransformer2DModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import Tensor
+
+__all__ = [
+    "FLUX_LORA_TARGETS",
+    "LoraSpec",
+    "add_lora",
+    "adapter_disabled",
+    "has_lora",
+    "lora_state_dict",
+    "load_lora_state_dict",
+    "merged_copy",
+]
+
+# Attention and feed-forward projections of the double-stream and single-stream blocks (Flow-GRPO's set plus
+# the single blocks' MLP/output projections, which hold half of FLUX's parameters).
+FLUX_LORA_TARGETS: tuple[str, ...] = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+)
+
+
+@dataclass
+class LoraSpec:
+    """LoRA settings as a config block. ``rank: 0`` trains the whole transformer instead (no adapter).
+
+    ``alpha`` defaults to ``rank`` (scale 1); ``targets`` are module-name suffixes.
+    """
+
+    rank: int = 32
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: Sequence[str] = field(default_factory=lambda: list(FLUX_LORA_TARGETS))
+
+
+def add_lora(transformer: FluxTransformer2DModel, spec: LoraSpec) -> None:
+    """Add a fresh LoRA adapter (B = 0, so the model is unchanged) and make only its weights trainable.
+
+    With ``spec.rank == 0`` every transformer weight is made trainable and no adapter is added.
+    """
+    if spec.rank < 0:
+        raise ValueError(f"LoRA rank must be >= 0, got {spec.rank}")
+    if spec.rank == 0:
+        transformer.requires_grad_(True)
+        return
+    targets = [t for t in spec.targets]
+    names = [name for name, _ in transformer.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"LoRA targets not found in the transformer: {missing}")
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha if spec.alpha is not None else spec.rank,
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        init_lora_weights=True,
+    )
+    transformer.add_adapter(config)
+    for name, param in transformer.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+def has_lora(transformer: FluxTransformer2DModel) -> bool:
+    """Whether a LoRA adapter was added with :func:`add_lora`."""
+    return bool(getattr(transformer, "_hf_peft_config_loaded", False))
+
+
+@contextmanager
+def adapter_disabled(transformer: FluxTransformer2DModel) -> Iterator[None]:
+    """Run the base transformer (the GRPO reference) by switching the adapter off, then back on."""
+    if not has_lora(transformer):
+        raise ValueError("the transformer has no LoRA adapter: a reference policy needs LoRA (or a frozen copy)")
+    transformer.disable_adapters()
+    try:
+        yield
+    finally:
+        transformer.enable_adapters()
+
+
+def lora_state_dict(transformer: FluxTransformer2DModel) -> dict[str, Tensor]:
+    """The adapter's weights (peft key names, without the adapter name)."""
+    return get_peft_model_state_dict(transformer)
+
+
+def load_lora_state_dict(transformer: FluxTransformer2DModel, state: dict[str, Tensor]) -> None:
+    """Load adapter weights saved by :func:`lora_state_dict`; every key must match."""
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"unexpected LoRA keys: {unexpected[:5]}")
+
+
+def merged_copy(transformer: FluxTransformer2DModel) -> FluxTransformer2DModel:
+    """A copy of the transformer with the adapter folded into the base weights (a plain diffusers model)."""
+    out = copy.deepcopy(transformer)
+    if has_lora(out):
+        out.fuse_lora()
+        out.unload_lora()
+    return out

@@ -1,0 +1,572 @@
+"""FluxGRPOModule: GRPO with Top-k group filtering on the FLUX transformer. Orchestration only.
+
+Per training batch of P prompts: sample G images per prompt with the SDE sampler (:mod:`spatialrl.rollout`),
+score them (:mod:`spatialrl.rewards`), keep the top-k and bottom-k of every group and normalise advantages over
+them (:mod:`spatialrl.grpo`), then run the PPO epochs over the kept samples and trained steps, accumulating
+gradients over micro-batches, with one clipped optimiser step per PPO epoch.
+
+Randomness is a function of ``(seed, global step, position of the prompt in the global batch, sample index)``,
+never of the rank or the micro-batch, so 1 process and W processes sample the same images and take the same
+steps, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from spatialrl.ema import ParameterEMA
+from spatialrl.flux import FluxPolicy, FluxSource
+from spatialrl.grpo import (
+    FilterMethod,
+    StdMode,
+    group_advantages,
+    kl_to_reference,
+    ppo_clip_loss,
+    select_groups,
+)
+from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
+from spatialrl.rewards import Reward, WeightedReward, compute_reward
+from spatialrl.rollout import Trajectory, replay_step, sample, sde_mask_random
+from spatialrl.sde import SDEKind
+from spatialscore.backbone import DTYPES
+from spatialscore.strategies import fsdp2_shard
+from spatialscore.visualize import image_grid
+
+__all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimSpec", "SamplingSpec", "sample_seed"]
+
+
+@dataclass
+class SamplingSpec:
+    """Training rollouts. ``sde_steps``: which of the ``num_steps`` steps are stochastic and trained (None: all
+    but the last, Flow-GRPO); ``sde_fraction``: instead, a random fraction drawn anew each training step
+    (DanceGRPO). ``shared_initial_noise``: the G samples of a group start from the same noise and differ only
+    by the SDE noise. ``rollout_batch``: samples per sampling forward pass (memory, not math)."""
+
+    height: int = 512
+    width: int = 512
+    num_steps: int = 6
+    noise_level: float = 0.9
+    kind: SDEKind = "sde"
+    sde_steps: list[int] | None = None
+    sde_fraction: float | None = None
+    guidance: float = 3.5
+    shared_initial_noise: bool = False
+    rollout_batch: int = 8
+
+
+@dataclass
+class GRPOSpec:
+    """The GRPO objective. ``k``: top-k and bottom-k kept per group (``filter``: "topk", "maxvar" = the
+    2k-subset of maximal variance, "none" = keep all G). ``std_mode``: advantage normalisation ("group",
+    "global" over the gathered batch, "none"). ``kl_beta``: weight of the KL to the reference (the transformer
+    with the LoRA adapter disabled), per element and divided by ``2 std^2`` (see ``kl_to_reference``).
+    ``micro_batch``: samples per training forward/backward. ``groups_across_ranks``: every rank samples G/W of
+    every prompt of the global batch (rewards all-gathered) instead of whole groups of its own prompts."""
+
+    group_size: int = 24
+    k: int = 6
+    filter: FilterMethod = "topk"
+    std_mode: StdMode = "global"
+    advantage_clip: float | None = 5.0
+    clip_range: float = 1e-4
+    kl_beta: float = 0.01
+    ppo_epochs: int = 1
+    micro_batch: int = 4
+    max_grad_norm: float | None = 1.0
+    groups_across_ranks: bool = False
+
+
+@dataclass
+class OptimSpec:
+    """AdamW over the trainable weights (LoRA, or the whole transformer), linear warm-up, then constant."""
+
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    ema_decay: float | None = None
+
+
+@dataclass
+class EvalSpec:
+    """Validation: ``samples_per_prompt`` ODE samples (``num_steps`` Euler steps) of every validation prompt,
+    initial noise seeded by ``(seed, prompt text, sample index)``; the reward and every ``metrics`` reward are
+    averaged; a grid of the first ``grid_prompts`` prompts goes to TensorBoard. ``at_start`` also evaluates
+    before the first training step (logged at step 0)."""
+
+    num_steps: int = 28
+    samples_per_prompt: int = 2
+    seed: int = 1234
+    grid_prompts: int = 4
+    at_start: bool = True
+    use_ema: bool = True
+
+
+def sample_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence: well mixed, platform independent)."""
+    return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _prompt_key(prompt: str) -> int:
+    return zlib.crc32(prompt.encode("utf-8"))
+
+
+class FluxGRPOModule(L.LightningModule):
+    """GRPO with Top-k group filtering for a :class:`~spatialrl.flux.FluxPolicy` (manual optimisation).
+
+    ``reward`` is any :class:`~spatialrl.rewards.Reward`; ``eval_metrics`` are extra rewards only logged at
+    validation (e.g. the binary relation score). Batches come from ``PreferenceDataModule(view="prompts")``.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: FluxSource | None = None,
+        reward: Reward,
+        lora: LoraSpec | None = None,
+        sampling: SamplingSpec | None = None,
+        grpo: GRPOSpec | None = None,
+        optim: OptimSpec | None = None,
+        eval: EvalSpec | None = None,
+        eval_metrics: Sequence[Reward] = (),
+        activation_checkpointing: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["reward", "eval_metrics"])
+        self.automatic_optimization = False
+        self.source = policy or FluxSource()
+        self.reward = reward
+        self.lora = lora or LoraSpec()
+        self.sampling = sampling or SamplingSpec()
+        self.grpo = grpo or GRPOSpec()
+        self.optim = optim or OptimSpec()
+        self.eval_spec = eval or EvalSpec()
+        self.eval_metrics = list(eval_metrics)
+        self.activation_checkpointing = activation_checkpointing
+        self.seed = seed
+        self.policy: FluxPolicy | None = None
+        self.ema: ParameterEMA | None = None
+        names = ["reward", *(m.name for m in self.eval_metrics)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval_metrics names must be unique and not 'reward': {names}")
+        self.val_means = torch.nn.ModuleDict({name: MeanMetric() for name in names})
+        self._grid: list[tuple[Tensor, str]] = []
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        g, s = self.grpo, self.sampling
+        if g.group_size < 2:
+            raise ValueError(f"grpo.group_size must be >= 2, got {g.group_size}")
+        if g.filter != "none" and 2 * g.k > g.group_size:
+            raise ValueError(f"grpo.k={g.k} keeps 2k > group_size={g.group_size}: lower k or use filter: none")
+        if g.kl_beta > 0 and self.lora.rank == 0:
+            raise ValueError("grpo.kl_beta > 0 needs a LoRA adapter (the reference is the adapter disabled)")
+        if s.sde_fraction is not None and not 0 < s.sde_fraction <= 1:
+            raise ValueError(f"sampling.sde_fraction must be in (0, 1], got {s.sde_fraction}")
+        if s.noise_level <= 0:
+            raise ValueError("sampling.noise_level must be > 0: GRPO trains stochastic steps")
+
+    # ------------------------------------------------------------------------------------------------------
+    # model
+    # ------------------------------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Load the policy (once), add LoRA, and shard the transformer with FSDP2 under ModelParallelStrategy."""
+        if self.policy is not None:
+            return
+        policy = self.source.load(device=self.device)
+        transformer = policy.transformer
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # the adapter's initial A does not depend on what ran before
+            add_lora(transformer, self.lora)
+        if self.activation_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.transformer = transformer  # registered: Lightning moves, shards and checkpoints it
+        if self._device_mesh is not None:
+            dtype = DTYPES[self.source.dtype]
+            fsdp2_shard(
+                transformer,
+                blocks=[*transformer.transformer_blocks, *transformer.single_transformer_blocks],
+                mesh=self._device_mesh["data_parallel"],
+                param_dtype=None if dtype == torch.float32 else dtype,
+            )
+        self.policy = policy
+        if self.optim.ema_decay is not None:
+            self.ema = ParameterEMA(self._trainable(), decay=self.optim.ema_decay)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim
+        optimizer = torch.optim.AdamW(
+            self._trainable(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        warmup = max(cfg.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warmup, 1.0) if warmup else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------------
+    # rollouts
+    # ------------------------------------------------------------------------------------------------------
+
+    def _noise(self, *, seeds: Sequence[int], init_seeds: Sequence[int], num_steps: int) -> tuple[Tensor, Tensor]:
+        """Initial and per-step noise, one generator per sample: ``(B, tokens, 4C)``, ``(B, num_steps, ...)``."""
+        s = self.sampling
+        rows, cols = self.policy.latent_size(s.height, s.width)
+        shape = (self.policy.latent_channels, rows, cols)
+        initial, steps = [], []
+        for seed, init_seed in zip(seeds, init_seeds, strict=True):
+            gen = torch.Generator().manual_seed(init_seed)
+            initial.append(FluxPolicy.pack_latents(torch.randn(1, *shape, generator=gen))[0])
+            gen = torch.Generator().manual_seed(seed)
+            steps.append(FluxPolicy.pack_latents(torch.randn(num_steps, *shape, generator=gen)))
+        return torch.stack(initial), torch.stack(steps)
+
+    def _trained_steps(self) -> list[int] | None:
+        s = self.sampling
+        if s.sde_fraction is None:
+            return s.sde_steps
+        seed = sample_seed(self.seed, self.global_step, 1)
+        return sde_mask_random(s.num_steps, fraction=s.sde_fraction, seed=seed).nonzero().reshape(-1).tolist()
+
+    @torch.no_grad()
+    def _rollout(self, prompts: list[str], *, positions: list[int], columns: list[int]) -> Trajectory:
+        """Sample ``prompts[i]`` as sample ``columns[i]`` of the group at global ``positions[i]``."""
+        s, step = self.sampling, self.global_step
+        seeds = [sample_seed(self.seed, step, p, c, 2) for p, c in zip(positions, columns, strict=True)]
+        init_seeds = [
+            sample_seed(self.seed, step, p, 0 if s.shared_initial_noise else c, 3)
+            for p, c in zip(positions, columns, strict=True)
+        ]
+        initial, step_noise = self._noise(seeds=seeds, init_seeds=init_seeds, num_steps=s.num_steps)
+        sde_steps = self._trained_steps()
+        parts = []
+        for start in range(0, len(prompts), s.rollout_batch):
+            chunk = slice(start, start + s.rollout_batch)
+            parts.append(
+                sample(
+                    self.policy,
+                    prompts=prompts[chunk],
+                    height=s.height,
+                    width=s.width,
+                    num_steps=s.num_steps,
+                    noise_level=s.noise_level,
+                    kind=s.kind,
+                    sde_steps=sde_steps,
+                    initial_noise=initial[chunk],
+                    step_noise=step_noise[chunk],
+                    guidance=s.guidance,
+                )
+            )
+        return Trajectory.concat(parts)
+
+    def _global_prompts(self, batch: dict[str, Any]) -> tuple[list[str], list[dict], list[int]]:
+        """This rank's prompts and their positions in the global batch (rank r's i-th prompt is i*W + r, the
+        order of the sampler, so W processes see the positions one process with W times the batch sees)."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        prompts, metadata = list(batch["prompts"]), list(batch["metadata"])
+        if not self.grpo.groups_across_ranks or world == 1:
+            return prompts, metadata, [i * world + rank for i in range(len(prompts))]
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, (prompts, metadata))
+        all_prompts, all_meta, positions = [], [], []
+        for i in range(len(prompts)):
+            for r in range(world):
+                all_prompts.append(gathered[r][0][i])
+                all_meta.append(gathered[r][1][i])
+                positions.append(i * world + r)
+        return all_prompts, all_meta, positions
+
+    def _columns(self) -> list[int]:
+        """The group members this rank samples."""
+        g, world, rank = self.grpo.group_size, self.trainer.world_size, self.trainer.global_rank
+        if not self.grpo.groups_across_ranks or world == 1:
+            return list(range(g))
+        if g % world:
+            raise ValueError(f"groups_across_ranks needs group_size ({g}) divisible by the world size ({world})")
+        per = g // world
+        return list(range(rank * per, (rank + 1) * per))
+
+    def _gather_rewards(self, local: Tensor) -> Tensor:
+        """(P_local, G_local) -> the global (P_global, G) matrix, rows in global-position order."""
+        world = self.trainer.world_size
+        if world == 1:
+            return local
+        gathered = self.all_gather(local)  # (W, P_local, G_local)
+        if self.grpo.groups_across_ranks:
+            return torch.cat(list(gathered), dim=1)
+        return gathered.transpose(0, 1).reshape(-1, local.shape[1])
+
+    def _local_rows(self, global_matrix: Tensor) -> Tensor:
+        """Inverse of :meth:`_gather_rewards`: this rank's (P_local, G_local) block of a global matrix."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world == 1:
+            return global_matrix
+        if self.grpo.groups_across_ranks:
+            per = global_matrix.shape[1] // world
+            return global_matrix[:, rank * per : (rank + 1) * per]
+        return global_matrix[rank::world]
+
+    # ------------------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------------------
+
+    def _score(self, reward: Reward, images: Tensor, prompts: list[str], metadata: list[dict]) -> Tensor:
+        return compute_reward(reward, images=images, prompts=prompts, metadata=metadata)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        g = self.grpo
+        prompts, metadata, positions = self._global_prompts(batch)
+        columns = self._columns()
+        n_cols = len(columns)
+        flat_prompts = [p for p in prompts for _ in columns]
+        flat_meta = [m for m in metadata for _ in columns]
+        traj = self._rollout(
+            flat_prompts,
+            positions=[pos for pos in positions for _ in columns],
+            columns=[c for _ in positions for c in columns],
+        )
+        rewards_local = self._score(self.reward, traj.images, flat_prompts, flat_meta).reshape(-1, n_cols)
+        rewards = self._gather_rewards(rewards_local)
+        keep = select_groups(rewards, g.k, method=g.filter)
+        advantages = group_advantages(rewards, mask=keep, std_mode=g.std_mode, clip=g.advantage_clip)
+        kept_total = int(keep.sum())
+        local_keep = self._local_rows(keep).reshape(-1)
+        local_adv = self._local_rows(advantages).reshape(-1)
+        stats = self._train_on(traj, keep=local_keep, advantages=local_adv, kept_total=kept_total)
+        self._log_train(rewards=rewards, keep=keep, advantages=advantages, stats=stats, local=rewards_local,
+                        images=traj.images, prompts=flat_prompts, metadata=flat_meta)
+
+    def _train_on(self, traj: Trajectory, *, keep: Tensor, advantages: Tensor, kept_total: int) -> dict[str, float]:
+        """PPO epochs over the kept samples and trained steps; one optimiser step per epoch.
+
+        Each rank runs the same number of micro-batches (padded with zero-weight samples), and every loss term
+        is divided by the global count of kept (sample, step) terms, times W to undo the gradient averaging of
+        data parallelism: the update is the mean over all kept terms for any number of processes.
+        """
+        g = self.grpo
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        kept = keep.nonzero().reshape(-1)
+        steps = traj.log_probs.shape[1]
+        world = self.trainer.world_size
+        counts = self.all_gather(torch.tensor(len(kept), device=self.device)).reshape(-1)
+        n_max = int(counts.max())
+        norm = world / max(kept_total * steps, 1)
+        totals: dict[str, float] = {"clip_fraction": 0.0, "approx_kl": 0.0, "kl": 0.0, "policy_loss": 0.0,
+                                    "grad_norm": 0.0, "passes": 0.0}
+        terms = 0
+        for epoch in range(g.ppo_epochs):
+            gen = torch.Generator().manual_seed(sample_seed(self.seed, self.global_step, epoch, 4))
+            order = kept[torch.randperm(len(kept), generator=gen)] if len(kept) else kept
+            padded = torch.cat([order, order.new_zeros(n_max - len(order))])
+            real = torch.arange(n_max) < len(order)
+            for start in range(0, n_max, g.micro_batch):
+                rows, mask = padded[start : start + g.micro_batch], real[start : start + g.micro_batch]
+                part = traj.select(rows)
+                adv = advantages[rows.to(advantages.device)] * mask.to(advantages.device)
+                for j in range(steps):
+                    loss, step_stats, kl = self._step_loss(part, j, adv, mask.to(self.device))
+                    self.manual_backward((loss * int(mask.sum()) + g.kl_beta * kl) * norm)
+                    totals["passes"] += 1.0
+                    if int(mask.sum()):
+                        terms += 1
+                        for key in ("clip_fraction", "approx_kl"):
+                            totals[key] += float(step_stats[key])
+                        totals["policy_loss"] += float(loss.detach())
+                        totals["kl"] += float(kl) / max(int(mask.sum()), 1)
+            totals["grad_norm"] += self._clip_and_step(optimizer)
+            scheduler.step()
+        for key in ("clip_fraction", "approx_kl", "kl", "policy_loss"):
+            totals[key] /= max(terms, 1)
+        totals["grad_norm"] /= g.ppo_epochs
+        return totals
+
+    def _step_loss(self, part: Trajectory, j: int, adv: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
+        """Masked PPO loss (mean over real samples) and the summed KL of trained step ``j`` of a micro-batch."""
+        out = replay_step(self.policy, part, index=j)
+        loss, stats = ppo_clip_loss(
+            log_prob=out.log_prob,
+            old_log_prob=part.log_probs[:, j].to(out.log_prob.device),
+            advantages=adv.to(out.log_prob.device),
+            clip_range=self.grpo.clip_range,
+            mask=mask,
+        )
+        if self.grpo.kl_beta == 0:
+            return loss, stats, out.log_prob.new_zeros(())
+        with torch.no_grad(), adapter_disabled(self.transformer):
+            ref = replay_step(self.policy, part, index=j)
+        kl = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std)
+        return loss, stats, (kl * mask.to(kl.dtype)).sum()
+
+    def _clip_and_step(self, optimizer: Any) -> float:
+        params = self._trainable()
+        max_norm = self.grpo.max_grad_norm if self.grpo.max_grad_norm is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(params)
+        return float(norm)
+
+    def _log_train(
+        self,
+        *,
+        rewards: Tensor,
+        keep: Tensor,
+        advantages: Tensor,
+        stats: dict[str, float],
+        local: Tensor,
+        images: Tensor,
+        prompts: list[str],
+        metadata: list[dict],
+    ) -> None:
+        kept = rewards[keep]
+        values = {
+            "train/reward_mean": rewards.mean(),
+            "train/reward_std": rewards.std(unbiased=False),
+            "train/reward_kept_mean": kept.mean(),
+            "train/reward_kept_std": kept.std(unbiased=False),
+            "train/group_std_mean": rewards.std(dim=1, unbiased=False).mean(),
+            "train/advantage_abs_mean": advantages[keep].abs().mean(),
+            "train/advantage_max": advantages.max(),
+            "train/advantage_min": advantages.min(),
+            "train/kept_fraction": keep.float().mean(),
+        }
+        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=False)
+        self.log("train/reward", rewards.mean().float(), prog_bar=True)
+        self.log_dict({f"train/{k}": float(v) for k, v in stats.items()}, sync_dist=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        if isinstance(self.reward, WeightedReward):
+            parts = self.reward.components(images=images, prompts=prompts, metadata=metadata)
+            self.log_dict({f"train/reward_{k}": v.float().mean() for k, v in parts.items()}, sync_dist=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # evaluation
+    # ------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list[str], metadata: list[dict]) -> dict[str, Tensor]:
+        """ODE samples of each prompt (``eval.samples_per_prompt``) and every reward of them: ``{name: (B*n,)}``
+        plus ``"images"``. The initial noise depends only on the prompt text and sample index."""
+        e, s = self.eval_spec, self.sampling
+        n = e.samples_per_prompt
+        flat = [p for p in prompts for _ in range(n)]
+        meta = [m for m in metadata for _ in range(n)]
+        rows, cols = self.policy.latent_size(s.height, s.width)
+        shape = (self.policy.latent_channels, rows, cols)
+        initial = []
+        for prompt in prompts:
+            for i in range(n):
+                gen = torch.Generator().manual_seed(sample_seed(e.seed, _prompt_key(prompt), i))
+                initial.append(FluxPolicy.pack_latents(torch.randn(1, *shape, generator=gen))[0])
+        images = []
+        for start in range(0, len(flat), s.rollout_batch):
+            chunk = slice(start, start + s.rollout_batch)
+            traj = sample(
+                self.policy,
+                prompts=flat[chunk],
+                height=s.height,
+                width=s.width,
+                num_steps=e.num_steps,
+                noise_level=0.0,
+                sde_steps=[],
+                initial_noise=torch.stack(initial[chunk]),
+                guidance=s.guidance,
+            )
+            images.append(traj.images)
+        out = {"images": torch.cat(images)}
+        out["reward"] = self._score(self.reward, out["images"], flat, meta)
+        for metric in self.eval_metrics:
+            out[metric.name] = self._score(metric, out["images"], flat, meta)
+        return out
+
+    def _ema_weights(self) -> AbstractContextManager:
+        use = self.ema is not None and self.eval_spec.use_ema
+        return self.ema.swapped(self._trainable()) if use else nullcontext()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with self._ema_weights():
+            out = self.evaluate(list(batch["prompts"]), list(batch["metadata"]))
+        for name, metric in self.val_means.items():
+            metric.update(out[name])
+        n = self.eval_spec.samples_per_prompt
+        room = self.eval_spec.grid_prompts * n - len(self._grid)
+        for i in range(max(min(room, len(out["reward"])), 0)):
+            caption = f"{float(out['reward'][i]):.2f}"
+            self._grid.append((out["images"][i].cpu(), caption))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_means.items():
+            self.log(f"val/{name}", metric.compute(), sync_dist=False)
+            metric.reset()
+        self._log_grid("val/samples", self.global_step)
+
+    def _log_grid(self, tag: str, step: int) -> None:
+        grid, self._grid = self._grid, []
+        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not grid or not loggers or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        picture = image_grid(
+            images=[img for img, _ in grid], captions=[c for _, c in grid], columns=self.eval_spec.samples_per_prompt
+        )
+        loggers[0].experiment.add_image(tag, picture, step, dataformats="HWC")
+
+    def on_train_start(self) -> None:
+        """Evaluate the initial policy (logged at step 0) so every run records where it started."""
+        if not self.eval_spec.at_start or self.global_step > 0:
+            return
+        loaders = self.trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        for loader in loaders:
+            if loader is None:
+                continue
+            for batch in loader:
+                self.validation_step(batch, 0)
+        values = {f"val/{name}": metric.compute() for name, metric in self.val_means.items()}
+        for metric in self.val_means.values():
+            metric.reset()
+        for logger in self.loggers:
+            logger.log_metrics({k: float(v) for k, v in values.items()}, step=0)
+        self._log_grid("val/samples", 0)
+        self.initial_metrics = {k: float(v) for k, v in values.items()}
+
+    # ------------------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights (not the frozen base) unless FSDP2 writes a sharded checkpoint; add EMA."""
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) and "state_dict" in checkpoint:
+            trainable = {f"transformer.{n}" for n, p in self.transformer.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the frozen base weights (left out when saving) back, so loading stays strict; restore EMA."""
+        state = checkpoint.get("state_dict")
+        if state is not None and not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            checkpoint["state_dict"] = {**self.state_dict(), **state}
+        if "ema" in checkpoint:
+            if self.ema is None:
+                raise ValueError("the checkpoint has EMA weights but optim.ema_decay is not set")
+            self.ema.load_state_dict(checkpoint["ema"])

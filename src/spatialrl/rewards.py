@@ -1,0 +1,228 @@
+"""Rewards for Spatial-RL: one interface, ``reward(images=..., prompts=..., metadata=...) -> Tensor[B]``.
+
+``images`` is a float (B, 3, H, W) tensor in [0, 1] (the decoded generator output), ``prompts`` the B prompts and
+``metadata`` an optional per-image dict (ignored by the rewards here; it exists for rewards that need ground
+truth). Three rewards: :class:`RuleReward` (the procedural rule checker, a verifiable reward),
+:class:`SpatialScoreReward` (a trained SpatialScore checkpoint) and :class:`WeightedReward` (a weighted sum that
+can also report its components for logging). Training calls rewards through :func:`compute_reward`, which
+validates inputs and output so that a NaN reward fails loudly, naming the reward and prompt, instead of
+silently poisoning the advantages.
+
+``Reward`` is an abstract base class rather than a ``typing.Protocol``: jsonargparse (and so LightningCLI) reads a
+Protocol that has ``__call__`` as a callable type and rejects ``class_path`` entries for it, while subclasses of a
+base class parse as ordinary ``class_path``/``init_args`` entries, also inside ``WeightedReward``'s list.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spatialscore.data.synthetic import RuleChecker, parse_prompt
+from spatialscore.model import SpatialScore
+
+__all__ = [
+    "NonFiniteRewardError",
+    "Reward",
+    "RuleReward",
+    "SpatialScoreReward",
+    "WeightedReward",
+    "compute_reward",
+]
+
+_MAX_REPORTED = 5  # bad samples listed in an error message
+
+
+class NonFiniteRewardError(ValueError):
+    """A reward returned NaN or inf for some samples."""
+
+
+class Reward(abc.ABC):
+    """A batched reward. ``name`` labels it in logs and error messages (unique within a :class:`WeightedReward`)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """Rewards of shape (B,) for ``images[i]`` (float (B, 3, H, W) in [0, 1]) against ``prompts[i]``."""
+
+
+def _check_inputs(
+    images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None
+) -> None:
+    """Raise if the batch does not follow the reward interface."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must be a float (B, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
+        )
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a sequence of strings")
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
+    if metadata is not None and len(metadata) != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {len(metadata)} metadata entries")
+
+
+def _check_output(name: str, rewards: Any, prompts: Sequence[str], device: torch.device) -> Tensor:
+    """``rewards`` as float32 on ``device``; raise unless it is a finite (B,) tensor."""
+    if not isinstance(rewards, Tensor):
+        raise TypeError(f"reward {name!r} returned {type(rewards).__name__}, expected a torch.Tensor")
+    if tuple(rewards.shape) != (len(prompts),):
+        raise ValueError(f"reward {name!r} returned shape {tuple(rewards.shape)}, expected ({len(prompts)},)")
+    rewards = rewards.to(device=device, dtype=torch.float32)
+    bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
+    if bad:
+        shown = bad[:_MAX_REPORTED]
+        values = rewards[shown].tolist()
+        listed = ", ".join(
+            f"index {i} ({v}) prompt {prompts[i]!r}" for i, v in zip(shown, values, strict=True)
+        )
+        if len(bad) > len(shown):
+            listed += ", ..."
+        raise NonFiniteRewardError(
+            f"reward {name!r} returned {len(bad)} non-finite value(s) in a batch of {len(prompts)}: {listed}"
+        )
+    return rewards
+
+
+def compute_reward(
+    reward: Reward,
+    *,
+    images: Tensor,
+    prompts: Sequence[str],
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+) -> Tensor:
+    """Call ``reward`` on a validated batch; return its finite (B,) float32 rewards on the images' device.
+
+    Raises TypeError/ValueError for a malformed batch or output and :class:`NonFiniteRewardError` (naming the
+    reward and the index and prompt of the first bad samples) for NaN or inf rewards.
+    """
+    _check_inputs(images, prompts, metadata)
+    rewards = reward(images=images, prompts=prompts, metadata=metadata)
+    return _check_output(reward.name, rewards, prompts, images.device)
+
+
+class RuleReward(Reward):
+    """The procedural rule checker as a reward: the fraction of the prompt's relations that hold in the image.
+
+    Binary for a one-relation prompt. Objects are found by colour, so this only judges images of the synthetic
+    scene grammar (see :mod:`spatialscore.data.synthetic`); a prompt outside that grammar is a ValueError.
+    ``tolerance`` (RGB distance) and ``min_pixels`` are :class:`~spatialscore.data.synthetic.RuleChecker`'s.
+    """
+
+    def __init__(self, *, tolerance: float = 60.0, min_pixels: int | None = None, name: str = "rule") -> None:
+        self.checker = RuleChecker(tolerance=tolerance, min_pixels=min_pixels)
+        self.name = name
+
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """Float32 (B,) scores in [0, 1] on the images' device; ``metadata`` is ignored."""
+        for index, prompt in enumerate(prompts):
+            try:
+                parse_prompt(prompt)
+            except ValueError as error:
+                raise ValueError(
+                    f"reward {self.name!r} cannot check prompt {index} {prompt!r}: {error}"
+                ) from error
+        scores = self.checker(images=images, prompts=prompts)
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+class SpatialScoreReward(Reward):
+    """A trained SpatialScore checkpoint (a :meth:`SpatialScore.save_pretrained` folder) as a reward.
+
+    reward = mu - uncertainty_penalty * sigma. A positive penalty makes the reward conservative, as in HPSv3:
+    images the model is unsure about gain less, and those are where a policy most easily exploits a reward model.
+
+    The model is loaded on the first call, so a config can name a checkpoint without loading it at parse time,
+    onto ``device`` or else the device of that first call's images; it stays there, and rewards are returned on
+    the images' device. It is a plain attribute, not a registered submodule, so a LightningModule holding this
+    reward neither trains, checkpoints nor moves it. Images are scored in chunks of ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_size: int = 16,
+        device: str | None = None,
+        uncertainty_penalty: float = 0.0,
+        name: str = "spatialscore",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not (math.isfinite(uncertainty_penalty) and uncertainty_penalty >= 0):
+            raise ValueError(f"uncertainty_penalty must be finite and >= 0, got {uncertainty_penalty}")
+        self.path = path
+        self.batch_size = batch_size
+        self.device = device
+        self.uncertainty_penalty = uncertainty_penalty
+        self.name = name
+        self._model: SpatialScore | None = None
+
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """Float32 (B,) rewards on the images' device; ``metadata`` is ignored."""
+        if self._model is None:
+            self._model = SpatialScore.from_pretrained(self.path, device=self.device or images.device)
+        # score() takes float (3, H, W) tensors in [0, 1] and rounds them to uint8 as the processor expects;
+        # one host copy for the batch instead of one per image.
+        host = images.detach().to("cpu", torch.float32).unbind(0)
+        out = self._model.score(prompts=list(prompts), images=list(host), batch_size=self.batch_size)
+        rewards = out.mu
+        if self.uncertainty_penalty:
+            rewards = rewards - self.uncertainty_penalty * out.sigma
+        return rewards.to(device=images.device, dtype=torch.float32)
+
+
+class WeightedReward(Reward):
+    """``sum_i weights[i] * rewards[i]``; :meth:`components` also returns each term for logging.
+
+    Every component goes through :func:`compute_reward`, so a NaN is reported under the component's name.
+    """
+
+    def __init__(
+        self, *, rewards: Sequence[Reward], weights: Sequence[float], name: str = "weighted"
+    ) -> None:
+        if not rewards:
+            raise ValueError("WeightedReward needs at least one reward")
+        if len(rewards) != len(weights):
+            raise ValueError(f"got {len(rewards)} rewards but {len(weights)} weights")
+        if not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"weights must be finite, got {list(weights)}")
+        names = [r.name for r in rewards] + [name]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"reward names must be unique (including the total's name {name!r}); duplicated: {duplicates}"
+            )
+        self.rewards = list(rewards)
+        self.weights = [float(w) for w in weights]
+        self.name = name
+
+    def components(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Tensor]:
+        """Each component's (B,) float32 rewards by name, plus the weighted total under ``self.name``."""
+        parts = {
+            r.name: compute_reward(r, images=images, prompts=prompts, metadata=metadata) for r in self.rewards
+        }
+        terms = [w * parts[r.name] for r, w in zip(self.rewards, self.weights, strict=True)]
+        return {**parts, self.name: torch.stack(terms).sum(0)}
+
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """The weighted total, float32 (B,) on the images' device."""
+        return self.components(images=images, prompts=prompts, metadata=metadata)[self.name]

@@ -1,0 +1,117 @@
+"""FluxGRPOModule on a tiny FLUX: what one GRPO step changes, Top-k pass counts, micro-batching, errors."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from toy_rewards import LeftRed
+
+from spatialrl.flux import FluxSource
+from spatialrl.lora import LoraSpec
+from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec, sample_seed
+from spatialrl.rewards import NonFiniteRewardError, Reward
+from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
+
+
+@pytest.fixture(scope="module")
+def prompt_data(tmp_path_factory) -> SyntheticData:
+    directory = tmp_path_factory.mktemp("rl-data")
+    return SyntheticData(directory=str(directory), train_pairs=16, val_pairs=2, test_pairs=0, stages=(1,),
+                         eval_stages=(1,))
+
+
+def make_module(reward: Reward | None = None, **grpo) -> FluxGRPOModule:
+    settings = {"group_size": 6, "k": 2, "micro_batch": 3, "kl_beta": 0.1, "clip_range": 0.2, **grpo}
+    return FluxGRPOModule(
+        policy=FluxSource(),
+        reward=reward or LeftRed(),
+        lora=LoraSpec(rank=4),
+        sampling=SamplingSpec(height=32, width=32, num_steps=3, noise_level=0.9, rollout_batch=5),
+        grpo=GRPOSpec(**settings),
+        optim=OptimSpec(lr=1e-2),
+        eval=EvalSpec(num_steps=3, at_start=False),
+    )
+
+
+def fit(module: FluxGRPOModule, data: SyntheticData, *, steps: int = 1) -> dict[str, float]:
+    dm = PreferenceDataModule(synthetic=data, batch_size=2, view="prompts")
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, dm)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def weights(module: FluxGRPOModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.transformer.state_dict().items()}
+
+
+def test_one_step_is_on_policy_and_moves_only_the_adapter(prompt_data):
+    module = make_module()
+    module.configure_model()
+    before = weights(module)
+    logged = fit(module, prompt_data)
+    after = weights(module)
+    # The first PPO epoch replays the rollout with unchanged weights: ratio 1 (rollout batch 5, micro-batch 3).
+    assert logged["train/approx_kl"] < 1e-9 and logged["train/clip_fraction"] == 0
+    # The adapter starts at B = 0, so the policy equals the reference: KL exactly 0 on the first step.
+    assert logged["train/kl"] == 0
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed)
+    assert logged["train/grad_norm"] > 0
+
+
+def test_topk_trains_on_2k_of_g_samples(prompt_data):
+    # 2 prompts x G=6, 3 trained steps (of 3 with the last ODE: sde steps 0, 1 -> K=2), micro-batch 3.
+    topk = fit(make_module(k=1), prompt_data)
+    full = fit(make_module(filter="none"), prompt_data)
+    steps = 2
+    assert topk["train/passes"] == math.ceil(2 * 2 / 3) * steps
+    assert full["train/passes"] == math.ceil(2 * 6 / 3) * steps
+    assert topk["train/kept_fraction"] == pytest.approx(2 / 6)
+
+
+def test_update_does_not_depend_on_micro_batch(prompt_data):
+    results = []
+    for micro in (1, 4):
+        module = make_module(micro_batch=micro)
+        fit(module, prompt_data, steps=2)
+        results.append(weights(module))
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=5e-5)
+
+
+def test_shared_initial_noise_and_seeds():
+    assert sample_seed(0, 1, 2) == sample_seed(0, 1, 2) != sample_seed(0, 2, 1)
+    module = make_module()
+    module.sampling.shared_initial_noise = True
+    module.configure_model()
+    module._trainer = None
+    initial, steps = module._noise(seeds=[1, 2], init_seeds=[7, 7], num_steps=3)
+    assert torch.equal(initial[0], initial[1]) and not torch.equal(steps[0], steps[1])
+    assert steps.shape == (2, 3, *initial.shape[1:])
+
+
+class NaNOnSecond(Reward):
+    name = "nan_second"
+
+    def __call__(self, *, images, prompts, metadata=None):
+        out = images.new_zeros(images.shape[0])
+        out[1] = float("nan")
+        return out
+
+
+def test_non_finite_reward_is_an_error_naming_reward_and_prompt(prompt_data):
+    with pytest.raises(NonFiniteRewardError, match="nan_second.*to the"):
+        fit(make_module(NaNOnSecond()), prompt_data)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"group_size": 6, "k": 4}, "2k > group_size"), ({"group_size": 1}, "group_size"), ({}, "LoRA")],
+)
+def test_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(**settings), lora=LoraSpec(rank=0 if not settings else 4))
