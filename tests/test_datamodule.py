@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from spatialscore.backbone import BackboneConfig, load_processor, resolve_backbone_path
 from spatialscore.data.datamodule import (
@@ -15,6 +16,8 @@ from spatialscore.data.datamodule import (
     PairCollator,
     PairDataset,
     PreferenceDataModule,
+    SyntheticData,
+    collate_images,
     mirror_groups,
 )
 from spatialscore.data.encode import RewardInputEncoder
@@ -136,3 +139,54 @@ def test_synthetic_data_is_generated_once_and_never_silently_mismatched(tmp_path
     other = SyntheticData(**{**spec.__dict__, "seed": 1})
     with pytest.raises(ValueError, match="generated with .* but this run asks for"):
         PreferenceDataModule(synthetic=other).prepare_data()
+
+
+def _loader_module(directory, **kwargs) -> PreferenceDataModule:
+    data = SyntheticData(directory=str(directory), train_pairs=24, val_pairs=4, test_pairs=0, stages=(1,),
+                         eval_stages=(1,), image_size=64)
+    module = PreferenceDataModule(synthetic=data, batch_size=4, **kwargs)
+    module.prepare_data()
+    module.setup("fit")
+    return module
+
+
+def test_prompts_view_batches_each_prompt_next_to_its_mirror(tmp_path):
+    module = _loader_module(tmp_path, view="prompts")
+    batches = list(module.train_dataloader())
+    prompts = [p for b in batches for p in b["prompts"]]
+    assert len(prompts) == len(set(prompts)) == len(module.manifests["train"].prompts())
+    mirror = {r.prompt: r.perturbed_prompt for r in module.manifests["train"].records}
+    for batch in batches:
+        first, second = batch["prompts"][0], batch["prompts"][1]
+        assert mirror[first] == second and mirror[second] == first
+        assert batch["metadata"][0]["stage"] == 1 and "scene" in batch["metadata"][0]
+    val = next(iter(module.val_dataloader()))
+    assert set(val) == {"prompts", "metadata"}
+
+
+def test_holdout_removes_eval_prompts_from_training(tmp_path):
+    module = _loader_module(tmp_path, view="prompts", holdout_eval_prompts=True)
+    train = {record.prompt for record in module.train_dataloader().dataset.prompts}
+    val = {p for b in module.val_dataloader() for p in b["prompts"]}
+    assert train and val and not train & val
+    everything = {p.prompt for p in module.manifests["train"].prompts()}
+    assert train == everything - val
+
+
+def test_images_view_resizes_chosen_images(tmp_path):
+    module = _loader_module(tmp_path, view="images", image_size=32)
+    batch = next(iter(module.train_dataloader()))
+    assert batch["images"].shape == (4, 3, 32, 32) and batch["images"].dtype == torch.float32
+    assert 0 <= float(batch["images"].min()) and float(batch["images"].max()) <= 1
+    records = {r.id: r for r in module.manifests["train"].records}
+    full = np.asarray(Image.open(records[batch["ids"][0]].chosen).convert("RGB").resize((32, 32), Image.BICUBIC))
+    np.testing.assert_allclose(batch["images"][0].permute(1, 2, 0).numpy() * 255, full, atol=1e-3)
+    assert batch["prompts"][0] == records[batch["ids"][0]].prompt
+
+
+def test_images_of_different_sizes_need_image_size():
+    items = [{"id": "a", "prompt": "p", "image": torch.zeros(3, 8, 8)},
+             {"id": "b", "prompt": "q", "image": torch.zeros(3, 16, 16)}]
+    with pytest.raises(ValueError, match="image_size"):
+        collate_images(items)
+    assert collate_images(items[:1])["images"].shape == (1, 3, 8, 8)

@@ -33,6 +33,7 @@ def make_module(reward: Reward | None = None, **grpo) -> FluxGRPOModule:
         grpo=GRPOSpec(**settings),
         optim=OptimSpec(lr=1e-2),
         eval=EvalSpec(num_steps=3, at_start=False),
+        seed=0,
     )
 
 

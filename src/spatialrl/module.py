@@ -12,6 +12,7 @@ steps, and a resumed run continues exactly.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -128,6 +129,7 @@ class FluxGRPOModule(L.LightningModule):
 
     ``reward`` is any :class:`~spatialrl.rewards.Reward`; ``eval_metrics`` are extra rewards only logged at
     validation (e.g. the binary relation score). Batches come from ``PreferenceDataModule(view="prompts")``.
+    ``seed`` (default: the ``seed_everything`` seed) drives the LoRA initialisation and all sampling noise.
     """
 
     def __init__(
@@ -142,7 +144,7 @@ class FluxGRPOModule(L.LightningModule):
         eval: EvalSpec | None = None,
         eval_metrics: Sequence[Reward] = (),
         activation_checkpointing: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["reward", "eval_metrics"])
@@ -156,7 +158,7 @@ class FluxGRPOModule(L.LightningModule):
         self.eval_spec = eval or EvalSpec()
         self.eval_metrics = list(eval_metrics)
         self.activation_checkpointing = activation_checkpointing
-        self.seed = seed
+        self.seed = torch.initial_seed() if seed is None else seed  # None: follow seed_everything
         self.policy: FluxPolicy | None = None
         self.ema: ParameterEMA | None = None
         names = ["reward", *(m.name for m in self.eval_metrics)]
@@ -337,12 +339,15 @@ class FluxGRPOModule(L.LightningModule):
         n_cols = len(columns)
         flat_prompts = [p for p in prompts for _ in columns]
         flat_meta = [m for m in metadata for _ in columns]
+        clock = [time.perf_counter()]
         traj = self._rollout(
             flat_prompts,
             positions=[pos for pos in positions for _ in columns],
             columns=[c for _ in positions for c in columns],
         )
+        clock.append(time.perf_counter())
         rewards_local = self._score(self.reward, traj.images, flat_prompts, flat_meta).reshape(-1, n_cols)
+        clock.append(time.perf_counter())
         rewards = self._gather_rewards(rewards_local)
         keep = select_groups(rewards, g.k, method=g.filter)
         advantages = group_advantages(rewards, mask=keep, std_mode=g.std_mode, clip=g.advantage_clip)
@@ -350,6 +355,8 @@ class FluxGRPOModule(L.LightningModule):
         local_keep = self._local_rows(keep).reshape(-1)
         local_adv = self._local_rows(advantages).reshape(-1)
         stats = self._train_on(traj, keep=local_keep, advantages=local_adv, kept_total=kept_total)
+        clock.append(time.perf_counter())
+        stats.update({f"seconds_{name}": b - a for name, a, b in zip(("rollout", "reward", "update"), clock[:-1], clock[1:], strict=True)})
         self._log_train(rewards=rewards, keep=keep, advantages=advantages, stats=stats, local=rewards_local,
                         images=traj.images, prompts=flat_prompts, metadata=flat_meta)
 

@@ -302,6 +302,7 @@ class PreferenceDataModule(L.LightningDataModule):
     the model's encoder), ``prompts`` (``{"prompts", "metadata"}`` over the unique perfect prompts, each next to
     its mirror when ``mirrored_batches``; for GRPO) or ``images`` (``{"images", "prompts", "ids"}``: each pair's
     chosen image with its prompt, resized to ``image_size``; for supervised fine-tuning of a generator).
+    ``holdout_eval_prompts`` (prompts view) drops from training every prompt that val/test use.
 
     Give manifests (``train``/``val``/``test``: JSONL or Parquet paths) or ``synthetic`` to generate procedural
     pairs on first use (explicit manifests win). An encoder (the model's, set by ``SpatialScoreModule``) turns
@@ -326,12 +327,14 @@ class PreferenceDataModule(L.LightningDataModule):
         check_images: bool = True,
         view: Literal["pairs", "prompts", "images"] = "pairs",
         image_size: int | None = None,
+        holdout_eval_prompts: bool = False,
     ) -> None:
         super().__init__()
         if view not in ("pairs", "prompts", "images"):
             raise ValueError(f"view must be 'pairs', 'prompts' or 'images', got {view!r}")
         self.view = view
         self.image_size = image_size
+        self.holdout_eval_prompts = holdout_eval_prompts
         self.mirrored_batches = mirrored_batches
         self.paths = {"train": train, "val": val, "test": test}
         self.synthetic = synthetic
@@ -419,12 +422,13 @@ class PreferenceDataModule(L.LightningDataModule):
     def _batches_processed(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-    def _dataset(self, split: str, manifest: Manifest) -> Dataset:
+    def _dataset(self, records: Sequence[PairRecord] | Sequence[PromptRecord]) -> Dataset:
+        """The dataset of this view over ``records`` (prompt records for the prompts view, else pair records)."""
         if self.view == "prompts":
-            return PromptDataset(manifest.prompts())
+            return PromptDataset(records)
         if self.view == "images":
-            return ImageDataset(manifest.records, image_size=self.image_size)
-        return PairDataset(manifest.records)
+            return ImageDataset(records, image_size=self.image_size)
+        return PairDataset(records)
 
     def _collate(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         if self.view == "prompts":
@@ -439,6 +443,8 @@ class PreferenceDataModule(L.LightningDataModule):
         groups = mirror_groups(records) if self.mirrored_batches and self.view == "pairs" else None
         if self.view == "prompts":
             prompts = manifest.prompts()
+            if self.holdout_eval_prompts:
+                prompts = self._without_eval_prompts(prompts)
             groups = prompt_mirror_groups(prompts, records) if self.mirrored_batches else None
             records = prompts
         stages = [_stage(r.meta) for r in records]
@@ -459,7 +465,7 @@ class PreferenceDataModule(L.LightningDataModule):
             sampler.progress = self._batches_processed
             sampler.samples_per_batch = self.batch_size * self.trainer.world_size
         return ResumableDataLoader(
-            self._dataset("train", manifest),
+            self._dataset(records),
             batch_size=self.batch_size,
             sampler=sampler,
             collate_fn=self._collate(),
@@ -468,12 +474,25 @@ class PreferenceDataModule(L.LightningDataModule):
             drop_last=True,
         )
 
+    def _without_eval_prompts(self, prompts: list[PromptRecord]) -> list[PromptRecord]:
+        """Training prompts minus every prompt of the val/test manifests (and their mirrors), so evaluation
+        measures generalisation to unseen prompts; an empty remainder is an error."""
+        held: set[str] = set()
+        for split in ("val", "test"):
+            manifest = self.manifests.get(split) or self.load(split)
+            if manifest is not None:
+                held.update(p for r in manifest.records for p in (r.prompt, r.perturbed_prompt) if p)
+        kept = [p for p in prompts if p.prompt not in held]
+        if not kept:
+            raise ValueError("holdout_eval_prompts removed every training prompt: all of them appear in val/test")
+        return kept
+
     def _eval_loader(self, split: str) -> DataLoader | list:
         manifest = self.manifests.get(split) or self.load(split)
         if manifest is None:
             return []
         return DataLoader(
-            self._dataset(split, manifest),
+            self._dataset(manifest.prompts() if self.view == "prompts" else manifest.records),
             batch_size=self.eval_batch_size,
             shuffle=False,
             collate_fn=self._collate(),
