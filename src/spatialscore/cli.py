@@ -4,6 +4,8 @@
     spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
     spatialscore score --model runs/spatialscore/export --prompt "a red circle left of a blue square" a.png b.png
     spatialscore perturb --prompts prompts.txt --out perturbed.jsonl --num 2-3
+    spatialscore make-pairs --prompts perturbed.jsonl --pipeline /models/FLUX.1-dev --out pairs/
+    spatialscore review --pairs pairs/pairs.jsonl
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def _tool(module: str, name: str = "cli_main") -> Callable[[list[str]], int]:
 TOOLS: dict[str, Callable[[list[str]], int]] = {
     "synth": _tool("spatialscore.data.synthetic"),
     "perturb": _tool("spatialscore.data.perturb"),
+    "make-pairs": _tool("spatialscore.data.pairs"),
+    "review": _tool("spatialscore.review"),
     "score": score_main,
     "benchmark": _tool("spatialscore.benchmark"),
 }
