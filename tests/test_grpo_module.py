@@ -11,8 +11,9 @@ from toy_rewards import LeftRed
 
 from spatialrl.flux import FluxSource
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec, sample_seed
+from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec
 from spatialrl.rewards import NonFiniteRewardError, Reward
+from spatialrl.rollout import sample_seed
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
 
 

@@ -3,6 +3,8 @@
     spatialrl fit --config configs/spatialrl/sft_tiny.yaml     # supervised start (FlowMatchingModule)
     spatialrl fit --config configs/spatialrl/tiny.yaml         # GRPO with Top-k filtering (FluxGRPOModule)
     spatialrl validate --config configs/spatialrl/tiny.yaml    # ODE samples of the validation prompts, rewards
+    spatialrl evaluate --policy base=tiny --policy tuned=runs/export --prompts data/test.jsonl --reward rule \
+        --out results/eval                                     # policies side by side (spatialrl.evaluate)
 
 The model is chosen by the config's ``model.class_path``
 (``spatialrl.module.FluxGRPOModule`` or ``spatialrl.sft.FlowMatchingModule``), the data by ``data.class_path``
@@ -12,11 +14,22 @@ The model is chosen by the config's ``model.class_path``
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 COMMANDS = ("fit", "validate")
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``spatialrl evaluate`` (imported on use: it needs no Lightning CLI)."""
+    from spatialrl.evaluate import cli_main
+
+    return cli_main(argv)
+
+
+TOOLS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main}
 
 
 def lightning_main(args: list[str] | None) -> LightningCLI:
@@ -35,10 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spatialrl`` console script."""
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        return TOOLS[argv[0]](argv[1:]) or 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] in COMMANDS:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(f"extra commands: {', '.join(TOOLS)} (spatialrl COMMAND --help)\n")
         lightning_main(None if from_command_line else argv)
         return 0
-    print(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+    print(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS + tuple(TOOLS))}", file=sys.stderr)
     return 2
 
 

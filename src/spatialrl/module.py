@@ -13,14 +13,12 @@ steps, and a resumed run continues exactly.
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -39,13 +37,13 @@ from spatialrl.grpo import (
 )
 from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
 from spatialrl.rewards import Reward, WeightedReward, compute_reward
-from spatialrl.rollout import Trajectory, replay_step, sample, sde_mask_random
+from spatialrl.rollout import Trajectory, ode_images, replay_step, sample, sample_seed, sde_mask_random
 from spatialrl.sde import SDEKind
 from spatialscore.backbone import DTYPES
 from spatialscore.strategies import fsdp2_shard
 from spatialscore.visualize import image_grid
 
-__all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimSpec", "SamplingSpec", "sample_seed"]
+__all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimSpec", "SamplingSpec"]
 
 
 @dataclass
@@ -113,15 +111,6 @@ class EvalSpec:
     grid_prompts: int = 4
     at_start: bool = True
     use_ema: bool = True
-
-
-def sample_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence: well mixed, platform independent)."""
-    return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def _prompt_key(prompt: str) -> int:
-    return zlib.crc32(prompt.encode("utf-8"))
 
 
 class FluxGRPOModule(L.LightningModule):
@@ -478,29 +467,18 @@ class FluxGRPOModule(L.LightningModule):
         n = e.samples_per_prompt
         flat = [p for p in prompts for _ in range(n)]
         meta = [m for m in metadata for _ in range(n)]
-        rows, cols = self.policy.latent_size(s.height, s.width)
-        shape = (self.policy.latent_channels, rows, cols)
-        initial = []
-        for prompt in prompts:
-            for i in range(n):
-                gen = torch.Generator().manual_seed(sample_seed(e.seed, _prompt_key(prompt), i))
-                initial.append(FluxPolicy.pack_latents(torch.randn(1, *shape, generator=gen))[0])
-        images = []
-        for start in range(0, len(flat), s.rollout_batch):
-            chunk = slice(start, start + s.rollout_batch)
-            traj = sample(
-                self.policy,
-                prompts=flat[chunk],
-                height=s.height,
-                width=s.width,
-                num_steps=e.num_steps,
-                noise_level=0.0,
-                sde_steps=[],
-                initial_noise=torch.stack(initial[chunk]),
-                guidance=s.guidance,
-            )
-            images.append(traj.images)
-        out = {"images": torch.cat(images)}
+        images = ode_images(
+            self.policy,
+            prompts=prompts,
+            samples_per_prompt=n,
+            seed=e.seed,
+            num_steps=e.num_steps,
+            height=s.height,
+            width=s.width,
+            guidance=s.guidance,
+            batch_size=s.rollout_batch,
+        )
+        out = {"images": torch.cat(list(images))}
         out["reward"] = self._score(self.reward, out["images"], flat, meta)
         for metric in self.eval_metrics:
             out[metric.name] = self._score(metric, out["images"], flat, meta)

@@ -7,9 +7,11 @@ MixGRPO (a window) and DanceGRPO (a random fraction). All step math is :func:`sp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,6 +20,10 @@ from spatialrl.sde import SDEKind, SDEStepOutput, sde_step
 
 __all__ = [
     "Trajectory",
+    "eval_initial_noise",
+    "ode_images",
+    "prompt_key",
+    "sample_seed",
     "replay_step",
     "sample",
     "sde_mask_all_but_last",
@@ -277,3 +283,63 @@ def policy_step(
         noise=noise,
         prev_sample=prev_sample,
     )
+
+
+def sample_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence: well mixed, platform independent)."""
+    return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def prompt_key(prompt: str) -> int:
+    """A stable integer for a prompt's text (CRC-32 of its UTF-8 bytes), for per-prompt seeds."""
+    return zlib.crc32(prompt.encode("utf-8"))
+
+
+def eval_initial_noise(
+    policy: FluxPolicy, *, prompts: Sequence[str], indices: Sequence[int], seed: int, height: int, width: int
+) -> Tensor:
+    """Packed initial noise ``(B, tokens, 4C)`` of sample ``indices[b]`` of ``prompts[b]``, drawn from
+    ``sample_seed(seed, crc32(prompt), index)`` as ``FluxGRPOModule`` validation and ``spatialrl evaluate`` draw it: it depends on
+    neither the policy, the batch nor the prompt's position."""
+    rows, cols = policy.latent_size(height, width)
+    shape = (policy.latent_channels, rows, cols)
+    noise = []
+    for prompt, index in zip(prompts, indices, strict=True):
+        gen = torch.Generator().manual_seed(sample_seed(seed, prompt_key(prompt), index))
+        noise.append(FluxPolicy.pack_latents(torch.randn(1, *shape, generator=gen))[0])
+    return torch.stack(noise)
+
+
+def ode_images(
+    policy: FluxPolicy,
+    *,
+    prompts: Sequence[str],
+    samples_per_prompt: int,
+    seed: int,
+    num_steps: int,
+    height: int,
+    width: int,
+    guidance: float,
+    batch_size: int,
+) -> Iterator[Tensor]:
+    """Euler ODE samples, prompt-major (``samples_per_prompt`` of each prompt, from :func:`eval_initial_noise`),
+    yielded ``batch_size`` at a time as float ``(b, 3, H, W)`` images in [0, 1]; chunked as the module's
+    validation chunks by ``sampling.rollout_batch``, so the same batch size gives the same arithmetic."""
+    flat = [p for p in prompts for _ in range(samples_per_prompt)]
+    indices = [i for _ in prompts for i in range(samples_per_prompt)]
+    for start in range(0, len(flat), batch_size):
+        chunk = slice(start, start + batch_size)
+        noise = eval_initial_noise(
+            policy, prompts=flat[chunk], indices=indices[chunk], seed=seed, height=height, width=width
+        )
+        yield sample(
+            policy,
+            prompts=flat[chunk],
+            height=height,
+            width=width,
+            num_steps=num_steps,
+            noise_level=0.0,
+            sde_steps=[],
+            initial_noise=noise,
+            guidance=guidance,
+        ).images

@@ -1,0 +1,421 @@
+"""Generator evaluation: ODE samples of held-out prompts from several policies, scored by several rewards.
+
+    spatialrl evaluate --policy base=tiny --policy tuned=runs/spatialrl/export \\
+        --prompts data/test.jsonl --reward rule --reward spatialscore:runs/spatialscore/export --out results/eval
+
+Every policy samples every prompt ``samples_per_prompt`` times with the Euler ODE sampler
+(:func:`spatialrl.rollout.sample` with ``noise_level=0``) from the same initial noise, seeded by
+``(seed, crc32(prompt), sample index)`` exactly as :meth:`FluxGRPOModule.evaluate` does: the same policy gives
+the same images here and in the module's validation, and different policies are compared on paired samples.
+Each reward reports its mean with a 95% bootstrap CI (prompts are resampled, since the samples of one prompt
+are not independent) and, for every policy after the first, the paired difference to the first policy with its
+CI (the same resampled prompts for both) and the fraction of samples where the policy scores higher.
+
+Policy specs (optionally ``NAME=SPEC``): ``tiny`` or ``tiny:SEED`` (a random tiny FLUX built offline), or a
+diffusers FLUX folder (FLUX.1-dev, or one written by :class:`spatialrl.callbacks.ExportPolicy`).
+Reward specs (optionally ``NAME=SPEC``): ``rule`` (:class:`~spatialrl.rewards.RuleReward`),
+``spatialscore:PATH`` (:class:`~spatialrl.rewards.SpatialScoreReward`) or the class path of a
+:class:`~spatialrl.rewards.Reward` subclass that takes no arguments (``package.module.Class``).
+Prompts: a pair manifest (its unique perfect prompts) or a text file with one prompt per line.
+
+Writes ``results.json`` (settings, per-policy means and CIs, paired differences, per-prompt scores, timings),
+``table.md`` and ``grid.png`` (rows: prompts, columns: policies; first sample, captioned with the first reward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from spatialrl.flux import FluxSource
+from spatialrl.module import EvalSpec, SamplingSpec
+from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, compute_reward
+from spatialrl.rollout import ode_images
+from spatialscore.data.datamodule import PromptDataset
+from spatialscore.data.manifest import read_manifest
+from spatialscore.visualize import image_grid
+
+__all__ = [
+    "POLICY_FORMS",
+    "REWARD_FORMS",
+    "PolicySpec",
+    "SpecError",
+    "bootstrap_mean_ci",
+    "cli_main",
+    "evaluate_policies",
+    "format_tables",
+    "parse_policy_spec",
+    "parse_reward_spec",
+    "read_prompts",
+]
+
+POLICY_FORMS = ("tiny or tiny:SEED (random tiny FLUX)", "PATH (a diffusers FLUX folder)", "NAME=SPEC")
+REWARD_FORMS = (
+    "rule (RuleReward)",
+    "spatialscore:PATH (SpatialScoreReward of a saved SpatialScore)",
+    "package.module.Class (a Reward subclass taking no arguments)",
+    "NAME=SPEC",
+)
+_MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".pq")
+
+
+class SpecError(ValueError):
+    """A ``--policy`` or ``--reward`` spec that cannot be parsed or loaded."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A named policy: where its FLUX comes from."""
+
+    name: str
+    source: FluxSource
+
+
+def _split_name(spec: str) -> tuple[str, str]:
+    """``NAME=BODY`` -> (NAME, BODY); a spec without a usable name is named by itself."""
+    name, sep, body = spec.partition("=")
+    if not sep or not name or any(c in name for c in ":/\\"):
+        name, body = spec, spec
+    name, body = name.strip(), body.strip()
+    if not name or not body:
+        raise SpecError(f"{spec!r}: empty name or spec")
+    return name, body
+
+
+def parse_policy_spec(spec: str, *, dtype: str = "float32", max_sequence_length: int = 512) -> PolicySpec:
+    """Parse ``[NAME=]tiny[:SEED]`` or ``[NAME=]PATH`` (see :data:`POLICY_FORMS`); checks that a path exists."""
+    name, body = _split_name(spec)
+    common = {"dtype": dtype, "max_sequence_length": max_sequence_length}
+    head, colon, tail = body.partition(":")
+    if head == "tiny":
+        try:
+            tiny_seed = int(tail) if colon else 0
+        except ValueError:
+            raise SpecError(f"policy {spec!r}: tiny seed must be an integer, got {tail!r}") from None
+        return PolicySpec(name, FluxSource(tiny_seed=tiny_seed, **common))
+    if not (Path(body) / "transformer" / "config.json").is_file():
+        raise SpecError(
+            f"policy {spec!r}: {body} is not a diffusers FLUX folder (no transformer/config.json); "
+            f"forms: {'; '.join(POLICY_FORMS)}"
+        )
+    return PolicySpec(name, FluxSource(path=body, **common))
+
+
+def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = None) -> Reward:
+    """Build the reward of ``[NAME=]rule``, ``[NAME=]spatialscore:PATH`` or ``[NAME=]package.module.Class``."""
+    name, body = _split_name(spec)
+    named = name != body
+    if body == "rule":
+        return RuleReward(name=name if named else "rule")
+    head, colon, tail = body.partition(":")
+    if head == "spatialscore" and colon:
+        if not Path(tail).is_dir():
+            raise SpecError(f"reward {spec!r}: no SpatialScore folder at {tail}")
+        return SpatialScoreReward(
+            tail, batch_size=batch_size, device=device, name=name if named else "spatialscore"
+        )
+    module_name, _, attribute = body.rpartition(".")
+    if not module_name or not all(part.isidentifier() for part in body.split(".")):
+        raise SpecError(f"reward {spec!r}: unknown form; forms: {'; '.join(REWARD_FORMS)}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        cls = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SpecError(f"reward {spec!r}: cannot import {body} ({error})") from error
+    if not (inspect.isclass(cls) and issubclass(cls, Reward)):
+        raise SpecError(f"reward {spec!r}: {body} is not a subclass of spatialrl.rewards.Reward")
+    reward = cls()
+    if named:
+        reward.name = name
+    return reward
+
+
+def read_prompts(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Prompts and per-prompt metadata: a manifest's unique perfect prompts (metadata as the data module's
+    prompts view gives it) or the non-blank lines of a text file (metadata ``{"line": n}``)."""
+    path = Path(path)
+    if path.suffix.lower() in _MANIFEST_SUFFIXES:
+        dataset = PromptDataset(read_manifest(path, check_images=False).prompts())
+        items = [dataset[i] for i in range(len(dataset))]
+        return [item["prompt"] for item in items], [item["metadata"] for item in items]
+    prompts, metadata = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            prompts.append(line.strip())
+            metadata.append({"line": number})
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts, metadata
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, *, resamples: np.ndarray | None, alpha: float = 0.05
+) -> tuple[float, float, float]:
+    """Mean of per-prompt ``values`` (P,) and its percentile bootstrap CI over ``resamples`` (S, P) indices
+    (None or no prompts: NaN bounds). Shared resamples keep CIs of paired quantities paired."""
+    mean = float(values.mean()) if values.size else float("nan")
+    if resamples is None or not values.size:
+        return mean, float("nan"), float("nan")
+    low, high = np.quantile(values[resamples].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    return mean, float(low), float(high)
+
+
+def evaluate_policies(
+    *,
+    policies: Sequence[PolicySpec],
+    prompts: Sequence[str],
+    rewards: Sequence[Reward],
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+    num_steps: int = EvalSpec.num_steps,
+    samples_per_prompt: int = EvalSpec.samples_per_prompt,
+    height: int = SamplingSpec.height,
+    width: int = SamplingSpec.width,
+    seed: int = EvalSpec.seed,
+    guidance: float = SamplingSpec.guidance,
+    batch_size: int = SamplingSpec.rollout_batch,
+    device: str = "cpu",
+    bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+    grid_prompts: int = 8,
+    out_dir: str | os.PathLike[str] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Sample ``prompts`` from every policy (one loaded at a time), score with every reward, summarise.
+
+    Returns the ``results.json`` dict: ``policies[name]["rewards"][reward]`` holds ``mean``, ``ci_low``,
+    ``ci_high``, ``std`` and ``n``; ``paired["B - A"][reward]`` the difference of policy B to the first policy A
+    (``mean``, CI, ``win_rate``, ``tie_rate`` over samples); ``per_prompt`` every sample's scores. With
+    ``out_dir`` also writes ``results.json``, ``table.md`` and ``grid.png``. ``bootstrap=0`` disables CIs.
+    """
+    if not policies or not rewards or not prompts:
+        raise ValueError("need at least one policy, one reward and one prompt")
+    for kind, names in (("policy", [p.name for p in policies]), ("reward", [r.name for r in rewards])):
+        if len(set(names)) != len(names):
+            raise ValueError(f"{kind} names must be unique, got {names}; name them with NAME=SPEC")
+    if samples_per_prompt < 1 or batch_size < 1 or bootstrap < 0:
+        raise ValueError("samples_per_prompt and batch_size must be >= 1 and bootstrap >= 0")
+    metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
+    n = samples_per_prompt
+    flat = [p for p in prompts for _ in range(n)]
+    flat_meta = [m for m in metadata for _ in range(n)]
+    grid_rows = min(grid_prompts, len(prompts))
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    grid: dict[str, Tensor] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    for spec in policies:
+        start = time.perf_counter()
+        policy = spec.source.load(device=device)
+        loaded = time.perf_counter()
+        parts: dict[str, list[Tensor]] = {r.name: [] for r in rewards}
+        firsts: list[Tensor] = []
+        sampling = scoring = 0.0
+        offset, tick = 0, time.perf_counter()
+        for images in ode_images(policy, prompts=prompts, samples_per_prompt=n, seed=seed, num_steps=num_steps,
+                                 height=height, width=width, guidance=guidance, batch_size=batch_size):
+            mid = time.perf_counter()
+            sampling += mid - tick
+            rows = slice(offset, offset + len(images))
+            for reward in rewards:
+                parts[reward.name].append(
+                    compute_reward(reward, images=images, prompts=flat[rows], metadata=flat_meta[rows]).cpu()
+                )
+            firsts += [images[j - offset].cpu() for j in range(offset, offset + len(images))
+                       if j % n == 0 and j // n < grid_rows]  # first sample of the grid's prompts
+            offset += len(images)
+            tick = time.perf_counter()
+            scoring += tick - mid
+        scores[spec.name] = {
+            name: torch.cat(values).double().numpy().reshape(len(prompts), n) for name, values in parts.items()
+        }
+        grid[spec.name] = torch.stack(firsts)
+        seconds[spec.name] = {"load": loaded - start, "sampling": sampling, "scoring": scoring}
+        del policy  # one policy in memory at a time
+    results = _summarise(
+        scores, policies=policies, rewards=rewards, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed
+    )
+    results["settings"] = {
+        "prompts": len(prompts),
+        "samples_per_prompt": n,
+        "num_steps": num_steps,
+        "height": height,
+        "width": width,
+        "seed": seed,
+        "guidance": guidance,
+        "batch_size": batch_size,
+        "device": device,
+        "bootstrap": bootstrap,
+        "bootstrap_seed": bootstrap_seed,
+        "policies": {p.name: p.source.path or f"tiny:{p.source.tiny_seed}" for p in policies},
+        "dtype": policies[0].source.dtype,
+        "max_sequence_length": policies[0].source.max_sequence_length,
+    }
+    results["per_prompt"] = [
+        {"prompt": prompt, "metadata": dict(meta), "scores": {
+            p: {r: scores[p][r][i].tolist() for r in scores[p]} for p in scores
+        }}
+        for i, (prompt, meta) in enumerate(zip(prompts, metadata, strict=True))
+    ]
+    results["seconds"] = seconds
+    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    results["command"] = list(sys.argv if command is None else command)
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), results, grid=grid, prompts=prompts[:grid_rows], reward=rewards[0].name)
+    return results
+
+
+def _summarise(
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    policies: Sequence[PolicySpec],
+    rewards: Sequence[Reward],
+    bootstrap: int,
+    bootstrap_seed: int,
+) -> dict[str, Any]:
+    """Means, CIs and paired differences from ``scores[policy][reward]`` of shape (P, n)."""
+    first = policies[0].name
+    num_prompts = next(iter(scores[first].values())).shape[0]
+    rng = np.random.default_rng(bootstrap_seed)
+    resamples = rng.integers(0, num_prompts, size=(bootstrap, num_prompts)) if bootstrap else None
+    out: dict[str, Any] = {"baseline": first, "rewards": [r.name for r in rewards], "policies": {}, "paired": {}}
+    for spec in policies:
+        block = {}
+        for reward in rewards:
+            values = scores[spec.name][reward.name]
+            mean, low, high = bootstrap_mean_ci(values.mean(axis=1), resamples=resamples)
+            block[reward.name] = {"mean": mean, "ci_low": low, "ci_high": high, "std": float(values.std()),
+                                  "n": int(values.size)}
+        out["policies"][spec.name] = {"rewards": block}
+    for spec in policies[1:]:
+        block = {}
+        for reward in rewards:
+            diff = scores[spec.name][reward.name] - scores[first][reward.name]
+            mean, low, high = bootstrap_mean_ci(diff.mean(axis=1), resamples=resamples)
+            block[reward.name] = {"mean": mean, "ci_low": low, "ci_high": high,
+                                  "win_rate": float((diff > 0).mean()), "tie_rate": float((diff == 0).mean())}
+        out["paired"][f"{spec.name} - {first}"] = block
+    return out
+
+
+def _cell(stats: Mapping[str, float], *, signed: bool = False) -> str:
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    text = fmt.format(stats["mean"])
+    if np.isfinite(stats["ci_low"]):
+        text += f" [{fmt.format(stats['ci_low'])}, {fmt.format(stats['ci_high'])}]"
+    if "win_rate" in stats:
+        text += f", wins {stats['win_rate']:.2f}"
+    return text
+
+
+def format_tables(results: Mapping[str, Any]) -> str:
+    """Markdown: mean [95% CI] per policy (rows) and reward (columns), then the paired differences."""
+    rewards = results["rewards"]
+    header = "| policy | " + " | ".join(rewards) + " |\n|---|" + "---|" * len(rewards) + "\n"
+    lines = [header + "\n".join(
+        f"| {name} | " + " | ".join(_cell(block["rewards"][r]) for r in rewards) + " |"
+        for name, block in results["policies"].items()
+    )]
+    if results["paired"]:
+        lines.append("| paired difference | " + " | ".join(rewards) + " |\n|---|" + "---|" * len(rewards) + "\n"
+                     + "\n".join(f"| {name} | " + " | ".join(_cell(block[r], signed=True) for r in rewards) + " |"
+                                 for name, block in results["paired"].items()))
+    s = results["settings"]
+    ci = f"95% bootstrap CI over prompts ({s['bootstrap']} resamples)" if s["bootstrap"] else "no CIs"
+    lines.append(
+        f"{s['prompts']} prompts x {s['samples_per_prompt']} samples, {s['num_steps']} ODE steps, "
+        f"{s['height']}x{s['width']}, noise seed {s['seed']} (the same initial noise for every policy); mean [{ci}]; "
+        "paired: policy minus the first policy, wins = fraction of samples where it scores higher."
+    )
+    return "\n\n".join(lines) + "\n"
+
+
+def _write_outputs(
+    out_dir: Path, results: Mapping[str, Any], *, grid: Mapping[str, Tensor], prompts: Sequence[str], reward: str
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    listing = "\n".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
+    (out_dir / "table.md").write_text(format_tables(results) + f"\ngrid.png rows:\n\n{listing}\n", encoding="utf-8")
+    names = list(grid)
+    images, captions = [], []
+    for row in range(len(prompts)):
+        for name in names:
+            images.append(grid[name][row])
+            captions.append(f"{name[:9]} {results['per_prompt'][row]['scores'][name][reward][0]:.2f}")
+    picture = image_grid(images=images, captions=captions, columns=len(names), cell=128)
+    Image.fromarray(picture).save(out_dir / "grid.png")
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialrl evaluate``: rewards of several policies on held-out prompts, with CIs and paired differences."""
+    parser = argparse.ArgumentParser(
+        prog="spatialrl evaluate",
+        description="Sample held-out prompts from one or more FLUX policies (ODE, shared initial noise) and "
+        "score them with one or more rewards: mean and 95%% bootstrap CI, paired differences, image grid.",
+        epilog="policy specs: " + "; ".join(POLICY_FORMS) + ". reward specs: " + "; ".join(REWARD_FORMS),
+    )
+    parser.add_argument("--policy", required=True, action="append",
+                        help="policy spec (repeatable; the first is the baseline of the paired differences)")
+    parser.add_argument("--prompts", required=True,
+                        help="pair manifest (.jsonl/.parquet) or text file with one prompt per line")
+    parser.add_argument("--reward", required=True, action="append", help="reward spec (repeatable)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--steps", type=int, default=EvalSpec.num_steps, help="ODE steps")
+    parser.add_argument("--samples-per-prompt", type=int, default=EvalSpec.samples_per_prompt)
+    parser.add_argument("--height", type=int, default=SamplingSpec.height)
+    parser.add_argument("--width", type=int, default=SamplingSpec.width)
+    parser.add_argument("--seed", type=int, default=EvalSpec.seed, help="initial-noise seed (as eval.seed)")
+    parser.add_argument("--guidance", type=float, default=SamplingSpec.guidance)
+    parser.add_argument("--batch-size", type=int, default=SamplingSpec.rollout_batch, help="images per sampling pass")
+    parser.add_argument("--reward-batch-size", type=int, default=16, help="images per SpatialScore forward")
+    parser.add_argument("--device", default=None, help="default: cuda if available")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
+    parser.add_argument("--max-sequence-length", type=int, default=512, help="T5 prompt length")
+    parser.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
+    parser.add_argument("--grid-prompts", type=int, default=8, help="prompts (rows) in grid.png")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    for flag in ("steps", "samples_per_prompt", "batch_size", "reward_batch_size", "grid_prompts"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        policies = [parse_policy_spec(s, dtype=args.dtype, max_sequence_length=args.max_sequence_length)
+                    for s in args.policy]
+        rewards = [parse_reward_spec(s, batch_size=args.reward_batch_size, device=device) for s in args.reward]
+        prompts, metadata = read_prompts(args.prompts)
+    except (SpecError, OSError, ValueError) as error:
+        parser.error(str(error))
+    if args.max_prompts is not None:
+        prompts, metadata = prompts[: args.max_prompts], metadata[: args.max_prompts]
+    for name, names in (("policy", [p.name for p in policies]), ("reward", [r.name for r in rewards])):
+        if len(set(names)) != len(names):
+            parser.error(f"duplicate {name} names {names}; name them with NAME=SPEC")
+    results = evaluate_policies(
+        policies=policies, prompts=prompts, metadata=metadata, rewards=rewards, num_steps=args.steps,
+        samples_per_prompt=args.samples_per_prompt, height=args.height, width=args.width, seed=args.seed,
+        guidance=args.guidance, batch_size=args.batch_size, device=device, bootstrap=args.bootstrap,
+        grid_prompts=args.grid_prompts, out_dir=args.out, command=["spatialrl", "evaluate", *argv],
+    )
+    print(format_tables(results), end="")
+    print(f"wrote {args.out}/results.json, table.md, grid.png")
+    return 0

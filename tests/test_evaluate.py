@@ -1,0 +1,145 @@
+"""``spatialrl evaluate``: same images as the module's validation, paired comparison, CLI outputs, spec errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from toy_rewards import LeftRed
+
+from spatialrl.callbacks import export_policy
+from spatialrl.cli import main as spatialrl_main
+from spatialrl.evaluate import (
+    PolicySpec,
+    SpecError,
+    bootstrap_mean_ci,
+    evaluate_policies,
+    parse_policy_spec,
+    parse_reward_spec,
+    read_prompts,
+)
+from spatialrl.flux import FluxSource
+from spatialrl.lora import LoraSpec
+from spatialrl.module import EvalSpec, FluxGRPOModule, SamplingSpec
+from spatialrl.rewards import RuleReward
+from spatialrl.rollout import eval_initial_noise, ode_images
+from spatialscore.data.synthetic import write_synthetic_dataset
+from spatialscore.model import SpatialScore, SpatialScoreConfig
+from spatialscore.visualize import image_grid
+
+PROMPTS = ["a red circle to the left of a blue square", "a green star above a red circle", "a blue square below"]
+FAST = {"num_steps": 2, "height": 32, "width": 32}
+
+
+def make_module() -> FluxGRPOModule:
+    module = FluxGRPOModule(
+        policy=FluxSource(),
+        reward=LeftRed(),
+        lora=LoraSpec(rank=4),
+        sampling=SamplingSpec(height=32, width=32, num_steps=3, rollout_batch=4),
+        eval=EvalSpec(num_steps=2, samples_per_prompt=2, seed=7, at_start=False),
+        seed=0,
+    )
+    module.configure_model()
+    return module
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory) -> str:
+    """An (untrained) tiny SpatialScore saved as a folder, for the ``spatialscore:PATH`` reward."""
+    folder = tmp_path_factory.mktemp("spatialscore") / "model"
+    SpatialScore.build(SpatialScoreConfig()).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tuned_policy(tmp_path_factory) -> str:
+    """A LoRA-tuned tiny policy exported as a diffusers folder (random adapter weights, merged)."""
+    module = make_module()
+    with torch.no_grad():
+        for name, param in module.transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    folder = tmp_path_factory.mktemp("tuned") / "export"
+    export_policy(module, folder)
+    return str(folder)
+
+
+def test_same_images_and_rewards_as_module_validation():
+    module = make_module()
+    expected = module.evaluate(PROMPTS, [{} for _ in PROMPTS])
+    images = torch.cat(list(ode_images(module.policy, prompts=PROMPTS, samples_per_prompt=2, seed=7, num_steps=2,
+                                       height=32, width=32, guidance=3.5, batch_size=4)))
+    assert torch.equal(images, expected["images"])
+    noise = eval_initial_noise(module.policy, prompts=PROMPTS[::-1], indices=[1, 1, 1], seed=7, height=32, width=32)
+    again = eval_initial_noise(module.policy, prompts=PROMPTS, indices=[1, 1, 1], seed=7, height=32, width=32)
+    assert torch.equal(noise, again.flip(0))  # a sample's noise depends only on (seed, prompt, index)
+    results = evaluate_policies(policies=[PolicySpec("base", FluxSource())], prompts=PROMPTS, rewards=[LeftRed()],
+                                samples_per_prompt=2, seed=7, batch_size=4, bootstrap=0, **FAST)
+    scores = [s for row in results["per_prompt"] for s in row["scores"]["base"]["left_red"]]
+    assert scores == expected["reward"].tolist()  # the adapter (B = 0) leaves the base policy's images unchanged
+
+
+def test_cli_end_to_end(tmp_path, tuned_policy, reward_model):
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, num_pairs=5, seed=3, image_size=32, stages=(1,), split="test", show_progress=False)
+    out = tmp_path / "eval"
+    code = spatialrl_main([
+        "evaluate", "--policy", "base=tiny", "--policy", f"tuned={tuned_policy}", "--policy", "again=tiny",
+        "--prompts", str(data / "test.jsonl"), "--reward", "rule", "--reward", "toy_rewards.LeftRed",
+        "--reward", f"spatialscore:{reward_model}",
+        "--out", str(out), "--steps", "2", "--samples-per-prompt", "2", "--height", "32", "--width", "32",
+        "--batch-size", "3", "--bootstrap", "200", "--grid-prompts", "3",
+    ])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    prompts, _ = read_prompts(data / "test.jsonl")
+    assert results["settings"]["prompts"] == len(prompts) == len(results["per_prompt"])
+    assert results["rewards"] == ["rule", "left_red", "spatialscore"] and list(results["policies"]) == ["base", "tuned", "again"]
+    for block in results["policies"].values():
+        stats = block["rewards"]["left_red"]
+        assert stats["ci_low"] <= stats["mean"] <= stats["ci_high"] and stats["n"] == 2 * len(prompts)
+        assert 0 <= block["rewards"]["rule"]["mean"] <= 1
+    for reward in ("left_red", "spatialscore"):  # the same policy twice: the same images, a zero difference
+        same = results["paired"]["again - base"][reward]
+        assert same == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "win_rate": 0.0, "tie_rate": 1.0}
+    tuned = results["paired"]["tuned - base"]["left_red"]
+    assert tuned["tie_rate"] < 1 and tuned["ci_low"] <= tuned["mean"] <= tuned["ci_high"]
+    table = (out / "table.md").read_text()
+    assert "| tuned - base |" in table and "| again |" in table
+    expected = image_grid(images=[np.zeros((32, 32, 3), np.uint8)] * 9, captions=[""] * 9, columns=3, cell=128)
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size == expected.shape[1::-1]  # 3 prompts (rows) x 3 policies (columns)
+
+
+def test_text_prompts_and_specs(tmp_path, tuned_policy):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red circle left of a blue square\n\n  a green star above a red circle \n")
+    assert read_prompts(path) == (
+        ["a red circle left of a blue square", "a green star above a red circle"], [{"line": 1}, {"line": 3}]
+    )
+    assert parse_policy_spec("tiny:3").source.tiny_seed == 3 and parse_policy_spec("tiny").name == "tiny"
+    assert parse_policy_spec(f"ft={tuned_policy}", dtype="bfloat16").source.path == tuned_policy
+    assert isinstance(parse_reward_spec("strict=rule"), RuleReward) and parse_reward_spec("strict=rule").name == "strict"
+    assert parse_reward_spec("toy_rewards.LeftRed").name == "left_red"
+    for bad in ("tiny:x", str(tmp_path)):
+        with pytest.raises(SpecError):
+            parse_policy_spec(bad)
+    for bad in ("nope", "spatialscore:/no/such/folder", "toy_rewards.Missing", "json.JSONDecoder"):
+        with pytest.raises(SpecError):
+            parse_reward_spec(bad)
+    with pytest.raises(SystemExit):
+        spatialrl_main(["evaluate", "--policy", "tiny", "--policy", "tiny", "--prompts", str(path),
+                        "--reward", "rule", "--out", str(tmp_path / "x")])
+
+
+def test_bootstrap_mean_ci():
+    values = np.array([0.0, 1.0, 2.0, 3.0])
+    resamples = np.random.default_rng(0).integers(0, 4, size=(500, 4))
+    mean, low, high = bootstrap_mean_ci(values, resamples=resamples)
+    assert mean == 1.5 and 0 <= low < mean < high <= 3
+    assert bootstrap_mean_ci(np.full(4, 2.0), resamples=resamples) == (2.0, 2.0, 2.0)
+    assert np.isnan(bootstrap_mean_ci(values, resamples=None)[1])
