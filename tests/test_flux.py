@@ -215,3 +215,17 @@ def test_bf16_policy_samples_finite(policy: FluxPolicy) -> None:
     )
     assert traj.latents.dtype == traj.log_probs.dtype == traj.images.dtype == torch.float32
     assert bool(torch.isfinite(traj.log_probs).all())
+
+
+def test_encodings_cached_under_inference_mode_can_be_trained_on(policy: FluxPolicy) -> None:
+    """Lightning validates under inference_mode; a training step reusing those cached encodings must backprop."""
+    policy.clear_prompt_cache()
+    with torch.inference_mode():
+        policy.encode_prompts(PROMPTS)
+    embeds, pooled = policy.encode_prompts(PROMPTS)
+    assert not torch.is_inference(embeds) and not torch.is_inference(pooled)
+    latents = torch.randn(2, 4, 4 * policy.latent_channels, requires_grad=True)
+    velocity = policy.velocity(latents=latents, sigma=0.5, prompt_embeds=embeds, pooled=pooled,
+                               img_ids=policy.latent_image_ids(32, 32))
+    velocity.square().mean().backward()
+    assert latents.grad is not None

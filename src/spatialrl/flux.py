@@ -26,12 +26,13 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from spatialrl.autoencoder import pretrain_autoencoder
 from spatialrl.schedule import flux_sigmas
 from spatialscore.backbone import DTYPES, staged_directory, tiny_cache_dir
 
 __all__ = ["FluxPolicy", "FluxSource", "TinyFluxConfig", "build_tiny_flux", "resolve_tiny_flux"]
 
-TINY_FLUX_VERSION = 1  # bump when build_tiny_flux changes, so cached tiny folders are rebuilt
+TINY_FLUX_VERSION = 2  # bump when build_tiny_flux changes, so cached tiny folders are rebuilt
 _TINY_CHARS = sorted(set(string.ascii_lowercase + string.digits + ".,;:-!?'()"))
 
 
@@ -39,7 +40,10 @@ _TINY_CHARS = sorted(set(string.ascii_lowercase + string.digits + ".,;:-!?'()"))
 class TinyFluxConfig:
     """Sizes of a random toy FLUX; the defaults: an 82 K-parameter transformer, 32px in milliseconds.
 
-    ``vae_channels`` has one entry per VAE level: 4 levels downsample 8x as in FLUX.1.
+    ``vae_channels`` has one entry per VAE level: 4 levels downsample 8x as in FLUX.1 (at 32 px that leaves
+    2x2 packed tokens; 3 levels give 4x4). With ``vae_pretrain_steps > 0`` the VAE is trained as an autoencoder
+    on procedural ``vae_pretrain_image_size`` scenes (see :mod:`spatialrl.autoencoder`) so that it decodes the
+    palette colours, and its ``shift_factor``/``scaling_factor`` are measured; otherwise it stays random.
     """
 
     layers: int = 1
@@ -52,6 +56,8 @@ class TinyFluxConfig:
     t5_dim: int = 32
     clip_dim: int = 32
     guidance_embeds: bool = True
+    vae_pretrain_steps: int = 0
+    vae_pretrain_image_size: int = 32
 
 
 def _tiny_clip_tokenizer() -> CLIPTokenizer:
@@ -75,7 +81,8 @@ def build_tiny_flux(directory: str | Path, *, seed: int = 0, config: TinyFluxCon
 
     ``model_index.json`` and subfolders ``transformer/ vae/ text_encoder/ text_encoder_2/ tokenizer/ tokenizer_2/
     scheduler/`` as on the hub, so the folder loads through :meth:`FluxPolicy.from_pretrained` and ``FluxPipeline.from_pretrained``.
-    Deterministic for ``seed``. The folder is written to a temporary sibling and renamed into place.
+    Deterministic for ``seed`` (VAE pretraining: on one machine and thread count). The folder is written to a
+    temporary sibling and renamed into place.
     """
     config = config or TinyFluxConfig()
     directory = Path(directory)
@@ -130,6 +137,11 @@ def build_tiny_flux(directory: str | Path, *, seed: int = 0, config: TinyFluxCon
                 feed_forward_proj="gated-gelu",
             )
         )
+    if config.vae_pretrain_steps > 0:
+        shift, scale = pretrain_autoencoder(
+            vae, steps=config.vae_pretrain_steps, image_size=config.vae_pretrain_image_size, seed=seed
+        )
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
@@ -311,7 +323,10 @@ class FluxPolicy:
         length = self.max_sequence_length
         missing = list(dict.fromkeys(p for p in prompts if (p, length) not in self._prompt_cache))
         if missing:
-            embeds, pooled = self._encode_uncached(missing)
+            # never cache inference tensors (Lightning validates under inference_mode): autograd could not save
+            # them for the backward pass of a later training step that reuses the encoding
+            with torch.inference_mode(False):
+                embeds, pooled = self._encode_uncached(missing)
             for i, prompt in enumerate(missing):
                 self._prompt_cache[(prompt, length)] = (embeds[i], pooled[i])
         cached = [self._prompt_cache[(p, length)] for p in prompts]

@@ -483,8 +483,11 @@ class PreferenceDataModule(L.LightningDataModule):
             if manifest is not None:
                 held.update(p for r in manifest.records for p in (r.prompt, r.perturbed_prompt) if p)
         kept = [p for p in prompts if p.prompt not in held]
-        if not kept:
-            raise ValueError("holdout_eval_prompts removed every training prompt: all of them appear in val/test")
+        if len(kept) < self.batch_size:
+            raise ValueError(
+                f"holdout_eval_prompts left {len(kept)} of {len(prompts)} training prompts (val/test use the rest), "
+                f"fewer than batch_size={self.batch_size}: use fewer val/test pairs or a larger prompt space"
+            )
         return kept
 
     def _eval_loader(self, split: str) -> DataLoader | list:
