@@ -18,7 +18,8 @@ from spatialrl.callbacks import ExportPolicy
 from spatialrl.flow_matching import TimestepSampling
 from spatialrl.flux import FluxPolicy, FluxSource, TinyFluxConfig, build_tiny_flux
 from spatialrl.lora import LoraSpec
-from spatialrl.sft import FlowMatchingModule, objects_present
+from spatialrl.rewards import PresenceReward
+from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import BACKGROUND, RuleChecker, generate_pair, render_scene
 
 SIZE = 32
@@ -185,11 +186,11 @@ def test_images_of_the_wrong_size_are_refused() -> None:
         FlowMatchingModule(policy=_source(), height=36, width=32).configure_model()
 
 
-def test_objects_present() -> None:
+def test_presence_reward() -> None:
     images, prompts = _scenes(1, seed=0)
     blank = torch.tensor(BACKGROUND, dtype=torch.float32).reshape(1, 3, 1, 1).expand(2, 3, SIZE, SIZE) / 255
-    assert objects_present(images=images, prompts=prompts) == [True, True]
-    assert objects_present(images=blank, prompts=prompts) == [False, False]
+    assert PresenceReward()(images=images, prompts=prompts).tolist() == [1.0, 1.0]
+    assert PresenceReward()(images=blank, prompts=prompts).tolist() == [0.0, 0.0]
 
 
 def test_vae_pretraining_standardises_latents(tmp_path: Path) -> None:

@@ -386,7 +386,7 @@ class FluxGRPOModule(L.LightningModule):
                         for key in ("clip_fraction", "approx_kl"):
                             totals[key] += float(step_stats[key])
                         totals["policy_loss"] += float(loss.detach())
-                        totals["kl"] += float(kl) / max(int(mask.sum()), 1)
+                        totals["kl"] += float(kl.detach()) / max(int(mask.sum()), 1)
             totals["grad_norm"] += self._clip_and_step(optimizer)
             scheduler.step()
         for key in ("clip_fraction", "approx_kl", "kl", "policy_loss"):

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spatialscore.data.synthetic import RuleChecker, parse_prompt
+from spatialscore.data.synthetic import RuleChecker, detect_objects, parse_prompt
 from spatialscore.model import SpatialScore
 
 __all__ = [
     "NonFiniteRewardError",
     "Reward",
+    "PresenceReward",
     "RuleReward",
     "SpatialScoreReward",
     "WeightedReward",
@@ -136,6 +137,31 @@ class RuleReward(Reward):
                 ) from error
         scores = self.checker(images=images, prompts=prompts)
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+class PresenceReward(RuleReward):
+    """1 when every object the prompt names is found in the image (by colour), else 0: no layout judged.
+
+    Logged beside :class:`RuleReward` it separates "draws the objects" from "places them right": the rule
+    reward is at most the presence rate, and ``rule / presence`` is the relation accuracy among complete images.
+    """
+
+    def __init__(self, *, tolerance: float = 60.0, min_pixels: int | None = None, name: str = "presence") -> None:
+        super().__init__(tolerance=tolerance, min_pixels=min_pixels, name=name)
+
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """Float32 (B,) in {0, 1} on the images' device; ``metadata`` is ignored."""
+        present = []
+        for index, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+            try:
+                colours = list(dict.fromkeys(c for r in parse_prompt(prompt) for c, _ in r.objects))
+            except ValueError as error:
+                raise ValueError(f"reward {self.name!r} cannot check prompt {index} {prompt!r}: {error}") from error
+            found = detect_objects(image, colours, tolerance=self.checker.tolerance, min_pixels=self.checker.min_pixels)
+            present.append(float(len(found) == len(colours)))
+        return torch.tensor(present, dtype=torch.float32, device=images.device)
 
 
 class SpatialScoreReward(Reward):

@@ -21,20 +21,12 @@ from torch import Tensor
 from spatialrl.flow_matching import TimestepSampling, flow_matching_loss, noisy_latents, sample_timesteps
 from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.lora import LoraSpec, add_lora
+from spatialrl.rewards import PresenceReward
 from spatialrl.rollout import sample
-from spatialscore.data.synthetic import RuleChecker, detect_objects, parse_prompt
+from spatialscore.data.synthetic import RuleChecker
 from spatialscore.visualize import image_grid
 
-__all__ = ["FlowMatchingModule", "objects_present"]
-
-
-def objects_present(*, images: Tensor, prompts: list[str]) -> list[bool]:
-    """Whether every object a prompt names is visible (found by colour) in its image."""
-    found = []
-    for image, prompt in zip(images, prompts, strict=True):
-        colours = list(dict.fromkeys(c for r in parse_prompt(prompt) for c, _ in r.objects))
-        found.append(len(detect_objects(image, colours)) == len(colours))
-    return found
+__all__ = ["FlowMatchingModule"]
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -191,7 +183,7 @@ class FlowMatchingModule(L.LightningModule):
             return
         images = self.generate(prompts, seed=self.val_seed, num_steps=self.val_steps)
         relation = RuleChecker()(images=images, prompts=prompts)
-        present = objects_present(images=images, prompts=prompts)
+        present = PresenceReward()(images=images, prompts=prompts).bool().tolist()
         self.log("val/relation_accuracy", float(np.mean(relation)), sync_dist=True)
         self.log("val/objects_present", float(np.mean(present)), sync_dist=True)
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
