@@ -21,37 +21,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import lightning as L
 import torch
-from topk import MEDIUM, StepTimes
+from topk import run
 
-from spatialrl.flux import FluxSource
-from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, SamplingSpec
-from spatialrl.rewards import RuleReward
-from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
+from spatialscore.data.datamodule import SyntheticData
 
 WINDOWS: dict[str, list[int] | None] = {"all_but_last": None, "first_2": [0, 1]}
 KEYS = ("passes", "seconds_rollout", "seconds_reward", "seconds_update")
-
-
-def run(sde_steps: list[int] | None, data: SyntheticData, *, steps: int, prompts: int) -> list[dict[str, float]]:
-    """Logged per-step times and pass counts of ``steps`` GRPO steps, the first (one-off costs) dropped."""
-    module = FluxGRPOModule(
-        policy=FluxSource(tiny=MEDIUM, max_sequence_length=32),
-        reward=RuleReward(),
-        lora=LoraSpec(rank=16),
-        sampling=SamplingSpec(height=64, width=64, num_steps=6, rollout_batch=24, sde_steps=sde_steps),
-        grpo=GRPOSpec(group_size=24, k=6, micro_batch=4, kl_beta=0.01),
-        eval=EvalSpec(at_start=False),
-        seed=0,
-    )
-    times = StepTimes()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[times])
-    trainer.fit(module, PreferenceDataModule(synthetic=data, batch_size=prompts, view="prompts"))
-    return times.rows[1:]
 
 
 def main() -> None:
@@ -66,7 +42,7 @@ def main() -> None:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in WINDOWS}
     for _ in range(args.repeats):
         for name, window in WINDOWS.items():
-            rows[name] += run(window, data, steps=args.steps + 1, prompts=args.prompts)
+            rows[name] += run("topk", data, steps=args.steps + 1, prompts=args.prompts, sde_steps=window)
     result: dict = {
         "benchmark": "rl_window",
         "prompts": args.prompts,

@@ -43,12 +43,16 @@ class StepTimes(L.Callback):
                                                                 "seconds_update")})
 
 
-def run(variant: str, data: SyntheticData, *, steps: int, prompts: int) -> list[dict[str, float]]:
+def run(
+    variant: str, data: SyntheticData, *, steps: int, prompts: int, sde_steps: list[int] | None = None
+) -> list[dict[str, float]]:
+    """Logged per-step seconds and pass counts of ``steps`` GRPO steps with ``grpo.filter=variant`` and the
+    trained-step window ``sde_steps`` (None: all but the last), the first step (one-off costs) dropped."""
     module = FluxGRPOModule(
         policy=FluxSource(tiny=MEDIUM, max_sequence_length=32),
         reward=RuleReward(),
         lora=LoraSpec(rank=16),
-        sampling=SamplingSpec(height=64, width=64, num_steps=6, rollout_batch=24),
+        sampling=SamplingSpec(height=64, width=64, num_steps=6, rollout_batch=24, sde_steps=sde_steps),
         grpo=GRPOSpec(group_size=24, k=6, filter=variant, micro_batch=4, kl_beta=0.01),
         eval=EvalSpec(at_start=False),
         seed=0,

@@ -3,18 +3,16 @@ over ranks, and a run killed mid-epoch resumed to the uninterrupted result. Slow
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from cli_runner import run_module
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).parent
 STRATEGIES = {
     "ddp": ["--trainer.strategy=ddp"],
     "fsdp": [
@@ -82,12 +80,7 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, spread: bool = False)
 
 
 def run_cli(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "spatialrl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+    return run_module("spatialrl.cli", *args, cwd=cwd, expect=expect)
 
 
 def adapter(tmp: Path) -> dict[str, torch.Tensor]:

@@ -6,18 +6,16 @@ These spawn real training processes on the tiny model (marked slow; CI runs them
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from cli_runner import run_module
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).parent
 
 
 def write_config(tmp: Path, data: Path, *, max_steps: int, curriculum: bool, every: int = 2, **trainer) -> Path:
@@ -78,12 +76,7 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, curriculum: bool, eve
 
 
 def run_cli(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "spatialscore.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+    return run_module("spatialscore.cli", *args, cwd=cwd, expect=expect)
 
 
 def exported(tmp: Path) -> dict[str, torch.Tensor]:

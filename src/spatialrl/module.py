@@ -40,6 +40,7 @@ from spatialrl.rewards import Reward, WeightedReward, compute_reward
 from spatialrl.rollout import Trajectory, ode_images, replay_step, sample, sample_seed, sde_mask_random
 from spatialrl.sde import SDEKind
 from spatialscore.backbone import DTYPES
+from spatialscore.schedules import warmup_schedule
 from spatialscore.strategies import fsdp2_shard
 from spatialscore.visualize import image_grid
 
@@ -206,10 +207,7 @@ class FluxGRPOModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             self._trainable(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        warmup = max(cfg.warmup_steps, 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min((step + 1) / warmup, 1.0) if warmup else 1.0
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(warmup_steps=cfg.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------------

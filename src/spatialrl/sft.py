@@ -8,7 +8,6 @@ real FLUX.1 can be adapted to a domain the same way before GRPO. Orchestration o
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from spatialrl.lora import LoraSpec, add_lora
 from spatialrl.rewards import PresenceReward
 from spatialrl.rollout import sample
 from spatialscore.data.synthetic import RuleChecker
+from spatialscore.schedules import warmup_schedule
 from spatialscore.visualize import image_grid
 
 __all__ = ["FlowMatchingModule"]
@@ -200,14 +200,8 @@ class FlowMatchingModule(L.LightningModule):
         params = [p for p in self.transformer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self.schedule == "cosine" else 0
-
-        def factor(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            if self.schedule == "constant":
-                return 1.0
-            progress = min((step - self.warmup_steps) / max(total - self.warmup_steps, 1), 1.0)
-            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        factor = warmup_schedule(
+            warmup_steps=self.warmup_steps, schedule=self.schedule, total_steps=total, min_lr_ratio=self.min_lr_ratio
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from spatialscore.data.encode import RewardInputEncoder
 from spatialscore.losses import bradley_terry_loss, expected_bt_loss
 from spatialscore.metrics import PairwiseAccuracy
 from spatialscore.model import RewardOutput, SpatialScore, SpatialScoreConfig
+from spatialscore.schedules import warmup_schedule
 from spatialscore.strategies import fsdp2_shard
 from spatialscore.visualize import pair_grid
 
@@ -207,14 +207,8 @@ class SpatialScoreModule(L.LightningModule):
         ]
         optimizer = torch.optim.AdamW(param_groups, betas=cfg.betas, weight_decay=cfg.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1) if cfg.schedule == "cosine" else 0
-
-        def factor(step: int) -> float:
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            if cfg.schedule == "constant":
-                return 1.0
-            progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        factor = warmup_schedule(
+            warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, total_steps=total, min_lr_ratio=cfg.min_lr_ratio
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

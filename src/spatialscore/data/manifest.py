@@ -21,11 +21,11 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -38,6 +38,7 @@ __all__ = [
     "ManifestWarning",
     "PairRecord",
     "PromptRecord",
+    "atomic_write",
     "read_manifest",
     "write_manifest",
 ]
@@ -280,14 +281,19 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[PairRecord | 
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    atomic_write(target, lambda fh: fh.write("".join(lines).encode("utf-8")))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through ``write(binary file)`` into a temporary sibling, fsync, then rename over ``path``:
+    readers and crashed writers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        with tmp.open("xb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

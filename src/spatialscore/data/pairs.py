@@ -22,7 +22,6 @@ import json
 import os
 import re
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from spatialscore.data.manifest import atomic_write
 from spatialscore.data.perturb import Edit, _skipped_path, apply_edits, subset_for
 
 __all__ = [
@@ -291,23 +291,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a file through ``write(fileobj)`` into a temporary sibling, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-    _atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 @contextmanager
@@ -325,7 +311,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Record the render settings on the first run; refuse a rerun with other settings."""
     path = out / SETTINGS_NAME
     if not path.is_file():
-        _atomic_write(path, lambda fh: fh.write((json.dumps(settings, indent=2) + "\n").encode()))
+        atomic_write(path, lambda fh: fh.write((json.dumps(settings, indent=2) + "\n").encode()))
         return
     previous = json.loads(path.read_text(encoding="utf-8"))
     changed = [
@@ -379,7 +365,7 @@ def _load_done(manifest: Path, jobs: Mapping[str, _Job]) -> dict[str, dict[str, 
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    _atomic_write(path, lambda fh: image.save(fh, format="PNG"))
+    atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def make_pairs(
