@@ -41,7 +41,7 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, spread: bool = False)
             "accelerator": "cpu",
             "devices": 1,
             "max_steps": max_steps,
-            "val_check_interval": max_steps,
+            "val_check_interval": max_steps // 2,  # in batches: each batch takes 2 optimiser steps (PPO epochs)
             "check_val_every_n_epoch": None,
             "num_sanity_val_steps": 0,
             "log_every_n_steps": 1,
@@ -141,3 +141,21 @@ def test_killed_run_resumes_exactly(tmp_path, rl_data):
     assert_same(adapter(single), adapter(crashed), rtol=0, atol=0)
     resumed = sorted((crashed / "run" / "csv").glob("version_*"))[-1]
     assert logged_in(resumed, "train/reward_mean") == logged(single, "train/reward_mean")[2:]
+
+
+def test_fsdp_run_with_ema_resumes_exactly(tmp_path, rl_data):
+    """2-process FSDP2: sharded checkpoint (adapter, optimiser, full-tensor EMA re-sharded on load) resumes exactly."""
+    steps, args = 8, ["--trainer.devices=2", "--data.batch_size=2", *STRATEGIES["fsdp"]]
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    for folder in (full, crashed):
+        folder.mkdir()
+    run_cli("fit", "--config", str(write_config(full, rl_data, max_steps=steps)), *args, cwd=full)
+    config = write_config(crashed, rl_data, max_steps=steps)
+    run_cli("fit", "--config", str(config), *args, "--trainer.callbacks+=crash_callback.CrashAtStep",
+            "--trainer.callbacks.step=6", cwd=crashed, expect=17)
+    ckpt = crashed / "run" / "ckpt" / "last.ckpt"
+    assert ckpt.is_dir(), "FSDP2 checkpoints are sharded (torch.distributed.checkpoint folders)"
+    run_cli("fit", "--config", str(config), "--ckpt_path", str(ckpt), *args, cwd=crashed)
+    assert_same(adapter(full), adapter(crashed), rtol=0, atol=0)
+    final = logged(full, "val/reward")
+    assert len(final) == 1 and final == logged(crashed, "val/reward")[-1:]

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 __all__ = ["ParameterEMA"]
 
@@ -48,13 +49,25 @@ class ParameterEMA:
                     param.copy_(old)
 
     def state_dict(self) -> dict[str, object]:
-        return {"decay": self.decay, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
+        """Full (unsharded) tensors, so a checkpoint written by one rank restores on any; all ranks must call it."""
+        full = [s.full_tensor() if isinstance(s, DTensor) else s for s in self.shadow]
+        return {"decay": self.decay, "updates": self.updates, "shadow": [s.detach().cpu().clone() for s in full]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore :meth:`state_dict`'s tensors, re-sharded like the current (possibly FSDP2) parameters."""
         shadow: list[Tensor] = state["shadow"]  # type: ignore[assignment]
-        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow, strict=True)):
+        if len(shadow) != len(self.shadow) or any(
+            tuple(a.shape) != tuple(b.shape) for a, b in zip(shadow, self.shadow, strict=True)
+        ):
             raise ValueError("EMA state does not match the trainable parameters")
-        self.shadow = [s.to(device=t.device, dtype=torch.float32) for s, t in zip(shadow, self.shadow, strict=True)]
+        restored = []
+        for saved, current in zip(shadow, self.shadow, strict=True):
+            if isinstance(current, DTensor):
+                full = saved.to(device=current.device, dtype=torch.float32)
+                restored.append(distribute_tensor(full, current.device_mesh, current.placements))
+            else:
+                restored.append(saved.to(device=current.device, dtype=torch.float32))
+        self.shadow = restored
         self.updates = int(state["updates"])  # type: ignore[arg-type]
 
     def _check(self, params: Sequence[nn.Parameter]) -> None:
