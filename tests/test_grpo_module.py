@@ -117,3 +117,15 @@ def test_non_finite_reward_is_an_error_naming_reward_and_prompt(prompt_data):
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(**settings), lora=LoraSpec(rank=0 if not settings else 4))
+
+
+def test_activation_checkpointing_gives_the_same_update(prompt_data):
+    results = []
+    for checkpointing in (False, True):
+        module = make_module()
+        module.activation_checkpointing = checkpointing
+        fit(module, prompt_data)
+        assert module.transformer.is_gradient_checkpointing == checkpointing
+        results.append(weights(module))
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-7)
