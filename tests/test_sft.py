@@ -145,8 +145,9 @@ def test_lora_export_round_trip(tmp_path: Path) -> None:
     state = {n: p for n, p in module.transformer.named_parameters() if "lora_B" in n}
     assert any(bool(p.abs().max() > 0) for p in state.values())  # the adapter moved away from its zero init
 
-    loaded = FluxSource(path=str(export), max_sequence_length=16).load()
-    assert isinstance(loaded, FluxPolicy)
+    loaded = FluxSource(path=str(export)).load()  # the T5 length it was trained with is read from the folder
+    assert isinstance(loaded, FluxPolicy) and loaded.max_sequence_length == 16
+    assert FluxSource(path=str(export), max_sequence_length=32).load().max_sequence_length == 32
     module.eval()
     latents = module.encode_images(images)
     kwargs = {

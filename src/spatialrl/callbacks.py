@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from spatialrl.flux import FluxPolicy
+from spatialrl.flux import SETTINGS_FILE, FluxPolicy
 from spatialrl.lora import add_lora, has_lora, merged_copy
 
 __all__ = ["ExportPolicy", "export_policy"]
@@ -20,8 +21,9 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
 
     ``directory/`` is a complete FLUX folder in the diffusers layout with the LoRA adapter merged (loadable by
     ``FluxSource(path=...)`` and ``FluxPipeline.from_pretrained``); ``directory/lora.safetensors`` holds the
-    adapter alone (peft key names) when there is one. The weights are gathered as a full state dict first, so
-    this works for sharded (FSDP2) models too; every rank must call it.
+    adapter alone (peft key names) when there is one, and ``spatialrl.json`` the T5 length it was trained with
+    (read back by ``FluxSource``). The weights are gathered as a full state dict first, so this works for sharded
+    (FSDP2) models too; every rank must call it.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(module.transformer, options=options)
@@ -42,6 +44,8 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
         scheduler_config=policy.scheduler_config,
     )
     merged.pipeline().save_pretrained(directory)
+    settings = {"max_sequence_length": policy.max_sequence_length}
+    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     if has_lora(policy.transformer):
         lora = {k: v.contiguous() for k, v in state.items() if "lora_" in k}
         save_file(lora, str(directory / "lora.safetensors"))

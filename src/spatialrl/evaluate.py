@@ -97,7 +97,7 @@ def _split_name(spec: str) -> tuple[str, str]:
     return name, body
 
 
-def parse_policy_spec(spec: str, *, dtype: str = "float32", max_sequence_length: int = 512) -> PolicySpec:
+def parse_policy_spec(spec: str, *, dtype: str = "float32", max_sequence_length: int | None = None) -> PolicySpec:
     """Parse ``[NAME=]tiny[:SEED]`` or ``[NAME=]PATH`` (see :data:`POLICY_FORMS`); checks that a path exists."""
     name, body = _split_name(spec)
     common = {"dtype": dtype, "max_sequence_length": max_sequence_length}
@@ -263,7 +263,7 @@ def evaluate_policies(
         "bootstrap_seed": bootstrap_seed,
         "policies": {p.name: p.source.path or f"tiny:{p.source.tiny_seed}" for p in policies},
         "dtype": policies[0].source.dtype,
-        "max_sequence_length": policies[0].source.max_sequence_length,
+        "max_sequence_length": {p.name: p.source.sequence_length() for p in policies},
     }
     results["per_prompt"] = [
         {"prompt": prompt, "metadata": dict(meta), "scores": {
@@ -386,7 +386,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reward-batch-size", type=int, default=16, help="images per SpatialScore forward")
     parser.add_argument("--device", default=None, help="default: cuda if available")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
-    parser.add_argument("--max-sequence-length", type=int, default=512, help="T5 prompt length")
+    parser.add_argument("--max-sequence-length", type=int, default=None,
+                        help="T5 prompt length (default: the one each policy folder was trained with, else 512)")
     parser.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--grid-prompts", type=int, default=8, help="prompts (rows) in grid.png")

@@ -30,7 +30,7 @@ from spatialrl.autoencoder import pretrain_autoencoder
 from spatialrl.schedule import flux_sigmas
 from spatialscore.backbone import DTYPES, staged_directory, tiny_cache_dir
 
-__all__ = ["FluxPolicy", "FluxSource", "TinyFluxConfig", "build_tiny_flux", "resolve_tiny_flux"]
+__all__ = ["FluxPolicy", "FluxSource", "TinyFluxConfig", "build_tiny_flux", "recorded_settings", "resolve_tiny_flux"]
 
 TINY_FLUX_VERSION = 2  # bump when build_tiny_flux changes, so cached tiny folders are rebuilt
 _TINY_CHARS = sorted(set(string.ascii_lowercase + string.digits + ".,;:-!?'()"))
@@ -179,14 +179,16 @@ def resolve_tiny_flux(*, seed: int = 0, config: TinyFluxConfig | None = None) ->
 class FluxSource:
     """Where a policy comes from, as a config block: a local diffusers FLUX folder (``path``), else a tiny random
     FLUX built offline from ``tiny`` with ``tiny_seed`` (cached). ``dtype`` is the transformer's and the frozen
-    components' dtype; ``max_sequence_length`` the T5 length (512 for FLUX.1-dev).
+    components' dtype; ``max_sequence_length`` the T5 length; None: the length the folder was trained with (recorded
+    in ``spatialrl.json`` by :class:`~spatialrl.callbacks.ExportPolicy`; prompts padded to another length condition
+    the model differently), else 512 as FLUX.1-dev.
     """
 
     path: str | None = None
     tiny: TinyFluxConfig = field(default_factory=TinyFluxConfig)
     tiny_seed: int = 0
     dtype: str = "float32"
-    max_sequence_length: int = 512
+    max_sequence_length: int | None = None
 
     def resolve(self) -> Path:
         """The folder to load: ``path`` (checked) or the cached tiny FLUX."""
@@ -199,8 +201,21 @@ class FluxSource:
         if self.dtype not in DTYPES:
             raise ValueError(f"policy dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         return FluxPolicy.from_pretrained(
-            self.resolve(), dtype=DTYPES[self.dtype], device=device, max_sequence_length=self.max_sequence_length
+            self.resolve(), dtype=DTYPES[self.dtype], device=device, max_sequence_length=self.sequence_length()
         )
+
+    def sequence_length(self) -> int:
+        """The T5 length to use: ``max_sequence_length``, else the folder's recorded one, else 512."""
+        return self.max_sequence_length or recorded_settings(self.resolve()).get("max_sequence_length", 512)
+
+
+SETTINGS_FILE = "spatialrl.json"
+
+
+def recorded_settings(folder: str | Path) -> dict:
+    """The sampling settings a fine-tuned policy folder was trained with (``spatialrl.json``), or ``{}``."""
+    path = Path(folder) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 class FluxPolicy:
