@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/scoring.py [--images 64] [--repeats 5]
 
 Scores the same prompts and images (encoding included) one ``score`` call per image, as a caller looping over
-files does, in batched calls of 8 and 32, and in calls of 32 after sorting by prompt length (what length
-bucketing would do: prompts of two lengths alternate, so unsorted batches pad half their sequences to the long
-prompt's length, a cost one-by-one scoring never pays). The batched scores are first checked against the
+files does, and in batched calls of 8 and 32 (``score`` groups prompts of similar length into a batch; here
+prompts of two lengths alternate, so arrival-order batches would pad half their sequences to the long prompt's
+length, a cost one-by-one scoring never pays). The batched scores are first checked against the
 one-by-one scores (right padding, read at each sequence's last token: only float reassociation may differ).
 Variants are interleaved so that machine noise hits them alike. Models: the tiny default backbone (64 px) and
 the 18 M-parameter ``bench`` backbone of benchmarks/reward_step.py (128 px). Writes
@@ -45,19 +45,9 @@ def bench_model(name: str, tiny: TinyBackboneConfig, *, images: int, repeats: in
         return torch.cat([model.score(prompts=[p], images=[x], batch_size=1).mu for p, x in zip(prompts, pictures,
                                                                                                 strict=True)])
 
-    order = sorted(range(images), key=lambda i: len(prompts[i]))
-    inverse = torch.empty(images, dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(images)
-
-    def length_sorted() -> torch.Tensor:
-        mu = model.score(prompts=[prompts[i] for i in order], images=[pictures[i] for i in order],
-                         batch_size=BATCHES[-1]).mu
-        return mu[inverse]
-
     variants: dict[str, Callable[[], torch.Tensor]] = {"one_by_one": one_by_one}
     for size in BATCHES:
         variants[f"batch_{size}"] = lambda size=size: model.score(prompts=prompts, images=pictures, batch_size=size).mu
-    variants[f"batch_{BATCHES[-1]}_sorted"] = length_sorted
     reference = one_by_one()
     max_diff = max(float((fn() - reference).abs().max()) for fn in variants.values())
     times: dict[str, list[float]] = {key: [] for key in variants}

@@ -94,6 +94,8 @@ def test_batched_score_equals_single_and_ignores_padding():
     batched = model.score(prompts=prompts, images=pics, batch_size=5)
     single = torch.cat([model.score(prompts=[p], images=[i]).mu for p, i in zip(prompts, pics, strict=True)])
     torch.testing.assert_close(batched.mu, single, rtol=1e-4, atol=1e-5)
+    # batches are formed by prompt length (2 long, then short and long): results still come back in input order
+    torch.testing.assert_close(model.score(prompts=prompts, images=pics, batch_size=2).mu, single, rtol=1e-4, atol=1e-5)
     tensors = [torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255 for p in pics]
     torch.testing.assert_close(model.score(prompts=prompts, images=tensors).mu, batched.mu)
     assert batched.sigma.shape == (5,) and (batched.sigma > 0).all()
