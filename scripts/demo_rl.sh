@@ -13,5 +13,6 @@ import csv, glob
 rows = [r for f in sorted(glob.glob("runs/spatialrl/tiny/csv/version_*/metrics.csv")) for r in csv.DictReader(open(f))]
 val = [(int(r["step"]), float(r["val/reward"]), float(r["val/presence"])) for r in rows if r.get("val/reward")]
 for step, reward, presence in (val[0], val[-1]):
-    print(f"step {step:4d}: held-out relation accuracy {reward:.3f}, both objects drawn {presence:.3f}")
+    print(f"step {step:4d}: held-out rule score {reward:.3f} (both objects drawn {presence:.3f}, "
+          f"relation right among those {reward / max(presence, 1e-9):.3f})")
 PY
