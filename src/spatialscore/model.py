@@ -208,8 +208,8 @@ class SpatialScore(nn.Module):
         """Scores of ``images[i]`` against ``prompts[i]``, batched; returns CPU tensors ``mu`` and ``log_sigma``.
 
         Images may be PIL images, paths, uint8 (H, W, 3) arrays or float (3, H, W) tensors in [0, 1]. Batches
-        are formed from prompts of similar length (less padding: 1.15-1.2x the throughput of arrival order on mixed
-        lengths, ``benchmarks/scoring.py``); results come back in the input order.
+        are formed from prompts of similar length (less padding when lengths differ); results come back in the
+        input order.
         """
         if len(prompts) != len(images):
             raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
