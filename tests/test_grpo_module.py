@@ -12,7 +12,7 @@ from toy_rewards import LeftRed
 from spatialrl.flux import FluxSource
 from spatialrl.lora import LoraSpec
 from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec
-from spatialrl.rewards import NonFiniteRewardError, Reward
+from spatialrl.rewards import NonFiniteRewardError, Reward, WeightedReward
 from spatialrl.rollout import sample_seed
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
 
@@ -87,13 +87,16 @@ def test_update_does_not_depend_on_micro_batch(prompt_data):
 
 def test_shared_initial_noise_and_seeds():
     assert sample_seed(0, 1, 2) == sample_seed(0, 1, 2) != sample_seed(0, 2, 1)
-    module = make_module()
-    module.sampling.shared_initial_noise = True
-    module.configure_model()
-    module._trainer = None
-    initial, steps = module._noise(seeds=[1, 2], init_seeds=[7, 7], num_steps=3)
-    assert torch.equal(initial[0], initial[1]) and not torch.equal(steps[0], steps[1])
-    assert steps.shape == (2, 3, *initial.shape[1:])
+    starts = {}
+    for shared in (True, False):
+        module = make_module()
+        module.sampling.shared_initial_noise = shared
+        module.configure_model()
+        traj = module._rollout(["a red circle to the left of a blue square"] * 3, positions=[0, 0, 0], columns=[0, 1, 2])
+        starts[shared] = traj.latents[:, 0]  # the latents entering step 0 (a trained step): the initial noise
+        assert not torch.equal(traj.next_latents[0, 0], traj.next_latents[1, 0])  # SDE noise differs per sample
+    assert torch.equal(starts[True][0], starts[True][1]) and torch.equal(starts[True][0], starts[True][2])
+    assert not torch.equal(starts[False][0], starts[False][1])
 
 
 class NaNOnSecond(Reward):
@@ -129,3 +132,11 @@ def test_activation_checkpointing_gives_the_same_update(prompt_data):
         results.append(weights(module))
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-7)
+
+
+def test_weighted_reward_components_are_logged(prompt_data):
+    reward = WeightedReward(rewards=[LeftRed(name="a"), LeftRed(name="b")], weights=[1.0, 0.5])
+    logged = fit(make_module(reward), prompt_data)
+    assert logged["train/reward_a"] == pytest.approx(logged["train/reward_b"])
+    assert logged["train/reward_weighted"] == pytest.approx(1.5 * logged["train/reward_a"], rel=1e-5, abs=1e-7)
+    assert logged["train/reward_mean"] == pytest.approx(logged["train/reward_weighted"], rel=1e-5, abs=1e-7)

@@ -37,7 +37,15 @@ from spatialrl.grpo import (
 )
 from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
 from spatialrl.rewards import Reward, WeightedReward, compute_reward
-from spatialrl.rollout import Trajectory, ode_images, replay_step, sample, sample_seed, sde_mask_random
+from spatialrl.rollout import (
+    Trajectory,
+    ode_images,
+    replay_step,
+    sample,
+    sample_seed,
+    sde_mask_random,
+    seeded_noise,
+)
 from spatialrl.sde import SDEKind
 from spatialscore.backbone import DTYPES
 from spatialscore.schedules import warmup_schedule
@@ -214,19 +222,6 @@ class FluxGRPOModule(L.LightningModule):
     # rollouts
     # ------------------------------------------------------------------------------------------------------
 
-    def _noise(self, *, seeds: Sequence[int], init_seeds: Sequence[int], num_steps: int) -> tuple[Tensor, Tensor]:
-        """Initial and per-step noise, one generator per sample: ``(B, tokens, 4C)``, ``(B, num_steps, ...)``."""
-        s = self.sampling
-        rows, cols = self.policy.latent_size(s.height, s.width)
-        shape = (self.policy.latent_channels, rows, cols)
-        initial, steps = [], []
-        for seed, init_seed in zip(seeds, init_seeds, strict=True):
-            gen = torch.Generator().manual_seed(init_seed)
-            initial.append(FluxPolicy.pack_latents(torch.randn(1, *shape, generator=gen))[0])
-            gen = torch.Generator().manual_seed(seed)
-            steps.append(FluxPolicy.pack_latents(torch.randn(num_steps, *shape, generator=gen)))
-        return torch.stack(initial), torch.stack(steps)
-
     def _trained_steps(self) -> list[int] | None:
         s = self.sampling
         if s.sde_fraction is None:
@@ -243,7 +238,8 @@ class FluxGRPOModule(L.LightningModule):
             sample_seed(self.seed, step, p, 0 if s.shared_initial_noise else c, 3)
             for p, c in zip(positions, columns, strict=True)
         ]
-        initial, step_noise = self._noise(seeds=seeds, init_seeds=init_seeds, num_steps=s.num_steps)
+        initial = seeded_noise(self.policy, seeds=init_seeds, height=s.height, width=s.width)
+        step_noise = seeded_noise(self.policy, seeds=seeds, height=s.height, width=s.width, steps=s.num_steps)
         sde_steps = self._trained_steps()
         parts = []
         for start in range(0, len(prompts), s.rollout_batch):
@@ -316,8 +312,12 @@ class FluxGRPOModule(L.LightningModule):
     # training
     # ------------------------------------------------------------------------------------------------------
 
-    def _score(self, reward: Reward, images: Tensor, prompts: list[str], metadata: list[dict]) -> Tensor:
-        return compute_reward(reward, images=images, prompts=prompts, metadata=metadata)
+    def _rewards(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The checked reward of each image, and the components of a :class:`WeightedReward` (computed once)."""
+        if isinstance(self.reward, WeightedReward):
+            parts = self.reward.components(images=images, prompts=prompts, metadata=metadata)
+            return parts[self.reward.name], parts
+        return compute_reward(self.reward, images=images, prompts=prompts, metadata=metadata), {}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         g = self.grpo
@@ -333,7 +333,8 @@ class FluxGRPOModule(L.LightningModule):
             columns=[c for _ in positions for c in columns],
         )
         clock.append(time.perf_counter())
-        rewards_local = self._score(self.reward, traj.images, flat_prompts, flat_meta).reshape(-1, n_cols)
+        rewards_local, parts = self._rewards(traj.images, flat_prompts, flat_meta)
+        rewards_local = rewards_local.reshape(-1, n_cols)
         clock.append(time.perf_counter())
         rewards = self._gather_rewards(rewards_local)
         keep = select_groups(rewards, g.k, method=g.filter)
@@ -344,8 +345,7 @@ class FluxGRPOModule(L.LightningModule):
         stats = self._train_on(traj, keep=local_keep, advantages=local_adv, kept_total=kept_total)
         clock.append(time.perf_counter())
         stats.update({f"seconds_{name}": b - a for name, a, b in zip(("rollout", "reward", "update"), clock[:-1], clock[1:], strict=True)})
-        self._log_train(rewards=rewards, keep=keep, advantages=advantages, stats=stats, local=rewards_local,
-                        images=traj.images, prompts=flat_prompts, metadata=flat_meta)
+        self._log_train(rewards=rewards, keep=keep, advantages=advantages, stats=stats, parts=parts)
 
     def _train_on(self, traj: Trajectory, *, keep: Tensor, advantages: Tensor, kept_total: int) -> dict[str, float]:
         """PPO epochs over the kept samples and trained steps; one optimiser step per epoch.
@@ -428,10 +428,7 @@ class FluxGRPOModule(L.LightningModule):
         keep: Tensor,
         advantages: Tensor,
         stats: dict[str, float],
-        local: Tensor,
-        images: Tensor,
-        prompts: list[str],
-        metadata: list[dict],
+        parts: dict[str, Tensor],
     ) -> None:
         kept = rewards[keep]
         values = {
@@ -449,9 +446,8 @@ class FluxGRPOModule(L.LightningModule):
         self.log("train/reward", rewards.mean().float(), prog_bar=True)
         self.log_dict({f"train/{k}": float(v) for k, v in stats.items()}, sync_dist=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
-        if isinstance(self.reward, WeightedReward):
-            parts = self.reward.components(images=images, prompts=prompts, metadata=metadata)
-            self.log_dict({f"train/reward_{k}": v.float().mean() for k, v in parts.items()}, sync_dist=True)
+        if parts:
+            self.log_dict({f"train/reward_{k}": v.mean() for k, v in parts.items()}, sync_dist=True)
 
     # ------------------------------------------------------------------------------------------------------
     # evaluation
@@ -477,9 +473,9 @@ class FluxGRPOModule(L.LightningModule):
             batch_size=s.rollout_batch,
         )
         out = {"images": torch.cat(list(images))}
-        out["reward"] = self._score(self.reward, out["images"], flat, meta)
+        out["reward"] = self._rewards(out["images"], flat, meta)[0]
         for metric in self.eval_metrics:
-            out[metric.name] = self._score(metric, out["images"], flat, meta)
+            out[metric.name] = compute_reward(metric, images=out["images"], prompts=flat, metadata=meta)
         return out
 
     def _ema_weights(self) -> AbstractContextManager:
@@ -497,10 +493,15 @@ class FluxGRPOModule(L.LightningModule):
             caption = f"{float(out['reward'][i]):.2f}"
             self._grid.append((out["images"][i].cpu(), caption))
 
-    def on_validation_epoch_end(self) -> None:
-        for name, metric in self.val_means.items():
-            self.log(f"val/{name}", metric.compute(), sync_dist=False)
+    def _pop_val_means(self) -> dict[str, Tensor]:
+        """Each validation mean (synced over processes by torchmetrics), then reset for the next evaluation."""
+        values = {f"val/{name}": metric.compute() for name, metric in self.val_means.items()}
+        for metric in self.val_means.values():
             metric.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self._pop_val_means())
         self._log_grid("val/samples", self.global_step)
 
     def _log_grid(self, tag: str, step: int) -> None:
@@ -524,13 +525,10 @@ class FluxGRPOModule(L.LightningModule):
                 continue
             for batch in loader:
                 self.validation_step(batch, 0)
-        values = {f"val/{name}": metric.compute() for name, metric in self.val_means.items()}
-        for metric in self.val_means.values():
-            metric.reset()
+        values = {k: float(v) for k, v in self._pop_val_means().items()}
         for logger in self.loggers:
-            logger.log_metrics({k: float(v) for k, v in values.items()}, step=0)
+            logger.log_metrics(values, step=0)
         self._log_grid("val/samples", 0)
-        self.initial_metrics = {k: float(v) for k, v in values.items()}
 
     # ------------------------------------------------------------------------------------------------------
     # checkpoints

@@ -21,6 +21,7 @@ from spatialrl.sde import SDEKind, SDEStepOutput, sde_step
 __all__ = [
     "Trajectory",
     "eval_initial_noise",
+    "seeded_noise",
     "ode_images",
     "prompt_key",
     "sample_seed",
@@ -295,19 +296,27 @@ def prompt_key(prompt: str) -> int:
     return zlib.crc32(prompt.encode("utf-8"))
 
 
+def seeded_noise(
+    policy: FluxPolicy, *, seeds: Sequence[int], height: int, width: int, steps: int | None = None
+) -> Tensor:
+    """Packed standard-normal latents, one CPU generator per sample so a sample's noise depends on its seed only:
+    ``(B, tokens, 4C)``, or ``(B, steps, tokens, 4C)`` per-step SDE noise when ``steps`` is given."""
+    rows, cols = policy.latent_size(height, width)
+    shape = (1 if steps is None else steps, policy.latent_channels, rows, cols)
+    noise = [
+        FluxPolicy.pack_latents(torch.randn(shape, generator=torch.Generator().manual_seed(seed))) for seed in seeds
+    ]
+    return torch.stack(noise)[:, 0] if steps is None else torch.stack(noise)
+
+
 def eval_initial_noise(
     policy: FluxPolicy, *, prompts: Sequence[str], indices: Sequence[int], seed: int, height: int, width: int
 ) -> Tensor:
     """Packed initial noise ``(B, tokens, 4C)`` of sample ``indices[b]`` of ``prompts[b]``, drawn from
-    ``sample_seed(seed, crc32(prompt), index)`` as ``FluxGRPOModule`` validation and ``spatialrl evaluate`` draw it: it depends on
-    neither the policy, the batch nor the prompt's position."""
-    rows, cols = policy.latent_size(height, width)
-    shape = (policy.latent_channels, rows, cols)
-    noise = []
-    for prompt, index in zip(prompts, indices, strict=True):
-        gen = torch.Generator().manual_seed(sample_seed(seed, prompt_key(prompt), index))
-        noise.append(FluxPolicy.pack_latents(torch.randn(1, *shape, generator=gen))[0])
-    return torch.stack(noise)
+    ``sample_seed(seed, crc32(prompt), index)`` as ``FluxGRPOModule`` validation and ``spatialrl evaluate`` draw
+    it: it depends on neither the policy, the batch nor the prompt's position."""
+    seeds = [sample_seed(seed, prompt_key(prompt), index) for prompt, index in zip(prompts, indices, strict=True)]
+    return seeded_noise(policy, seeds=seeds, height=height, width=width)
 
 
 def ode_images(
