@@ -149,6 +149,22 @@ def test_activation_checkpointing_same_loss_and_grads():
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_backbone_keeps_fp32_trainable_weights():
+    """LoRA, reward token and head are fp32 master weights over a bf16 base: a 1e-6 Adam step still moves a LoRA
+    weight of ~1e-2, which bf16 storage (relative resolution 2^-8) would round away."""
+    model = make_model(backbone=BackboneConfig(dtype="bfloat16"), lora=LoraSettings(rank=4))
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n or n.startswith("head.") or n == "reward_embedding"} == {
+        torch.float32
+    }
+    assert {d for n, d in dtypes.items() if "base_layer" in n} == {torch.bfloat16}
+    train_steps(model, steps=1, lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    assert all(np.isfinite(train_steps(model, steps=1, lr=1e-6)))
+    moved = [n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p.detach(), before[n])]
+    assert len(moved) == len(before)
+
+
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_qlora_trains_on_cpu_with_evaluation_between_steps(quantization):
     import bitsandbytes as bnb

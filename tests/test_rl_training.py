@@ -159,3 +159,13 @@ def test_fsdp_run_with_ema_resumes_exactly(tmp_path, rl_data):
     assert_same(adapter(full), adapter(crashed), rtol=0, atol=0)
     final = logged(full, "val/reward")
     assert len(final) == 1 and final == logged(crashed, "val/reward")[-1:]
+
+
+def test_fsdp_bf16_policy_trains_fp32_adapter(tmp_path, rl_data):
+    """A bf16 policy under FSDP2: the adapter is stored (and exported) in fp32 and trained."""
+    fsdp = [*STRATEGIES["fsdp"][:1], "--trainer.strategy.data_parallel_size=1", *STRATEGIES["fsdp"][2:]]
+    config = write_config(tmp_path, rl_data, max_steps=2)
+    run_cli("fit", "--config", str(config), "--model.init_args.policy.dtype=bfloat16", *fsdp, cwd=tmp_path)
+    weights = adapter(tmp_path)
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)

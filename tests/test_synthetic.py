@@ -134,6 +134,12 @@ def test_stages_are_spread_evenly_in_order(dataset):
     assert Counter(stages) == dict.fromkeys(MIRRORED_STAGES, 20)
 
 
+def test_a_stage_listed_twice_gets_two_shares(tmp_path):
+    manifest = write_synthetic_dataset(tmp_path, num_pairs=6, seed=2, stages=(1, 4, 4), show_progress=False)
+    stages = [json.loads(line)["meta"]["stage"] for line in manifest.read_text().splitlines()]
+    assert Counter(stages) == {1: 4, 4: 8}  # pairs and their mirrors
+
+
 def test_manifest_reads_with_the_manifest_reader(dataset):
     from spatialscore.data.manifest import read_manifest
 
@@ -250,6 +256,8 @@ def test_stages_follow_the_curriculum(pairs):
     for stage in (0, 1, 2):
         assert axes_seen[stage] == {"horizontal"} and kinds_seen[stage] == {"swap"}
     assert axes_seen[3] == {"horizontal", "vertical"} and kinds_seen[3] == {"swap", "flip"}
+    colours = {s: {o.colour for p, _, _ in pairs if p.stage == s for o in p.perfect.objects} for s in (3, 4)}
+    assert colours[3] == {"red", "blue"} and colours[4] == set(PALETTE)
     assert axes_seen[4] == {"horizontal", "vertical"}
     assert kinds_seen[4] == {"swap", "flip", "predicate", "attribute_swap"}
     assert axes_seen[5] == {"horizontal", "vertical", "depth", "corner", "edge"}

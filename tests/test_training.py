@@ -178,3 +178,18 @@ def test_fsdp_checkpoint_resumes(tmp_path, synthetic_dir):
     assert ckpt.is_dir(), "FSDP2 checkpoints are sharded (torch.distributed.checkpoint folders)"
     run_cli("fit", "--config", str(config), "--ckpt_path", str(ckpt), *args, cwd=crashed)
     assert_same_weights(exported(full), exported(crashed), rtol=0, atol=0)
+
+
+def test_fsdp_bf16_trains_fp32_master_weights(tmp_path, synthetic_dir):
+    """bf16 frozen weights under FSDP2 (the 7B recipe's setting): LoRA, vision merger, head and reward token are
+    stored in fp32 (FSDP2 refuses mixed trainable dtypes in a unit, and bf16 would round small Adam steps away)
+    and are trained."""
+    config = write_config(tmp_path, synthetic_dir, max_steps=2, curriculum=False)
+    fsdp = [*STRATEGIES["fsdp"][:1], "--trainer.strategy.data_parallel_size=1", *STRATEGIES["fsdp"][2:]]
+    run_cli("fit", "--config", str(config), "--model.model.backbone.dtype=bfloat16", *fsdp, cwd=tmp_path)
+    weights = exported(tmp_path)
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    assert any("merger" in k for k in weights) and "reward_embedding" in weights
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().max() > 0 for v in lora_b)
+    assert all(torch.isfinite(v).all() for v in weights.values())

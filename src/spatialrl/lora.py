@@ -16,6 +16,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor
 
+from spatialscore.strategies import fp32_master_weights
+
 __all__ = [
     "FLUX_LORA_TARGETS",
     "LoraSpec",
@@ -61,7 +63,7 @@ class LoraSpec:
 
 
 def add_lora(transformer: FluxTransformer2DModel, spec: LoraSpec) -> None:
-    """Add a fresh LoRA adapter (B = 0, so the model is unchanged) and make only its weights trainable.
+    """Add a fresh LoRA adapter (B = 0, so the model is unchanged; fp32 weights) and make only its weights trainable.
 
     With ``spec.rank == 0`` every transformer weight is made trainable and no adapter is added.
     """
@@ -85,6 +87,7 @@ def add_lora(transformer: FluxTransformer2DModel, spec: LoraSpec) -> None:
     transformer.add_adapter(config)
     for name, param in transformer.named_parameters():
         param.requires_grad_("lora_" in name)
+    fp32_master_weights(transformer, lora_only=True)
 
 
 def has_lora(transformer: FluxTransformer2DModel) -> bool:

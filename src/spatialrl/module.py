@@ -49,7 +49,7 @@ from spatialrl.rollout import (
 from spatialrl.sde import SDEKind
 from spatialscore.backbone import DTYPES
 from spatialscore.schedules import warmup_schedule
-from spatialscore.strategies import fsdp2_shard
+from spatialscore.strategies import fp32_master_weights, fsdp2_shard
 from spatialscore.visualize import image_grid
 
 __all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimSpec", "SamplingSpec"]
@@ -197,6 +197,7 @@ class FluxGRPOModule(L.LightningModule):
         self.transformer = transformer  # registered: Lightning moves, shards and checkpoints it
         if self._device_mesh is not None:
             dtype = DTYPES[self.source.dtype]
+            fp32_master_weights(transformer)
             fsdp2_shard(
                 transformer,
                 blocks=[*transformer.transformer_blocks, *transformer.single_transformer_blocks],

@@ -32,6 +32,7 @@ from spatialscore.backbone import (
 )
 from spatialscore.data.encode import ImageLike, PromptTemplate, RewardInputEncoder
 from spatialscore.losses import sigma_from_log_sigma
+from spatialscore.strategies import fp32_master_weights
 
 CONFIG_NAME = "spatialscore_config.json"
 WEIGHTS_NAME = "spatialscore.safetensors"
@@ -138,6 +139,7 @@ class SpatialScore(nn.Module):
             backbone = inject_adapter_in_model(lora, backbone)
             for name, param in backbone.named_parameters():
                 param.requires_grad_("lora_" in name)
+            fp32_master_weights(backbone, lora_only=True)
         else:
             backbone.language_model.requires_grad_(True)
             backbone.language_model.get_input_embeddings().requires_grad_(False)
@@ -154,7 +156,7 @@ class SpatialScore(nn.Module):
         self.backbone = backbone
         embeddings = backbone.get_input_embeddings()
         hidden = embeddings.embedding_dim
-        self.reward_embedding = nn.Parameter(embeddings.weight.detach().float().mean(0).to(embeddings.weight.dtype))
+        self.reward_embedding = nn.Parameter(embeddings.weight.detach().float().mean(0))  # fp32, as LoRA
         self.head = RewardHead(hidden, config.head_hidden_size)
         embeddings.register_forward_hook(self._write_reward_embedding)
 
@@ -235,7 +237,14 @@ class SpatialScore(nn.Module):
         """The weights a checkpoint holds besides the base: LoRA, head, reward token, trained vision parts.
 
         Under FSDP2 the parameters are sharded DTensors; gathering them is collective, so every rank calls this.
+        Units still unsharded after a forward expose their compute-dtype copies, so they are resharded first
+        and the fp32 master weights are read.
         """
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
         state = {}
         for name, param in self.named_parameters():
             if param.requires_grad:

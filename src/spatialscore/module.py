@@ -17,7 +17,7 @@ from spatialscore.losses import bradley_terry_loss, expected_bt_loss
 from spatialscore.metrics import PairwiseAccuracy
 from spatialscore.model import RewardOutput, SpatialScore, SpatialScoreConfig
 from spatialscore.schedules import warmup_schedule
-from spatialscore.strategies import fsdp2_shard
+from spatialscore.strategies import fp32_master_weights, fsdp2_shard
 from spatialscore.visualize import pair_grid
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
@@ -104,11 +104,13 @@ class SpatialScoreModule(L.LightningModule):
         if self._device_mesh is not None:
             backbone = self.model.backbone
             dtype = DTYPES[self.model_config.backbone.dtype]
+            fp32_master_weights(self.model)
             fsdp2_shard(
                 self.model,
                 blocks=[*backbone.visual.blocks, *backbone.language_model.layers],
                 mesh=self._device_mesh["data_parallel"],
                 param_dtype=None if dtype == torch.float32 else dtype,
+                fp32_modules=[self.model.head],
             )
 
     def forward(self, batch: dict[str, Any]) -> RewardOutput:

@@ -20,16 +20,34 @@ def fsdp2_shard(
     mesh,
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = torch.float32,
+    fp32_modules: Iterable[nn.Module] = (),
 ) -> nn.Module:
-    """Shard ``blocks`` and then ``root`` with ``fully_shard`` over ``mesh`` (FSDP2), in place.
+    """Shard ``blocks``, then ``fp32_modules``, then ``root`` with ``fully_shard`` over ``mesh`` (FSDP2), in place.
 
     ``param_dtype``: compute dtype of all-gathered parameters (e.g. bf16 on GPUs; None keeps the stored dtype);
-    gradients are reduced in ``reduce_dtype``.
+    ``fp32_modules`` (e.g. a reward head) always compute with their stored dtype; gradients are reduced in
+    ``reduce_dtype``. FSDP2 needs one stored dtype for the trainable parameters of each unit: call
+    :func:`fp32_master_weights` first when the frozen weights are bf16.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
+    for module in fp32_modules:
+        fully_shard(module, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=reduce_dtype))
     fully_shard(root, mesh=mesh, mp_policy=policy)
     return root
+
+
+def fp32_master_weights(module: nn.Module, *, lora_only: bool = False) -> None:
+    """Store the trainable floating-point parameters of ``module`` in fp32, in place (only LoRA's: ``lora_only``).
+
+    Adam steps of a small learning rate vanish in bf16 weights (lr 2e-6 against a weight of 1e-3 is below bf16's
+    relative resolution of 2^-8), so training keeps fp32 master weights and computes in the frozen weights' dtype:
+    peft's LoRA layers cast their input to the adapter's dtype and the result back; FSDP2's ``param_dtype`` casts
+    the parameters of a unit when it gathers them.
+    """
+    for name, param in module.named_parameters():
+        if param.requires_grad and param.is_floating_point() and (not lora_only or "lora_" in name):
+            param.data = param.data.float()

@@ -31,8 +31,8 @@ class SyntheticData:
     """Procedural pairs written to ``directory`` on first use (see ``spatialscore synth``).
 
     ``stages``: curriculum stages (0 = red/blue warm-up ... 4 = two objects of all colours ... 6 = the full task,
-    see ``spatialscore synth``) spread evenly over the training pairs; validation and test pairs use
-    ``eval_stages``.
+    see ``spatialscore synth``) spread evenly over the training pairs (a stage listed k times gets k shares);
+    validation and test pairs use ``eval_stages``.
     """
 
     directory: str = "data/synthetic"

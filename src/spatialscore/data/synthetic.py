@@ -1173,7 +1173,7 @@ def write_synthetic_dataset(
 
     Each scene pair yields the record (perfect prompt, chosen=perfect, rejected=perturbed) and its mirror
     (perturbed prompt, chosen=perturbed, rejected=perfect), so a scorer that ignores the prompt is exactly
-    at chance; stage 0, a warm-up whose prompts all say "red to the left of blue", has no mirrors. Stages are spread evenly over the pairs in order. Output is byte-identical for a seed (with
+    at chance; stage 0, a warm-up whose prompts all say "red to the left of blue", has no mirrors. Stages are spread evenly over the pairs in order (a stage listed k times gets k shares). Output is byte-identical for a seed (with
     the same numpy and Pillow). Pair i is ``generate_pair(seed=(seed, i), stage=...)``; its record ids are
     ``{split}-{i:06d}`` and ``{split}-{i:06d}-mirror``; ``category`` joins the perturbation kinds with "+".
     """
