@@ -22,7 +22,7 @@ mkdir -p "$out"
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-case $PY in */*) PY=$(realpath "$PY") ;; esac
+case $PY in */*) PY=$(realpath -s "$PY") ;; esac
 ACCEL=${ACCEL:-gpu}
 DEVICE=$([ "$ACCEL" = gpu ] && echo cuda || echo cpu)
 DTYPE=${DTYPE:-bfloat16}
@@ -104,12 +104,11 @@ step rl_fit 300 bash -c 'cd "$1" && shift && "$0" -m spatialrl.cli fit "$@"' "$P
   --trainer.max_steps "$RL_STEPS" --trainer.val_check_interval 6 --trainer.max_time null
 
 seven_b=(--model 7b --device "$DEVICE" --pairs "$PAIRS" --out "$out")
-[ -n "$SEVEN_B_LAYERS" ] && seven_b+=(--layers "$SEVEN_B_LAYERS")
 [ -n "$SEVEN_B_IMAGE" ] && seven_b+=(--image-size "$SEVEN_B_IMAGE")
-step reward_step 420 "$PY" benchmarks/reward_step.py "${seven_b[@]}" --repeats "$REPEATS" \
-  --variants baseline two_forwards checkpointing_fixed
+step reward_step 420 "$PY" benchmarks/reward_step.py "${seven_b[@]}" ${SEVEN_B_LAYERS:+--layers "$SEVEN_B_LAYERS"} \
+  --repeats "$REPEATS" --variants baseline two_forwards checkpointing_fixed
 step memory 300 "$PY" benchmarks/memory.py "${seven_b[@]}" --layers "$MEM_LAYERS" --steps 2 \
-  --variants bf16 qlora_4bit --out "$out"
+  --variants bf16 qlora_4bit
 step topk 420 "$PY" benchmarks/topk.py --model flux-dev --device "$DEVICE" --dtype "$DTYPE" --size "$FLUX_SIZE" \
   --double-layers "$FLUX_DOUBLE" --single-layers "$FLUX_SINGLE" --steps 2 --repeats 2 --out "$out/topk_flux-dev"
 rm -rf "$work"
