@@ -89,7 +89,7 @@ def test_cli_end_to_end(tmp_path, tuned_policy, reward_model):
     out = tmp_path / "eval"
     code = spatialrl_main([
         "evaluate", "--policy", "base=tiny", "--policy", f"tuned={tuned_policy}", "--policy", "again=tiny",
-        "--prompts", str(data / "test.jsonl"), "--reward", "rule", "--reward", "toy_rewards.LeftRed",
+        "--prompts", str(data / "test.jsonl"), "--reward", "strict", "--reward", "rule", "--reward", "toy_rewards.LeftRed",
         "--reward", f"spatialscore:{reward_model}",
         "--out", str(out), "--steps", "2", "--samples-per-prompt", "2", "--height", "32", "--width", "32",
         "--batch-size", "3", "--bootstrap", "200", "--grid-prompts", "3",
@@ -98,11 +98,15 @@ def test_cli_end_to_end(tmp_path, tuned_policy, reward_model):
     results = json.loads((out / "results.json").read_text())
     prompts, _ = read_prompts(data / "test.jsonl")
     assert results["settings"]["prompts"] == len(prompts) == len(results["per_prompt"])
-    assert results["rewards"] == ["rule", "left_red", "spatialscore"] and list(results["policies"]) == ["base", "tuned", "again"]
+    strict = ["strict", "strict_correct", "strict_extra", "strict_missing", "strict_lenient"]  # the judge and its diagnostics
+    assert results["rewards"] == [*strict, "rule", "left_red", "spatialscore"]
+    assert list(results["policies"]) == ["base", "tuned", "again"]
     for block in results["policies"].values():
         stats = block["rewards"]["left_red"]
         assert stats["ci_low"] <= stats["mean"] <= stats["ci_high"] and stats["n"] == 2 * len(prompts)
         assert 0 <= block["rewards"]["rule"]["mean"] <= 1
+        assert block["rewards"]["strict_lenient"]["mean"] == block["rewards"]["rule"]["mean"]
+        assert block["rewards"]["strict"]["mean"] <= block["rewards"]["rule"]["mean"]
     for reward in ("left_red", "spatialscore"):  # the same policy twice: the same images, a zero difference
         same = results["paired"]["again - base"][reward]
         assert same == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "win_rate": 0.0, "tie_rate": 1.0}
@@ -110,7 +114,8 @@ def test_cli_end_to_end(tmp_path, tuned_policy, reward_model):
     assert tuned["tie_rate"] < 1 and tuned["ci_low"] <= tuned["mean"] <= tuned["ci_high"]
     table = (out / "table.md").read_text()
     assert "| tuned - base |" in table and "| again |" in table
-    expected = image_grid(images=[np.zeros((32, 32, 3), np.uint8)] * 9, captions=[""] * 9, columns=3, cell=128)
+    expected = image_grid(images=[np.zeros((32, 32, 3), np.uint8)] * 9, captions=[""] * 9, columns=3, cell=128,
+                          row_titles=prompts[:3])  # each row under its prompt
     with Image.open(out / "grid.png") as grid:
         assert grid.size == expected.shape[1::-1]  # 3 prompts (rows) x 3 policies (columns)
 

@@ -12,7 +12,7 @@ from toy_rewards import LeftRed
 from spatialrl.flux import FluxSource
 from spatialrl.lora import LoraSpec
 from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec
-from spatialrl.rewards import NonFiniteRewardError, Reward, WeightedReward
+from spatialrl.rewards import NonFiniteRewardError, Reward, StrictReward, WeightedReward
 from spatialrl.rollout import sample_seed
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
 
@@ -138,5 +138,27 @@ def test_weighted_reward_components_are_logged(prompt_data):
     reward = WeightedReward(rewards=[LeftRed(name="a"), LeftRed(name="b")], weights=[1.0, 0.5])
     logged = fit(make_module(reward), prompt_data)
     assert logged["train/reward_a"] == pytest.approx(logged["train/reward_b"])
-    assert logged["train/reward_weighted"] == pytest.approx(1.5 * logged["train/reward_a"], rel=1e-5, abs=1e-7)
-    assert logged["train/reward_mean"] == pytest.approx(logged["train/reward_weighted"], rel=1e-5, abs=1e-7)
+    assert logged["train/reward_mean"] == pytest.approx(1.5 * logged["train/reward_a"], rel=1e-5, abs=1e-7)
+    assert "train/reward_weighted" not in logged  # the total is train/reward_mean, not logged twice
+
+
+def test_strict_reward_diagnostics_and_prompt_grid_reach_every_logger(prompt_data, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from PIL import Image
+
+    module = make_module(StrictReward(clean_credit=0.5), group_size=4, k=1)
+    module.eval_spec = EvalSpec(num_steps=2, samples_per_prompt=2, grid_prompts=1, at_start=True)
+    dm = PreferenceDataModule(synthetic=prompt_data, batch_size=2, view="prompts")
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        val_check_interval=1, check_val_every_n_epoch=None)
+    trainer.fit(module, dm)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for name in ("strict_correct", "strict_extra", "strict_missing", "strict_lenient"):
+        assert 0 <= logged[f"val/{name}"] <= 1 and f"train/reward_{name}" in logged
+    assert logged["val/strict_correct"] <= logged["val/reward"] <= logged["val/strict_correct"] + 0.5
+    images = sorted((tmp_path / "csv" / "version_0" / "images").glob("val_samples-step-*.png"))
+    assert [p.name for p in images] == ["val_samples-step-0.png", "val_samples-step-1.png"]
+    with Image.open(images[0]) as grid:  # one prompt row: a title line above two captioned samples
+        assert grid.size == (2 * (96 + 4) + 4, 96 + 2 * 14 + 4 + 4)

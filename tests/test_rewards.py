@@ -176,7 +176,7 @@ def test_weighted_reward_sum_and_components():
     weighted = WeightedReward(rewards=[a, b], weights=[0.5, 2.0], name="total")
     images = blank(3)
     parts = weighted.components(images=images, prompts=PROMPTS[:3])
-    assert list(parts) == ["a", "b", "total"]
+    assert list(parts) == ["total", "a", "b"] == list(weighted.component_names())
     assert all(v.dtype == torch.float32 for v in parts.values())
     expected = [0.5 * 1 + 2 * 10, 0.5 * 2 + 2 * 0, 0.5 * 3 + 2 * -4]
     assert parts["total"].tolist() == expected and parts["b"].tolist() == [10.0, 0.0, -4.0]

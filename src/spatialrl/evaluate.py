@@ -13,7 +13,9 @@ CI (the same resampled prompts for both) and the fraction of samples where the p
 
 Policy specs (optionally ``NAME=SPEC``): ``tiny`` or ``tiny:SEED`` (a random tiny FLUX built offline), or a
 diffusers FLUX folder (FLUX.1-dev, or one written by :class:`spatialrl.callbacks.ExportPolicy`).
-Reward specs (optionally ``NAME=SPEC``): ``rule`` (:class:`~spatialrl.rewards.RuleReward`),
+Reward specs (optionally ``NAME=SPEC``; default ``strict``): ``strict`` (:class:`~spatialrl.rewards.StrictReward`,
+the strict judge, reported with its shares of images with extra and missing objects and the lenient score as a
+labelled diagnostic), ``rule`` (:class:`~spatialrl.rewards.RuleReward`, the lenient checker),
 ``spatialscore:PATH`` (:class:`~spatialrl.rewards.SpatialScoreReward`) or the class path of a
 :class:`~spatialrl.rewards.Reward` subclass that takes no arguments (``package.module.Class``).
 Prompts: a pair manifest (its unique perfect prompts) or a text file with one prompt per line.
@@ -44,7 +46,7 @@ from torch import Tensor
 
 from spatialrl.flux import FluxSource
 from spatialrl.module import EvalSpec, SamplingSpec
-from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, compute_reward
+from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, StrictReward, reward_components
 from spatialrl.rollout import ode_images
 from spatialscore.data.datamodule import PromptDataset
 from spatialscore.data.manifest import read_manifest
@@ -66,7 +68,8 @@ __all__ = [
 
 POLICY_FORMS = ("tiny or tiny:SEED (random tiny FLUX)", "PATH (a diffusers FLUX folder)", "NAME=SPEC")
 REWARD_FORMS = (
-    "rule (RuleReward)",
+    "strict (StrictReward: the strict judge, with the shares of images with extra and missing objects)",
+    "rule (RuleReward: the lenient centroid checker, a diagnostic)",
     "spatialscore:PATH (SpatialScoreReward of a saved SpatialScore)",
     "package.module.Class (a Reward subclass taking no arguments)",
     "NAME=SPEC",
@@ -120,8 +123,9 @@ def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = N
     """Build the reward of ``[NAME=]rule``, ``[NAME=]spatialscore:PATH`` or ``[NAME=]package.module.Class``."""
     name, body = _split_name(spec)
     named = name != body
-    if body == "rule":
-        return RuleReward(name=name if named else "rule")
+    if body in ("strict", "rule"):
+        cls = StrictReward if body == "strict" else RuleReward
+        return cls(name=name if named else body)
     head, colon, tail = body.partition(":")
     if head == "spatialscore" and colon:
         if not Path(tail).is_dir():
@@ -215,6 +219,9 @@ def evaluate_policies(
     flat = [p for p in prompts for _ in range(n)]
     flat_meta = [m for m in metadata for _ in range(n)]
     grid_rows = min(grid_prompts, len(prompts))
+    columns = [name for reward in rewards for name in reward.component_names()]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"reward and diagnostic names must be unique, got {columns}; name rewards with NAME=SPEC")
     scores: dict[str, dict[str, np.ndarray]] = {}
     grid: dict[str, Tensor] = {}
     seconds: dict[str, dict[str, float]] = {}
@@ -222,7 +229,7 @@ def evaluate_policies(
         start = time.perf_counter()
         policy = spec.source.load(device=device)
         loaded = time.perf_counter()
-        parts: dict[str, list[Tensor]] = {r.name: [] for r in rewards}
+        parts: dict[str, list[Tensor]] = {name: [] for name in columns}
         firsts: list[Tensor] = []
         sampling = scoring = 0.0
         offset, tick = 0, time.perf_counter()
@@ -232,9 +239,9 @@ def evaluate_policies(
             sampling += mid - tick
             rows = slice(offset, offset + len(images))
             for reward in rewards:
-                parts[reward.name].append(
-                    compute_reward(reward, images=images, prompts=flat[rows], metadata=flat_meta[rows]).cpu()
-                )
+                values = reward_components(reward, images=images, prompts=flat[rows], metadata=flat_meta[rows])
+                for name, value in values.items():
+                    parts[name].append(value.cpu())
             firsts += [images[j - offset].cpu() for j in range(offset, offset + len(images))
                        if j % n == 0 and j // n < grid_rows]  # first sample of the grid's prompts
             offset += len(images)
@@ -247,7 +254,7 @@ def evaluate_policies(
         seconds[spec.name] = {"load": loaded - start, "sampling": sampling, "scoring": scoring}
         del policy  # one policy in memory at a time
     results = _summarise(
-        scores, policies=policies, rewards=rewards, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed
+        scores, policies=policies, columns=columns, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed
     )
     results["settings"] = {
         "prompts": len(prompts),
@@ -284,30 +291,31 @@ def _summarise(
     scores: Mapping[str, Mapping[str, np.ndarray]],
     *,
     policies: Sequence[PolicySpec],
-    rewards: Sequence[Reward],
+    columns: Sequence[str],
     bootstrap: int,
     bootstrap_seed: int,
 ) -> dict[str, Any]:
-    """Means, CIs and paired differences from ``scores[policy][reward]`` of shape (P, n)."""
+    """Means, CIs and paired differences from ``scores[policy][column]`` of shape (P, n); columns are the rewards'
+    :meth:`~spatialrl.rewards.Reward.components` (a reward and its diagnostics)."""
     first = policies[0].name
     num_prompts = next(iter(scores[first].values())).shape[0]
     rng = np.random.default_rng(bootstrap_seed)
     resamples = rng.integers(0, num_prompts, size=(bootstrap, num_prompts)) if bootstrap else None
-    out: dict[str, Any] = {"baseline": first, "rewards": [r.name for r in rewards], "policies": {}, "paired": {}}
+    out: dict[str, Any] = {"baseline": first, "rewards": list(columns), "policies": {}, "paired": {}}
     for spec in policies:
         block = {}
-        for reward in rewards:
-            values = scores[spec.name][reward.name]
+        for column in columns:
+            values = scores[spec.name][column]
             mean, low, high = bootstrap_mean_ci(values.mean(axis=1), resamples=resamples)
-            block[reward.name] = {"mean": mean, "ci_low": low, "ci_high": high, "std": float(values.std()),
+            block[column] = {"mean": mean, "ci_low": low, "ci_high": high, "std": float(values.std()),
                                   "n": int(values.size)}
         out["policies"][spec.name] = {"rewards": block}
     for spec in policies[1:]:
         block = {}
-        for reward in rewards:
-            diff = scores[spec.name][reward.name] - scores[first][reward.name]
+        for column in columns:
+            diff = scores[spec.name][column] - scores[first][column]
             mean, low, high = bootstrap_mean_ci(diff.mean(axis=1), resamples=resamples)
-            block[reward.name] = {"mean": mean, "ci_low": low, "ci_high": high,
+            block[column] = {"mean": mean, "ci_low": low, "ci_high": high,
                                   "win_rate": float((diff > 0).mean()), "tie_rate": float((diff == 0).mean())}
         out["paired"][f"{spec.name} - {first}"] = block
     return out
@@ -358,7 +366,9 @@ def _write_outputs(
         for name in names:
             images.append(grid[name][row])
             captions.append(f"{name[:9]} {results['per_prompt'][row]['scores'][name][reward][0]:.2f}")
-    picture = image_grid(images=images, captions=captions, columns=len(names), cell=128)
+    picture = image_grid(
+        images=images, captions=captions, columns=len(names), cell=128, row_titles=[p[:80] for p in prompts]
+    )
     Image.fromarray(picture).save(out_dir / "grid.png")
 
 
@@ -374,7 +384,8 @@ def cli_main(argv: list[str] | None = None) -> int:
                         help="policy spec (repeatable; the first is the baseline of the paired differences)")
     parser.add_argument("--prompts", required=True,
                         help="pair manifest (.jsonl/.parquet) or text file with one prompt per line")
-    parser.add_argument("--reward", required=True, action="append", help="reward spec (repeatable)")
+    parser.add_argument("--reward", action="append",
+                        help="reward spec (repeatable; default: strict, the strict judge and its diagnostics)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=EvalSpec.num_steps, help="ODE steps")
     parser.add_argument("--samples-per-prompt", type=int, default=EvalSpec.samples_per_prompt)
@@ -402,7 +413,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         policies = [parse_policy_spec(s, dtype=args.dtype, max_sequence_length=args.max_sequence_length)
                     for s in args.policy]
-        rewards = [parse_reward_spec(s, batch_size=args.reward_batch_size, device=device) for s in args.reward]
+        rewards = [parse_reward_spec(s, batch_size=args.reward_batch_size, device=device)
+                   for s in args.reward or ["strict"]]
         prompts, metadata = read_prompts(args.prompts)
     except (SpecError, OSError, ValueError) as error:
         parser.error(str(error))

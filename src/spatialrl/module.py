@@ -20,7 +20,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 from torchmetrics import MeanMetric
@@ -36,7 +35,7 @@ from spatialrl.grpo import (
     select_groups,
 )
 from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
-from spatialrl.rewards import Reward, WeightedReward, compute_reward
+from spatialrl.rewards import Reward, reward_components
 from spatialrl.rollout import (
     Trajectory,
     ode_images,
@@ -50,7 +49,7 @@ from spatialrl.sde import SDEKind
 from spatialscore.backbone import DTYPES
 from spatialscore.schedules import warmup_schedule
 from spatialscore.strategies import fp32_master_weights, fsdp2_shard
-from spatialscore.visualize import image_grid
+from spatialscore.visualize import image_grid, log_picture
 
 __all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimSpec", "SamplingSpec"]
 
@@ -111,7 +110,8 @@ class OptimSpec:
 class EvalSpec:
     """Validation: ``samples_per_prompt`` ODE samples (``num_steps`` Euler steps) of every validation prompt,
     initial noise seeded by ``(seed, prompt text, sample index)``; the reward and every ``metrics`` reward are
-    averaged; a grid of the first ``grid_prompts`` prompts goes to TensorBoard. ``at_start`` also evaluates
+    averaged; a grid of the first ``grid_prompts`` prompts (with their text) goes to every logger that takes
+    images. ``at_start`` also evaluates
     before the first training step (logged at step 0)."""
 
     num_steps: int = 28
@@ -159,11 +159,17 @@ class FluxGRPOModule(L.LightningModule):
         self.seed = torch.initial_seed() if seed is None else seed  # None: follow seed_everything
         self.policy: FluxPolicy | None = None
         self.ema: ParameterEMA | None = None
-        names = ["reward", *(m.name for m in self.eval_metrics)]
+        names = [
+            "reward",
+            *reward.component_names()[1:],
+            *(n for m in self.eval_metrics for n in m.component_names()),
+        ]
         if len(set(names)) != len(names):
-            raise ValueError(f"eval_metrics names must be unique and not 'reward': {names}")
+            raise ValueError(
+                f"eval_metrics names (and the training reward's diagnostics) must be unique and not 'reward': {names}"
+            )
         self.val_means = torch.nn.ModuleDict({name: MeanMetric() for name in names})
-        self._grid: list[tuple[Tensor, str]] = []
+        self._grid: list[tuple[str, list[tuple[Tensor, str]]]] = []  # (prompt, [(image, caption)])
         self._check_settings()
 
     def _check_settings(self) -> None:
@@ -314,11 +320,9 @@ class FluxGRPOModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------
 
     def _rewards(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The checked reward of each image, and the components of a :class:`WeightedReward` (computed once)."""
-        if isinstance(self.reward, WeightedReward):
-            parts = self.reward.components(images=images, prompts=prompts, metadata=metadata)
-            return parts[self.reward.name], parts
-        return compute_reward(self.reward, images=images, prompts=prompts, metadata=metadata), {}
+        """The checked reward of each image, and its diagnostics (:meth:`Reward.components`, computed once)."""
+        parts = reward_components(self.reward, images=images, prompts=prompts, metadata=metadata)
+        return parts.pop(self.reward.name), parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         g = self.grpo
@@ -474,9 +478,10 @@ class FluxGRPOModule(L.LightningModule):
             batch_size=s.rollout_batch,
         )
         out = {"images": torch.cat(list(images))}
-        out["reward"] = self._rewards(out["images"], flat, meta)[0]
+        out["reward"], parts = self._rewards(out["images"], flat, meta)
+        out.update(parts)
         for metric in self.eval_metrics:
-            out[metric.name] = compute_reward(metric, images=out["images"], prompts=flat, metadata=meta)
+            out.update(reward_components(metric, images=out["images"], prompts=flat, metadata=meta))
         return out
 
     def _ema_weights(self) -> AbstractContextManager:
@@ -489,10 +494,10 @@ class FluxGRPOModule(L.LightningModule):
         for name, metric in self.val_means.items():
             metric.update(out[name])
         n = self.eval_spec.samples_per_prompt
-        room = self.eval_spec.grid_prompts * n - len(self._grid)
-        for i in range(max(min(room, len(out["reward"])), 0)):
-            caption = f"{float(out['reward'][i]):.2f}"
-            self._grid.append((out["images"][i].cpu(), caption))
+        room = self.eval_spec.grid_prompts - len(self._grid)
+        for p, prompt in enumerate(list(batch["prompts"])[: max(room, 0)]):
+            rows = range(p * n, (p + 1) * n)
+            self._grid.append((prompt, [(out["images"][i].cpu(), f"{float(out['reward'][i]):.2f}") for i in rows]))
 
     def _pop_val_means(self) -> dict[str, Tensor]:
         """Each validation mean (synced over processes by torchmetrics), then reset for the next evaluation."""
@@ -506,14 +511,19 @@ class FluxGRPOModule(L.LightningModule):
         self._log_grid("val/samples", self.global_step)
 
     def _log_grid(self, tag: str, step: int) -> None:
+        """The first ``eval.grid_prompts`` validation prompts' samples, a row each under its prompt, captioned with
+        their rewards, to every logger that takes images."""
         grid, self._grid = self._grid, []
-        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if not grid or not loggers or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+        if not grid or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
+        cells = [cell for _, row in grid for cell in row]
         picture = image_grid(
-            images=[img for img, _ in grid], captions=[c for _, c in grid], columns=self.eval_spec.samples_per_prompt
+            images=[img for img, _ in cells],
+            captions=[c for _, c in cells],
+            columns=self.eval_spec.samples_per_prompt,
+            row_titles=[f"{prompt}  ({self.reward.name} under each sample)" for prompt, _ in grid],
         )
-        loggers[0].experiment.add_image(tag, picture, step, dataformats="HWC")
+        log_picture(self.loggers, tag, picture, step)
 
     def on_train_start(self) -> None:
         """Evaluate the initial policy (logged at step 0) so every run records where it started."""

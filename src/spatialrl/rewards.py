@@ -2,10 +2,14 @@
 
 ``images`` is a float (B, 3, H, W) tensor in [0, 1] (the decoded generator output), ``prompts`` the B prompts and
 ``metadata`` an optional per-image dict (ignored by the rewards here; it exists for rewards that need ground
-truth). Three rewards: :class:`RuleReward` (the procedural rule checker, a verifiable reward),
-:class:`SpatialScoreReward` (a trained SpatialScore checkpoint) and :class:`WeightedReward` (a weighted sum that
-can also report its components for logging). Training calls rewards through :func:`compute_reward`, which
-validates inputs and output so that a NaN reward fails loudly, naming the reward and prompt, instead of
+truth). The rewards: :class:`StrictReward` (the strict judge: exactly the named objects, each once, relations
+holding; the held-out measure and the embedded default's training reward), :class:`RuleReward` (the lenient
+centroid checker, gameable by duplicated objects), :class:`PresenceReward` (every named colour drawn),
+:class:`SpatialScoreReward` (a trained SpatialScore checkpoint) and :class:`WeightedReward` (a weighted sum).
+A reward may report diagnostics beside its value (:meth:`Reward.components`; the strict judge's shares of images
+with extra and missing objects, a weighted sum's terms), which training and validation log. Training calls
+rewards through :func:`compute_reward` / :func:`reward_components`, which validate inputs and output so that a
+NaN reward fails loudly, naming the reward and prompt, instead of
 silently poisoning the advantages.
 
 ``Reward`` is an abstract base class rather than a ``typing.Protocol``: jsonargparse (and so LightningCLI) reads a
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spatialscore.data.strict import Judgement, StrictChecker
 from spatialscore.data.synthetic import RuleChecker, detect_objects, parse_prompt
 from spatialscore.model import SpatialScore
 
@@ -32,8 +37,10 @@ __all__ = [
     "PresenceReward",
     "RuleReward",
     "SpatialScoreReward",
+    "StrictReward",
     "WeightedReward",
     "compute_reward",
+    "reward_components",
 ]
 
 _MAX_REPORTED = 5  # bad samples listed in an error message
@@ -53,6 +60,16 @@ class Reward(abc.ABC):
         self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> Tensor:
         """Rewards of shape (B,) for ``images[i]`` (float (B, 3, H, W) in [0, 1]) against ``prompts[i]``."""
+
+    def component_names(self) -> tuple[str, ...]:
+        """The keys :meth:`components` returns: this reward's own name, then any diagnostics logged beside it."""
+        return (self.name,)
+
+    def components(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Tensor]:
+        """The reward under :attr:`name` and each diagnostic of :meth:`component_names`, (B,) each, in one pass."""
+        return {self.name: self(images=images, prompts=prompts, metadata=metadata)}
 
 
 def _check_inputs(
@@ -112,6 +129,24 @@ def compute_reward(
     return _check_output(reward.name, rewards, prompts, images.device)
 
 
+def reward_components(
+    reward: Reward,
+    *,
+    images: Tensor,
+    prompts: Sequence[str],
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Tensor]:
+    """:meth:`Reward.components` on a validated batch, each value checked as :func:`compute_reward` checks one
+    (finite float32 (B,) on the images' device), and the keys checked against :meth:`Reward.component_names`."""
+    _check_inputs(images, prompts, metadata)
+    parts = reward.components(images=images, prompts=prompts, metadata=metadata)
+    if list(parts) != list(reward.component_names()):
+        raise ValueError(
+            f"reward {reward.name!r} returned components {list(parts)}, expected {list(reward.component_names())}"
+        )
+    return {name: _check_output(name, value, prompts, images.device) for name, value in parts.items()}
+
+
 class RuleReward(Reward):
     """The procedural rule checker as a reward: the fraction of the prompt's relations that hold in the image.
 
@@ -128,15 +163,18 @@ class RuleReward(Reward):
         self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> Tensor:
         """Float32 (B,) scores in [0, 1] on the images' device; ``metadata`` is ignored."""
-        for index, prompt in enumerate(prompts):
-            try:
-                parse_prompt(prompt)
-            except ValueError as error:
-                raise ValueError(
-                    f"reward {self.name!r} cannot check prompt {index} {prompt!r}: {error}"
-                ) from error
+        _parse_all(self.name, prompts)
         scores = self.checker(images=images, prompts=prompts)
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+def _parse_all(name: str, prompts: Sequence[str]) -> None:
+    """Raise a ValueError naming the reward, index and prompt for the first prompt outside the grammar."""
+    for index, prompt in enumerate(prompts):
+        try:
+            parse_prompt(prompt)
+        except ValueError as error:
+            raise ValueError(f"reward {name!r} cannot check prompt {index} {prompt!r}: {error}") from error
 
 
 class PresenceReward(RuleReward):
@@ -153,15 +191,75 @@ class PresenceReward(RuleReward):
         self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> Tensor:
         """Float32 (B,) in {0, 1} on the images' device; ``metadata`` is ignored."""
+        _parse_all(self.name, prompts)
         present = []
-        for index, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
-            try:
-                colours = list(dict.fromkeys(c for r in parse_prompt(prompt) for c, _ in r.objects))
-            except ValueError as error:
-                raise ValueError(f"reward {self.name!r} cannot check prompt {index} {prompt!r}: {error}") from error
+        for image, prompt in zip(images, prompts, strict=True):
+            colours = list(dict.fromkeys(c for r in parse_prompt(prompt) for c, _ in r.objects))
             found = detect_objects(image, colours, tolerance=self.checker.tolerance, min_pixels=self.checker.min_pixels)
             present.append(float(len(found) == len(colours)))
         return torch.tensor(present, dtype=torch.float32, device=images.device)
+
+
+class StrictReward(Reward):
+    """The strict judge (:mod:`spatialscore.data.strict`) as a reward: 1 when the image shows exactly the named
+    objects, each once, nothing else, shapes right where they can be told, every relation holding; else 0.
+
+    It cannot be raised by duplicating objects or scattering blobs, which raise the lenient :class:`RuleReward`
+    (README, "What the embedded defaults learn"). :meth:`components` adds, from the same judgement,
+    ``{name}_correct`` (1 for a correct image: the strict accuracy, whatever ``clean_credit`` is),
+    ``{name}_extra`` (1 when anything beyond one object of each named colour is drawn), ``{name}_missing``
+    (1 when a named object is absent) and ``{name}_lenient`` (:class:`RuleReward`'s centroid score, a
+    diagnostic only), so validation logs the shares of images with extra and missing objects. Prompts must be
+    of the procedural grammar (:func:`~spatialscore.data.synthetic.parse_prompt`).
+
+    ``clean_credit`` (in [0, 1), default 0) is the reward of a *clean* image whose layout is wrong: exactly the
+    named objects, each once, nothing else, right shapes, but a relation fails. It still gives nothing for
+    duplicates, extras or missing objects, and a correct image always earns more than a clean one.
+    """
+
+    def __init__(
+        self,
+        *,
+        tolerance: float = 60.0,
+        min_pixels: int | None = None,
+        shape_min_side: int = 16,
+        clean_credit: float = 0.0,
+        name: str = "strict",
+    ) -> None:
+        if not 0 <= clean_credit < 1:
+            raise ValueError(f"clean_credit must be in [0, 1), got {clean_credit}")
+        self.clean_credit = clean_credit
+        self.checker = StrictChecker(tolerance=tolerance, min_pixels=min_pixels, shape_min_side=shape_min_side)
+        self.lenient = RuleChecker(tolerance=tolerance, min_pixels=min_pixels)
+        self.name = name
+
+    def component_names(self) -> tuple[str, ...]:
+        """``name`` (the reward), ``name_correct``, ``name_extra``, ``name_missing``, ``name_lenient``."""
+        return tuple(f"{self.name}{suffix}" for suffix in ("", "_correct", "_extra", "_missing", "_lenient"))
+
+    def components(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Tensor]:
+        """The strict verdicts and the shares behind them, float32 (B,) each on the images' device."""
+        _parse_all(self.name, prompts)
+        judgements = self.checker(images=images, prompts=prompts)
+        rows = [(self._value(j), j.correct, j.has_extra, j.has_missing) for j in judgements]
+        values = torch.tensor(rows, dtype=torch.float32, device=images.device).reshape(-1, 4).T
+        lenient = torch.tensor(self.lenient(images=images, prompts=prompts), dtype=torch.float32)
+        return dict(zip(self.component_names(), [*values, lenient.to(images.device)], strict=True))
+
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """Float32 (B,) in {0, clean_credit, 1} on the images' device; ``metadata`` is ignored."""
+        _parse_all(self.name, prompts)
+        values = [self._value(j) for j in self.checker(images=images, prompts=prompts)]
+        return torch.tensor(values, dtype=torch.float32, device=images.device)
+
+    def _value(self, judgement: Judgement) -> float:
+        if judgement.correct:
+            return 1.0
+        return self.clean_credit if judgement.clean else 0.0
 
 
 class SpatialScoreReward(Reward):
@@ -227,25 +325,30 @@ class WeightedReward(Reward):
             raise ValueError(f"got {len(rewards)} rewards but {len(weights)} weights")
         if not all(math.isfinite(w) for w in weights):
             raise ValueError(f"weights must be finite, got {list(weights)}")
-        names = [r.name for r in rewards] + [name]
+        names = [n for r in rewards for n in r.component_names()] + [name]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(
-                f"reward names must be unique (including the total's name {name!r}); duplicated: {duplicates}"
+                "reward and component names must be unique (including the total's name "
+                f"{name!r}); duplicated: {duplicates}"
             )
         self.rewards = list(rewards)
         self.weights = [float(w) for w in weights]
         self.name = name
 
+    def component_names(self) -> tuple[str, ...]:
+        """The weighted total first, then every component's own :meth:`~Reward.component_names`."""
+        return (self.name, *(n for r in self.rewards for n in r.component_names()))
+
     def components(
         self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> dict[str, Tensor]:
-        """Each component's (B,) float32 rewards by name, plus the weighted total under ``self.name``."""
-        parts = {
-            r.name: compute_reward(r, images=images, prompts=prompts, metadata=metadata) for r in self.rewards
-        }
+        """The weighted total under ``self.name``, then each component's (B,) float32 values by name."""
+        parts = {}
+        for reward in self.rewards:
+            parts.update(reward_components(reward, images=images, prompts=prompts, metadata=metadata))
         terms = [w * parts[r.name] for r, w in zip(self.rewards, self.weights, strict=True)]
-        return {**parts, self.name: torch.stack(terms).sum(0)}
+        return {self.name: torch.stack(terms).sum(0), **parts}
 
     def __call__(
         self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None

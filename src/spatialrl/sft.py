@@ -2,8 +2,8 @@
 
 The base generator for RL: a tiny random FLUX learns to draw procedural scenes in a few minutes on CPU, and a
 real FLUX.1 can be adapted to a domain the same way before GRPO. Orchestration only: the math lives in
-:mod:`spatialrl.flow_matching`, sampling in :mod:`spatialrl.rollout`, the reward in
-:class:`spatialscore.data.synthetic.RuleChecker`.
+:mod:`spatialrl.flow_matching`, sampling in :mod:`spatialrl.rollout`, validation's verdicts from the strict
+judge (:class:`spatialrl.rewards.StrictReward`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from spatialrl.flow_matching import TimestepSampling, flow_matching_loss, noisy_latents, sample_timesteps
 from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.lora import LoraSpec, add_lora
-from spatialrl.rewards import PresenceReward
+from spatialrl.rewards import StrictReward, reward_components
 from spatialrl.rollout import sample
-from spatialscore.data.synthetic import RuleChecker
 from spatialscore.schedules import warmup_schedule
-from spatialscore.visualize import image_grid
+from spatialscore.visualize import image_grid, log_picture
 
 __all__ = ["FlowMatchingModule"]
 
@@ -37,8 +35,9 @@ class FlowMatchingModule(L.LightningModule):
     At the end of each validation, ``val_samples`` images are drawn with the deterministic ODE sampler
     (``val_steps`` steps, seed ``val_seed``) for ``val_prompts`` or, when None, the first ``val_samples``
     validation prompts (procedural manifests list each record beside its mirror, so an even count is balanced
-    in relation). They are scored with :class:`RuleChecker` (``val/relation_accuracy``) and for presence of the
-    named objects (``val/objects_present``), and drawn as a TensorBoard grid.
+    in relation). They are judged strictly (:class:`~spatialrl.rewards.StrictReward`: ``val/strict_accuracy``,
+    ``val/extra_objects``, ``val/missing_objects``; the lenient centroid score as
+    ``val/lenient_relation_accuracy``) and drawn, with their prompts, for every logger that takes images.
 
     ``timesteps``: how training sigmas are drawn. ``noise_seed`` seeds each training step's sigmas and noise
     from (global step, batch index, rank), so a resumed run draws the same ones, and validation's from the
@@ -182,19 +181,30 @@ class FlowMatchingModule(L.LightningModule):
         if not prompts or self.trainer.sanity_checking:
             return
         images = self.generate(prompts, seed=self.val_seed, num_steps=self.val_steps)
-        relation = RuleChecker()(images=images, prompts=prompts)
-        present = PresenceReward()(images=images, prompts=prompts).bool().tolist()
-        self.log("val/relation_accuracy", float(np.mean(relation)), sync_dist=True)
-        self.log("val/objects_present", float(np.mean(present)), sync_dist=True)
-        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if loggers and self.trainer.is_global_zero:
+        parts = reward_components(StrictReward(), images=images, prompts=prompts)
+        self.log("val/strict_accuracy", parts["strict_correct"].mean(), sync_dist=True)
+        self.log("val/extra_objects", parts["strict_extra"].mean(), sync_dist=True)
+        self.log("val/missing_objects", parts["strict_missing"].mean(), sync_dist=True)
+        self.log("val/lenient_relation_accuracy", parts["strict_lenient"].mean(), sync_dist=True)
+        if self.trainer.is_global_zero:
             captions = [
-                "ok" if score == 1 else "wrong" if both else "missing"
-                for score, both in zip(relation, present, strict=True)
+                "ok" if ok else "missing" if missing else "extra" if extra else "wrong"
+                for ok, extra, missing in zip(
+                    parts["strict_correct"].tolist(),
+                    parts["strict_extra"].tolist(),
+                    parts["strict_missing"].tolist(),
+                    strict=True,
+                )
             ]
-            grid = image_grid(images=list(images), captions=captions, columns=min(len(prompts), 8))
-            loggers[0].experiment.add_image("val/samples", grid, self.global_step, dataformats="HWC")
-            loggers[0].experiment.add_text("val/prompts", "  \n".join(prompts), self.global_step)
+            columns = min(len(prompts), 8)
+            grid = image_grid(
+                images=list(images),
+                captions=captions,
+                columns=columns,
+                row_titles=[" | ".join(prompts[i : i + columns]) for i in range(0, len(prompts), columns)],
+                cell=160,
+            )
+            log_picture(self.loggers, "val/samples", grid, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.transformer.parameters() if p.requires_grad]

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from spatialscore.backbone import DTYPES, load_processor, resolve_backbone_path
 from spatialscore.data.datamodule import PairCollator, PairDataset
@@ -18,7 +17,7 @@ from spatialscore.metrics import PairwiseAccuracy
 from spatialscore.model import RewardOutput, SpatialScore, SpatialScoreConfig
 from spatialscore.schedules import warmup_schedule
 from spatialscore.strategies import fp32_master_weights, fsdp2_shard
-from spatialscore.visualize import pair_grid
+from spatialscore.visualize import log_picture, pair_grid
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 
@@ -174,7 +173,7 @@ class SpatialScoreModule(L.LightningModule):
         self._log_accuracy(self.test_accuracy, "test")
 
     def _log_pair_grid(self) -> None:
-        """A TensorBoard picture of a few validation pairs with their scores (all ranks score, rank 0 logs)."""
+        """A picture (to every logger that takes images) of a few validation pairs with their scores (all ranks score, rank 0 logs)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         manifest = getattr(datamodule, "manifests", {}).get("val")
         if manifest is None or self.num_logged_pairs <= 0 or self.trainer.sanity_checking:
@@ -184,8 +183,7 @@ class SpatialScoreModule(L.LightningModule):
         batch = PairCollator(self.encoder)(items)
         with torch.no_grad():
             out = self({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers or not self.trainer.is_global_zero:
+        if not self.trainer.is_global_zero:
             return
         n = len(items)
         grid = pair_grid(
@@ -193,8 +191,9 @@ class SpatialScoreModule(L.LightningModule):
             rejected=[item["rejected"] for item in items],
             chosen_scores=out.mu[:n].tolist(),
             rejected_scores=out.mu[n:].tolist(),
+            prompts=[item["prompt"] for item in items],
         )
-        loggers[0].experiment.add_image("val/pairs", grid, self.global_step, dataformats="HWC")
+        log_picture(self.loggers, "val/pairs", grid, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config

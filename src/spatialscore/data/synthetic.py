@@ -72,9 +72,14 @@ __all__ = [
     "RuleChecker",
     "Scene",
     "SceneObject",
+    "UNMATCHED",
     "ScenePair",
     "cli_main",
+    "colour_labels",
     "detect_objects",
+    "draw_shape",
+    "image_list",
+    "majority_vote",
     "generate_pair",
     "parse_prompt",
     "relation_score",
@@ -307,22 +312,26 @@ def _noun_phrase(colour: str, shape: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill: Any) -> None:
+    """Draw one shape (circle, square, triangle apex up, diamond) filling ``box`` = (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), (xm, y0)], fill=fill)
+    else:
+        draw.polygon([(xm, y0), (x1, ym), (xm, y1), (x0, ym)], fill=fill)
+
+
 def render_scene(scene: Scene, *, image_size: int = 64) -> Image.Image:
     """Draw the scene without antialiasing (exact palette colours), lower layers first."""
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in sorted(scene.objects, key=lambda o: o.layer):
-        x0, y0, x1, y1 = obj.pixel_box(image_size)
-        fill = PALETTE[obj.colour]
-        xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif obj.shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif obj.shape == "triangle":
-            draw.polygon([(x0, y1), (x1, y1), (xm, y0)], fill=fill)
-        else:
-            draw.polygon([(xm, y0), (x1, ym), (xm, y1), (x0, ym)], fill=fill)
+        draw_shape(draw, obj.shape, obj.pixel_box(image_size), PALETTE[obj.colour])
     return image
 
 
@@ -363,6 +372,31 @@ def _default_min_pixels(height: int, width: int) -> int:
     return max(4, round(0.002 * height * width))
 
 
+UNMATCHED = -1  # colour_labels() value of a pixel near no palette colour and not near the background
+
+
+def colour_labels(rgb: np.ndarray, tolerance: float) -> np.ndarray:
+    """(H, W) int array: the index into ``PALETTE`` of each pixel's nearest colour, ``len(PALETTE)`` for the
+    background, or ``UNMATCHED`` when the nearest reference colour is farther than ``tolerance`` (RGB distance)."""
+    # Squared distance to every reference colour, expanded as |x|^2 - 2 x.r + |r|^2 (one small matmul).
+    flat = rgb.reshape(-1, 3)
+    partial = _REFERENCE_SQ - 2.0 * (flat @ _REFERENCE.T)
+    nearest = partial.argmin(1)
+    best = np.take_along_axis(partial, nearest[:, None], 1)[:, 0] + np.einsum("ij,ij->i", flat, flat)
+    nearest[best > tolerance**2] = UNMATCHED
+    return nearest.reshape(rgb.shape[:2])
+
+
+def majority_vote(masks: np.ndarray) -> np.ndarray:
+    """3x3 majority vote of (N, H, W) boolean masks (separable box sum): drops speckle and one-pixel seams,
+    fills isolated holes."""
+    n, height, width = masks.shape
+    padded = np.zeros((n, height + 2, width + 2), np.uint8)
+    padded[:, 1:-1, 1:-1] = masks
+    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+    return rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:] >= 5
+
+
 def _detect_rgb(
     rgb: np.ndarray, colours: Sequence[str], tolerance: float, min_pixels: int | None
 ) -> dict[str, Detection]:
@@ -375,19 +409,8 @@ def _detect_rgb(
         raise ValueError(f"unknown colour(s) {unknown}; known: {list(PALETTE)}")
     if not wanted:
         return {}
-    # Squared distance to every reference colour, expanded as |x|^2 - 2 x.r + |r|^2 (one small matmul).
-    flat = rgb.reshape(-1, 3)
-    partial = _REFERENCE_SQ - 2.0 * (flat @ _REFERENCE.T)
-    nearest = partial.argmin(1)
-    best = np.take_along_axis(partial, nearest[:, None], 1)[:, 0] + np.einsum("ij,ij->i", flat, flat)
-    nearest[best > tolerance**2] = -1
     indices = np.array([_COLOUR_NAMES.index(c) for c in wanted])
-    masks = nearest.reshape(height, width)[None] == indices[:, None, None]
-    # 3x3 majority vote (separable box sum): drops speckle and one-pixel seams, fills isolated holes.
-    padded = np.zeros((len(wanted), height + 2, width + 2), np.uint8)
-    padded[:, 1:-1, 1:-1] = masks
-    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
-    core = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:] >= 5
+    core = majority_vote(colour_labels(rgb, tolerance)[None] == indices[:, None, None])
     found = {}
     for colour, mask in zip(wanted, core, strict=True):
         ys, xs = np.nonzero(mask)
@@ -541,18 +564,24 @@ class RuleChecker:
         self.min_pixels = min_pixels
 
     def __call__(self, *, images: Any, prompts: Sequence[str]) -> list[float]:
-        if hasattr(images, "detach"):
-            images = images.detach().cpu()
-            images = images.float().numpy() if hasattr(images, "float") else images.numpy()
-        if isinstance(images, np.ndarray) and images.ndim != 4:
-            raise ValueError(f"a batch array must have shape (B, 3, H, W), got {images.shape}")
-        images = list(images)
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         return [
             relation_score(image, prompt, tolerance=self.tolerance, min_pixels=self.min_pixels)
-            for image, prompt in zip(images, prompts, strict=True)
+            for image, prompt in zip(image_list(images, prompts), prompts, strict=True)
         ]
+
+
+def image_list(images: Any, prompts: Sequence[str]) -> list[Any]:
+    """A checker's batch as a list of single images: a list of PIL images or arrays, a (B,3,H,W) float array
+    in [0, 1], or a torch tensor (converted with ``.detach().cpu()``; torch is not imported). Checks the count."""
+    if hasattr(images, "detach"):
+        images = images.detach().cpu()
+        images = images.float().numpy() if hasattr(images, "float") else images.numpy()
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"a batch array must have shape (B, 3, H, W), got {images.shape}")
+    images = list(images)
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    return images
 
 
 # ----------------------------------------------------------------------------------------------------------
