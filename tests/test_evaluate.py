@@ -24,7 +24,7 @@ from spatialrl.evaluate import (
 from spatialrl.flux import FluxSource
 from spatialrl.lora import LoraSpec
 from spatialrl.module import EvalSpec, FluxGRPOModule, SamplingSpec
-from spatialrl.rewards import RuleReward
+from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
 from spatialscore.data.synthetic import write_synthetic_dataset
 from spatialscore.model import SpatialScore, SpatialScoreConfig
@@ -130,6 +130,7 @@ def test_text_prompts_and_specs(tmp_path, tuned_policy):
     assert parse_policy_spec(f"ft={tuned_policy}", dtype="bfloat16").source.path == tuned_policy
     assert isinstance(parse_reward_spec("strict=rule"), RuleReward) and parse_reward_spec("strict=rule").name == "strict"
     assert parse_reward_spec("toy_rewards.LeftRed").name == "left_red"
+    assert isinstance(parse_reward_spec("strict"), StrictReward) and parse_reward_spec("j=strict").name == "j"
     for bad in ("tiny:x", str(tmp_path)):
         with pytest.raises(SpecError):
             parse_policy_spec(bad)
@@ -148,3 +149,17 @@ def test_bootstrap_mean_ci():
     assert mean == 1.5 and 0 <= low < mean < high <= 3
     assert bootstrap_mean_ci(np.full(4, 2.0), resamples=resamples) == (2.0, 2.0, 2.0)
     assert np.isnan(bootstrap_mean_ci(values, resamples=None)[1])
+
+
+def test_grid_shows_several_samples_per_policy_under_each_prompt(tmp_path):
+    prompts = ["a red circle to the left of a blue square", "a red square to the right of a blue circle"]
+    evaluate_policies(policies=[PolicySpec("a", FluxSource()), PolicySpec("b", FluxSource(tiny_seed=1))],
+                      prompts=prompts, rewards=[StrictReward()], samples_per_prompt=3, grid_samples=2, bootstrap=0,
+                      out_dir=tmp_path, **FAST)
+    expected = image_grid(images=[np.zeros((32, 32, 3), np.uint8)] * 8, captions=[""] * 8, columns=4, cell=64,
+                          row_titles=prompts)  # 2 prompts x (2 policies x 2 samples)
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == expected.shape[1::-1]
+    with pytest.raises(ValueError, match="grid_samples"):
+        evaluate_policies(policies=[PolicySpec("a", FluxSource())], prompts=prompts, rewards=[StrictReward()],
+                          grid_samples=0, **FAST)

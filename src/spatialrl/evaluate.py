@@ -21,7 +21,8 @@ labelled diagnostic), ``rule`` (:class:`~spatialrl.rewards.RuleReward`, the leni
 Prompts: a pair manifest (its unique perfect prompts) or a text file with one prompt per line.
 
 Writes ``results.json`` (settings, per-policy means and CIs, paired differences, per-prompt scores, timings),
-``table.md`` and ``grid.png`` (rows: prompts, columns: policies; first sample, captioned with the first reward).
+``table.md`` and ``grid.png`` (rows: prompts under their text, columns: policies; the first ``grid_samples``
+samples of each, captioned with the first reward).
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ def evaluate_policies(
     bootstrap: int = 1000,
     bootstrap_seed: int = 0,
     grid_prompts: int = 8,
+    grid_samples: int = 1,
     out_dir: str | os.PathLike[str] | None = None,
     command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -212,8 +214,8 @@ def evaluate_policies(
     for kind, names in (("policy", [p.name for p in policies]), ("reward", [r.name for r in rewards])):
         if len(set(names)) != len(names):
             raise ValueError(f"{kind} names must be unique, got {names}; name them with NAME=SPEC")
-    if samples_per_prompt < 1 or batch_size < 1 or bootstrap < 0:
-        raise ValueError("samples_per_prompt and batch_size must be >= 1 and bootstrap >= 0")
+    if samples_per_prompt < 1 or batch_size < 1 or grid_samples < 1 or bootstrap < 0:
+        raise ValueError("samples_per_prompt, batch_size and grid_samples must be >= 1 and bootstrap >= 0")
     metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
     n = samples_per_prompt
     flat = [p for p in prompts for _ in range(n)]
@@ -243,7 +245,7 @@ def evaluate_policies(
                 for name, value in values.items():
                     parts[name].append(value.cpu())
             firsts += [images[j - offset].cpu() for j in range(offset, offset + len(images))
-                       if j % n == 0 and j // n < grid_rows]  # first sample of the grid's prompts
+                       if j % n < grid_samples and j // n < grid_rows]  # first samples of the grid's prompts
             offset += len(images)
             tick = time.perf_counter()
             scoring += tick - mid
@@ -283,7 +285,8 @@ def evaluate_policies(
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     results["command"] = list(sys.argv if command is None else command)
     if out_dir is not None:
-        _write_outputs(Path(out_dir), results, grid=grid, prompts=prompts[:grid_rows], reward=rewards[0].name)
+        _write_outputs(Path(out_dir), results, grid=grid, prompts=prompts[:grid_rows], reward=rewards[0].name,
+                       samples=min(grid_samples, n))
     return results
 
 
@@ -354,7 +357,13 @@ def format_tables(results: Mapping[str, Any]) -> str:
 
 
 def _write_outputs(
-    out_dir: Path, results: Mapping[str, Any], *, grid: Mapping[str, Tensor], prompts: Sequence[str], reward: str
+    out_dir: Path,
+    results: Mapping[str, Any],
+    *,
+    grid: Mapping[str, Tensor],
+    prompts: Sequence[str],
+    reward: str,
+    samples: int,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -364,10 +373,16 @@ def _write_outputs(
     images, captions = [], []
     for row in range(len(prompts)):
         for name in names:
-            images.append(grid[name][row])
-            captions.append(f"{name[:9]} {results['per_prompt'][row]['scores'][name][reward][0]:.2f}")
+            for k in range(samples):
+                images.append(grid[name][row * samples + k])
+                score = results["per_prompt"][row]["scores"][name][reward][k]
+                captions.append(f"{name[:9]} {score:.2f}")
     picture = image_grid(
-        images=images, captions=captions, columns=len(names), cell=128, row_titles=[p[:80] for p in prompts]
+        images=images,
+        captions=captions,
+        columns=len(names) * samples,
+        cell=128 if samples == 1 else 64,
+        row_titles=[f"{p[:100]}  ({', '.join(names)}: {samples} sample(s) each, {reward})" for p in prompts],
     )
     Image.fromarray(picture).save(out_dir / "grid.png")
 
@@ -402,9 +417,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--grid-prompts", type=int, default=8, help="prompts (rows) in grid.png")
+    parser.add_argument("--grid-samples", type=int, default=1, help="samples of each prompt per policy in grid.png")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    for flag in ("steps", "samples_per_prompt", "batch_size", "reward_batch_size", "grid_prompts"):
+    for flag in ("steps", "samples_per_prompt", "batch_size", "reward_batch_size", "grid_prompts", "grid_samples"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.bootstrap < 0:
@@ -427,7 +443,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         policies=policies, prompts=prompts, metadata=metadata, rewards=rewards, num_steps=args.steps,
         samples_per_prompt=args.samples_per_prompt, height=args.height, width=args.width, seed=args.seed,
         guidance=args.guidance, batch_size=args.batch_size, device=device, bootstrap=args.bootstrap,
-        grid_prompts=args.grid_prompts, out_dir=args.out, command=["spatialrl", "evaluate", *argv],
+        grid_prompts=args.grid_prompts, grid_samples=args.grid_samples, out_dir=args.out, command=["spatialrl", "evaluate", *argv],
     )
     print(format_tables(results), end="")
     print(f"wrote {args.out}/results.json, table.md, grid.png")

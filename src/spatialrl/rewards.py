@@ -148,7 +148,11 @@ def reward_components(
 
 
 class RuleReward(Reward):
-    """The procedural rule checker as a reward: the fraction of the prompt's relations that hold in the image.
+    """The lenient procedural rule checker: the fraction of the prompt's relations that hold in the image.
+
+    Lenient: each colour is judged by the centroid of all its pixels, so duplicated objects and stray blobs are
+    invisible to it, and a policy trained on it learned to scatter them (README). Train and measure with
+    :class:`StrictReward`; keep this one as a diagnostic.
 
     Binary for a one-relation prompt. Objects are found by colour, so this only judges images of the synthetic
     scene grammar (see :mod:`spatialscore.data.synthetic`); a prompt outside that grammar is a ValueError.
