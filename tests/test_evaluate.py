@@ -106,7 +106,9 @@ def test_cli_end_to_end(tmp_path, tuned_policy, reward_model):
         assert stats["ci_low"] <= stats["mean"] <= stats["ci_high"] and stats["n"] == 2 * len(prompts)
         assert 0 <= block["rewards"]["rule"]["mean"] <= 1
         assert block["rewards"]["strict_lenient"]["mean"] == block["rewards"]["rule"]["mean"]
-        assert block["rewards"]["strict"]["mean"] <= block["rewards"]["rule"]["mean"]
+        correct = block["rewards"]["strict_correct"]["mean"]  # a correct image has nothing extra and nothing missing
+        assert correct + block["rewards"]["strict_extra"]["mean"] <= 1
+        assert correct + block["rewards"]["strict_missing"]["mean"] <= 1
     for reward in ("left_red", "spatialscore"):  # the same policy twice: the same images, a zero difference
         same = results["paired"]["again - base"][reward]
         assert same == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "win_rate": 0.0, "tie_rate": 1.0}

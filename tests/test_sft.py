@@ -106,8 +106,8 @@ def test_full_fit_lowers_loss_and_logs_samples(tmp_path: Path) -> None:
     after = _mean_loss(module, batch)
     assert after < 0.5 * before, (before, after)
     metrics = trainer.callback_metrics
-    assert {"train/loss", "val/loss", "val/strict_accuracy", "val/extra_objects", "val/missing_objects"} <= set(metrics)
-    assert 0 <= float(metrics["val/strict_accuracy"]) <= 1
+    assert {"train/loss", "val/loss", "val/strict_correct", "val/strict_extra", "val/strict_missing"} <= set(metrics)
+    assert 0 <= float(metrics["val/strict_correct"]) <= 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(Path(logger.log_dir))).Reload()
@@ -174,7 +174,7 @@ def test_validation_on_prompts_view_samples_and_scores() -> None:
     )
     module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=0), val_samples=3, val_steps=2)
     (metrics,) = _trainer().validate(module, loader)
-    assert set(metrics) == {"val/strict_accuracy", "val/extra_objects", "val/missing_objects", "val/lenient_relation_accuracy"}
+    assert set(metrics) == {"val/strict_correct", "val/strict_extra", "val/strict_missing", "val/strict_lenient"}
     assert module._seen_val_prompts == prompts[:3]
 
 
