@@ -22,6 +22,7 @@ from spatialrl.rewards import (
     SpatialScoreReward,
     WeightedReward,
     compute_reward,
+    reward_components,
 )
 from spatialscore.data.synthetic import RuleChecker, generate_pair, render_scene
 from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
@@ -309,3 +310,22 @@ def test_rewards_parse_from_jsonargparse_config(tmp_path):
     single.add_argument("--reward", type=Reward)
     parsed = single.parse_args(["--reward", '{"class_path": "spatialrl.rewards.RuleReward"}'])
     assert isinstance(single.instantiate(parsed).reward, RuleReward)
+
+
+def test_reward_components_checks_names_and_values():
+    class Misnamed(Reward):
+        name = "mine"
+
+        def __call__(self, *, images, prompts, metadata=None):
+            return images.new_ones(images.shape[0])
+
+        def component_names(self):
+            return ("other", "mine")
+
+        def components(self, *, images, prompts, metadata=None):
+            return {"other": self(images=images, prompts=prompts), "mine": self(images=images, prompts=prompts)}
+
+    with pytest.raises(ValueError, match="its own name first"):
+        reward_components(Misnamed(), images=blank(2), prompts=PROMPTS[:2])
+    parts = reward_components(Fixed([1.0, 2.0], name="a"), images=blank(2), prompts=PROMPTS[:2])
+    assert list(parts) == ["a"] and parts["a"].tolist() == [1.0, 2.0]

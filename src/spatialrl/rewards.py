@@ -140,9 +140,10 @@ def reward_components(
     (finite float32 (B,) on the images' device), and the keys checked against :meth:`Reward.component_names`."""
     _check_inputs(images, prompts, metadata)
     parts = reward.components(images=images, prompts=prompts, metadata=metadata)
-    if list(parts) != list(reward.component_names()):
+    if list(parts) != list(reward.component_names()) or next(iter(parts), None) != reward.name:
         raise ValueError(
-            f"reward {reward.name!r} returned components {list(parts)}, expected {list(reward.component_names())}"
+            f"reward {reward.name!r} returned components {list(parts)}, expected {list(reward.component_names())} "
+            "(its own name first)"
         )
     return {name: _check_output(name, value, prompts, images.device) for name, value in parts.items()}
 
