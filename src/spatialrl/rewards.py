@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from spatialscore.data.strict import Judgement, StrictChecker
-from spatialscore.data.synthetic import RuleChecker, detect_objects, parse_prompt
+from spatialscore.data.synthetic import RuleChecker, detect_objects, image_list, parse_prompt
 from spatialscore.model import SpatialScore
 
 __all__ = [
@@ -247,10 +247,11 @@ class StrictReward(Reward):
     ) -> dict[str, Tensor]:
         """The strict verdicts and the shares behind them, float32 (B,) each on the images' device."""
         _parse_all(self.name, prompts)
-        judgements = self.checker(images=images, prompts=prompts)
+        host = image_list(images, prompts)  # one host copy for both checkers
+        judgements = self.checker(images=host, prompts=prompts)
         rows = [(self._value(j), j.correct, j.has_extra, j.has_missing) for j in judgements]
         values = torch.tensor(rows, dtype=torch.float32, device=images.device).reshape(-1, 4).T
-        lenient = torch.tensor(self.lenient(images=images, prompts=prompts), dtype=torch.float32)
+        lenient = torch.tensor(self.lenient(images=host, prompts=prompts), dtype=torch.float32)
         return dict(zip(self.component_names(), [*values, lenient.to(images.device)], strict=True))
 
     def __call__(
