@@ -162,3 +162,34 @@ def test_strict_reward_diagnostics_and_prompt_grid_reach_every_logger(prompt_dat
     assert [p.name for p in images] == ["val_samples-step-0.png", "val_samples-step-1.png"]
     with Image.open(images[0]) as grid:  # one prompt row: a title line above two captioned samples
         assert grid.size == (2 * (96 + 4) + 4, 96 + 2 * 14 + 4 + 4)
+
+
+def test_exported_spatialscore_rewards_a_real_grpo_step(prompt_data, tmp_path, tiny_cache):
+    """The paper loop's joint: a saved SpatialScore as the only reward of a GRPO step, each rollout image scored
+    as SpatialScore.score scores it, and the adapter moved by those rewards."""
+    from spatialrl.rewards import SpatialScoreReward
+    from spatialscore.model import SpatialScore, SpatialScoreConfig
+
+    torch.manual_seed(0)
+    SpatialScore.build(SpatialScoreConfig()).save_pretrained(tmp_path / "rm")
+
+    class Recording(SpatialScoreReward):
+        def __call__(self, *, images, prompts, metadata=None):
+            rewards = super().__call__(images=images, prompts=prompts, metadata=metadata)
+            self.seen.append((images.clone(), list(prompts), rewards))
+            return rewards
+
+    reward = Recording(str(tmp_path / "rm"), batch_size=4)
+    reward.seen = []
+    module = make_module(reward)
+    module.configure_model()
+    before = weights(module)
+    logged = fit(module, prompt_data)
+    assert reward.seen and math.isfinite(logged["train/reward"])
+    model = SpatialScore.from_pretrained(tmp_path / "rm", device="cpu")
+    for images, prompts, rewards in reward.seen:
+        expected = model.score(prompts=prompts, images=list(images), batch_size=len(prompts)).mu
+        torch.testing.assert_close(rewards, expected, rtol=0, atol=1e-5)
+        assert rewards.std() > 0  # different rollouts, different scores: the group advantages are not all zero
+    after = weights(module)
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -1,19 +1,24 @@
-"""Lightning callbacks of the RL half: export the trained policy as a plain diffusers FLUX folder."""
+"""Lightning callbacks of the RL half: export the trained policy as a plain diffusers FLUX folder; watch the
+training reward and a held-out judge for divergence (reward hacking)."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from spatialrl.flux import SETTINGS_FILE, FluxPolicy
 from spatialrl.lora import add_lora, has_lora, merged_copy
 
-__all__ = ["ExportPolicy", "export_policy"]
+__all__ = ["ExportPolicy", "RewardDivergence", "diverged", "export_policy"]
 
 
 def export_policy(module: L.LightningModule, directory: str | Path, *, is_global_zero: bool = True) -> None:
@@ -61,3 +66,86 @@ class ExportPolicy(L.Callback):
         with torch.no_grad():
             export_policy(pl_module, self.directory, is_global_zero=trainer.is_global_zero)
         trainer.strategy.barrier("export_policy")
+
+
+def diverged(*, rewards: Sequence[float], judge: Sequence[float], tolerance: float, patience: int) -> bool:
+    """True when the training reward and the judge have diverged over a run's validations.
+
+    Diverged: for the last ``patience`` validations the judge sat more than ``tolerance`` below its best so far
+    while the training reward stood above its value at the judge's best; the policy is gaining reward by
+    something the judge counts as wrong. ``rewards[i]`` and ``judge[i]`` are the i-th validation's values.
+    """
+    if len(rewards) != len(judge):
+        raise ValueError(f"{len(rewards)} rewards but {len(judge)} judge values")
+    if patience < 1 or tolerance < 0:
+        raise ValueError(f"patience must be >= 1 and tolerance >= 0, got {patience} and {tolerance}")
+    streak, best = 0, 0
+    for i, (reward, score) in enumerate(zip(rewards, judge, strict=True)):
+        if score > judge[best]:
+            best = i
+        streak = streak + 1 if score < judge[best] - tolerance and reward > rewards[best] else 0
+    return streak >= patience
+
+
+class RewardDivergence(L.Callback):
+    """Log the training reward next to a held-out judge at every validation; flag (and optionally stop on) divergence.
+
+    After each validation this logs ``val/diverged`` (1.0 once :func:`diverged` holds for the validations so far);
+    with ``stop=True`` it also ends training there, with a warning naming both values. ``reward`` and ``judge`` are
+    keys of the validation metrics (the training reward on held-out prompts is ``val/reward``; the strict judge's
+    accuracy is ``val/strict_correct`` when ``StrictReward`` is an eval metric). When the module evaluated the
+    initial policy before training (``FluxGRPOModule``'s ``eval.at_start``, kept in its ``start_metrics``), that
+    evaluation is the first point of the history, so a judge that falls from the start is seen.
+    """
+
+    def __init__(
+        self,
+        *,
+        reward: str = "val/reward",
+        judge: str = "val/strict_correct",
+        tolerance: float = 0.05,
+        patience: int = 2,
+        stop: bool = False,
+    ) -> None:
+        if patience < 1 or tolerance < 0:
+            raise ValueError(f"patience must be >= 1 and tolerance >= 0, got {patience} and {tolerance}")
+        self.reward, self.judge = reward, judge
+        self.tolerance, self.patience, self.stop = tolerance, patience, stop
+        self.rewards: list[float] = []
+        self.scores: list[float] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        start = getattr(pl_module, "start_metrics", None) or {}
+        if not self.rewards and self.reward in start and self.judge in start:
+            self.rewards.append(float(start[self.reward]))
+            self.scores.append(float(start[self.judge]))
+        metrics = trainer.callback_metrics
+        missing = [key for key in (self.reward, self.judge) if key not in metrics]
+        if missing:
+            raise KeyError(
+                f"RewardDivergence: validation logged no {', '.join(missing)} (logged: {', '.join(sorted(metrics))})"
+            )
+        reward, score = float(metrics[self.reward]), float(metrics[self.judge])
+        if not (math.isfinite(reward) and math.isfinite(score)):
+            raise ValueError(f"RewardDivergence: {self.reward}={reward}, {self.judge}={score} are not finite")
+        self.rewards.append(reward)
+        self.scores.append(score)
+        flag = diverged(rewards=self.rewards, judge=self.scores, tolerance=self.tolerance, patience=self.patience)
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/diverged": float(flag)}, step=trainer.global_step)
+        if flag and self.stop and not trainer.should_stop:
+            best = max(range(len(self.scores)), key=self.scores.__getitem__)
+            rank_zero_warn(
+                f"RewardDivergence: stopping at step {trainer.global_step}: {self.reward} rose "
+                f"{self.rewards[best]:.3f} -> {reward:.3f} while {self.judge} fell {self.scores[best]:.3f} -> {score:.3f}"
+            )
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rewards": list(self.rewards), "scores": list(self.scores)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rewards = list(state_dict["rewards"])
+        self.scores = list(state_dict["scores"])

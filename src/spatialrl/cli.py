@@ -5,6 +5,7 @@
     spatialrl validate --config configs/spatialrl/tiny.yaml    # ODE samples of the validation prompts, rewards
     spatialrl evaluate --policy base=tiny --policy tuned=runs/export --prompts data/test.jsonl --reward rule \
         --out results/eval                                     # policies side by side (spatialrl.evaluate)
+    spatialrl paper --out runs/paper/seed0 --seed 0            # the paper in miniature (spatialrl.paper)
 
 The model is chosen by the config's ``model.class_path``
 (``spatialrl.module.FluxGRPOModule`` or ``spatialrl.sft.FlowMatchingModule``), the data by ``data.class_path``
@@ -29,7 +30,14 @@ def evaluate_main(argv: list[str]) -> int:
     return cli_main(argv)
 
 
-TOOLS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main}
+def paper_main(argv: list[str]) -> int:
+    """``spatialrl paper`` (imported on use)."""
+    from spatialrl.paper import cli_main
+
+    return cli_main(argv)
+
+
+TOOLS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "paper": paper_main}
 
 
 def lightning_main(args: list[str] | None) -> LightningCLI:

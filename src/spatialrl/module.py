@@ -170,6 +170,7 @@ class FluxGRPOModule(L.LightningModule):
             )
         self.val_means = torch.nn.ModuleDict({name: MeanMetric() for name in names})
         self._grid: list[tuple[str, list[tuple[Tensor, str]]]] = []  # (prompt, [(image, caption)])
+        self.start_metrics: dict[str, float] = {}  # the initial policy's validation values (eval.at_start)
         self._check_settings()
 
     def _check_settings(self) -> None:
@@ -537,6 +538,7 @@ class FluxGRPOModule(L.LightningModule):
             for batch in loader:
                 self.validation_step(batch, 0)
         values = {k: float(v) for k, v in self._pop_val_means().items()}
+        self.start_metrics = values
         for logger in self.loggers:
             logger.log_metrics(values, step=0)
         self._log_grid("val/samples", 0)

@@ -5,6 +5,7 @@
     spatialscore score --model runs/spatialscore/export --prompt "a red circle left of a blue square" a.png b.png
     spatialscore perturb --prompts prompts.txt --out perturbed.jsonl --num 2-3
     spatialscore make-pairs --prompts perturbed.jsonl --pipeline /models/FLUX.1-dev --out pairs/
+    spatialscore filter-pairs --pairs pairs/pairs.jsonl --out pairs/kept.jsonl --verifier rule
     spatialscore review --pairs pairs/pairs.jsonl
 """
 
@@ -60,6 +61,7 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "synth": _tool("spatialscore.data.synthetic"),
     "perturb": _tool("spatialscore.data.perturb"),
     "make-pairs": _tool("spatialscore.data.pairs"),
+    "filter-pairs": _tool("spatialscore.data.verify"),
     "review": _tool("spatialscore.review"),
     "score": score_main,
     "benchmark": _tool("spatialscore.benchmark"),

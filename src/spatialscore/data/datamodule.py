@@ -444,7 +444,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.view == "prompts":
             prompts = manifest.prompts()
             if self.holdout_eval_prompts:
-                prompts = self._without_eval_prompts(prompts)
+                prompts = self.without_eval_prompts(prompts)
             groups = prompt_mirror_groups(prompts, records) if self.mirrored_batches else None
             records = prompts
         stages = [_stage(r.meta) for r in records]
@@ -474,7 +474,7 @@ class PreferenceDataModule(L.LightningDataModule):
             drop_last=True,
         )
 
-    def _without_eval_prompts(self, prompts: list[PromptRecord]) -> list[PromptRecord]:
+    def without_eval_prompts(self, prompts: list[PromptRecord]) -> list[PromptRecord]:
         """Training prompts minus every prompt of the val/test manifests (and their mirrors), so evaluation
         measures generalisation to unseen prompts; an empty remainder is an error."""
         held: set[str] = set()

@@ -1,0 +1,399 @@
+"""``spatialrl paper``: the paper in miniature, stage by stage, resumable.
+
+    spatialrl paper --out runs/paper/seed0 --seed 0
+
+1. ``sft``: the tiny FLUX's supervised start (``configs/spatialrl/sft_tiny.yaml``).
+2. ``prompts``: the RL training prompts and the held-out prompts of the RL config's data (procedural scenes), each
+   perturbed by ``spatialscore perturb`` (the path a user of real prompts takes); a training perturbation that
+   lands on a held-out prompt is dropped, so neither the reward model nor the policy sees a held-out prompt.
+3. ``pairs``: ``spatialscore make-pairs`` with the supervised tiny FLUX: its own images, one seed per pair.
+4. ``filter``: ``spatialscore filter-pairs --verifier rule --pool`` (the paper's human check, by the strict judge).
+5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
+6. Hardening rounds (``--rounds``, default 1), each: ``probe-R``, a short GRPO run on the current reward model,
+   shows how a policy games it; ``pairs-R`` renders the training prompts with that probe policy; ``filter-R``
+   verifies all renders so far as one pool, so the probe's failures become rejected images next to verified
+   chosen ones; ``spatialscore-R`` is the reward model retrained on them. These are the hard negatives the paper's
+   perturbation kinds do not make: the extra and duplicated objects a policy produces to game the reward model.
+7. ``rl-spatialscore``: GRPO with the last reward model as the only reward (the strict judge is an eval metric).
+8. ``rl-rule`` (``--compare-rule``): the same GRPO with the strict rule reward, for comparison.
+9. ``evaluate``: ``spatialrl evaluate`` of the supervised start, the probes and the RL policies on the held-out
+   prompts, by the strict judge (and by the last reward model, to see whether it was gamed).
+
+Every stage writes into ``OUT/<stage>/`` and, when it finishes, ``OUT/<stage>/stage.json`` (its settings and
+seconds). A rerun skips finished stages and refuses a finished stage whose settings changed (delete its folder to
+redo it); an interrupted stage starts again. Lightning stages run as ``spatialrl fit`` / ``spatialscore fit``
+subprocesses on a copy of their base config (``OUT/<stage>/config.yaml``) whose ``runs/...`` folders are moved
+into ``OUT``. ``OUT/summary.md`` / ``summary.json`` report every stage: pairs kept and why others were dropped, the
+reward model's held-out pairwise accuracy, strict accuracy and extra-object share of each policy, whether the
+training reward and the strict judge diverged during RL, and the wall-clock of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spatialrl.callbacks import diverged
+
+__all__ = ["PaperSettings", "StageChanged", "cli_main", "run_paper", "run_stage"]
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """Everything the loop depends on; each stage records the part it uses."""
+
+    out: str
+    seed: int = 0
+    sft_config: str = "configs/spatialrl/sft_tiny.yaml"
+    rm_config: str = "configs/paper/spatialscore_tiny.yaml"
+    rl_config: str = "configs/paper/rl_spatialscore_tiny.yaml"
+    rule_config: str = "configs/spatialrl/tiny.yaml"
+    images_per_prompt: int = 64
+    heldout_images_per_prompt: int = 32
+    steps: int = 20
+    size: int = 32
+    rejected: str = "violates"
+    rounds: int = 1
+    probe_minutes: int = 3
+    probe_images_per_prompt: int = 32
+    compare_rule: bool = False
+    eval_samples: int = 32
+    eval_seed: int = 999
+
+
+class StageChanged(RuntimeError):
+    """A finished stage was asked to run again with other settings."""
+
+
+def run_stage(
+    folder: Path, settings: Mapping[str, Any], work: Callable[[], Mapping[str, Any] | None], *, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run ``work`` unless ``folder/stage.json`` records the same ``settings``; return the stage record.
+
+    The record holds the settings, what ``work`` returned (``result``) and the stage's ``seconds``. A finished stage
+    with other settings raises :class:`StageChanged` naming the changed keys.
+    """
+    marker = folder / STAGE_FILE
+    wanted = json.loads(json.dumps(settings))
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record["settings"] == wanted:
+            log(f"{folder.name}: done before ({record['seconds']:.0f} s), skipped")
+            return record
+        changed = sorted(k for k in set(wanted) | set(record["settings"]) if wanted.get(k) != record["settings"].get(k))
+        raise StageChanged(
+            f"{marker}: stage {folder.name!r} finished with other settings (changed: {', '.join(changed)}); "
+            f"delete {folder} to run it again with the new ones"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"{folder.name}: running")
+    start = time.perf_counter()
+    result = work()
+    record = {"settings": wanted, "result": dict(result or {}), "seconds": round(time.perf_counter() - start, 1)}
+    marker.write_text(json.dumps(record, indent=2) + "\n")
+    log(f"{folder.name}: finished in {record['seconds']:.0f} s")
+    return record
+
+
+def stage_config(base: str | Path, *, moves: Mapping[str, str]) -> str:
+    """The text of ``base`` with each ``runs/...`` folder of ``moves`` replaced (longest first)."""
+    text = Path(base).read_text()
+    for old in sorted(moves, key=len, reverse=True):
+        text = text.replace(old, moves[old])
+    return text
+
+
+def _fit(package: str, config: Path, args: Sequence[str]) -> None:
+    command = [sys.executable, "-m", f"{package}.cli", "fit", "--config", str(config), *args]
+    subprocess.run(command, check=True)
+
+
+def _last_row_with(csv_dir: Path, key: str) -> dict[str, str]:
+    rows = [r for f in sorted(csv_dir.glob("version_*/metrics.csv")) for r in csv.DictReader(f.open())]
+    rows = [r for r in rows if r.get(key)]
+    if not rows:
+        raise RuntimeError(f"{csv_dir}: no logged {key}")
+    return rows[-1]
+
+
+def _series(csv_dir: Path, keys: Sequence[str]) -> list[dict[str, float]]:
+    rows = [r for f in sorted(csv_dir.glob("version_*/metrics.csv")) for r in csv.DictReader(f.open())]
+    return [{"step": float(r["step"]), **{k: float(r[k]) for k in keys}} for r in rows if all(r.get(k) for k in keys)]
+
+
+def _prompt_sets(rl_config: str) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts) of the RL config's data, held-out ones (and mirrors) removed."""
+    from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
+
+    init = dict(yaml.safe_load(Path(rl_config).read_text())["data"]["init_args"])
+    if init.get("synthetic") is not None:
+        init["synthetic"] = SyntheticData(**init["synthetic"])
+    data = PreferenceDataModule(**init)
+    data.prepare_data()
+    data.setup("fit")
+    train = sorted({p.prompt for p in data.without_eval_prompts(data.manifests["train"].prompts())})
+    held = sorted({p for r in data.load("val").records for p in (r.prompt, r.perturbed_prompt) if p})
+    return train, held
+
+
+def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every stage; write and return the summary (module docstring)."""
+    from spatialscore.data import perturb
+    from spatialscore.data.pairs import make_pairs
+    from spatialscore.data.verify import filter_pairs
+
+    out = Path(settings.out)
+    seed = settings.seed
+    records: dict[str, dict[str, Any]] = {}
+    seed_arg = [f"--seed_everything={seed}"]
+    runs = {"sft": "runs/spatialrl/sft-tiny", "rm": "runs/paper/spatialscore", "rl": "runs/paper/rl-spatialscore",
+            "rule": "runs/spatialrl/tiny"}
+
+    def lightning(name: str, package: str, base: str, moves: Mapping[str, str], extra: Sequence[str] = ()) -> Path:
+        folder = out / name
+        text = stage_config(base, moves={runs[key]: str(out / stage) for key, stage in moves.items()})
+
+        def work() -> None:
+            config = folder / "config.yaml"
+            config.write_text(text)
+            _fit(package, config, [*seed_arg, *extra])
+
+        records[name] = run_stage(folder, {"config": text, "args": [*seed_arg, *extra]}, work, log=log)
+        return folder
+
+    policy = lightning("sft", "spatialrl", settings.sft_config, {"sft": "sft"}) / "policy"
+    prompts_dir = out / "prompts"
+
+    def prompts() -> dict[str, Any]:
+        train, held = _prompt_sets(settings.rl_config)
+        counts = {}
+        for split, texts in (("train", train), ("heldout", held)):
+            (prompts_dir / f"{split}.txt").write_text("\n".join(texts) + "\n")
+            code = perturb.cli_main([
+                "--prompts", str(prompts_dir / f"{split}.txt"), "--out", str(prompts_dir / f"{split}_perturbed.jsonl"),
+                "--num", "1", "--seed", str(seed),
+            ])
+            if code:
+                raise RuntimeError(f"spatialscore perturb failed on {split} prompts")
+            counts[split] = len(texts)
+        leaked = _drop_heldout(prompts_dir / "train_perturbed.jsonl", held=set(held))
+        return {"prompts": counts, "train_perturbations_dropped_as_heldout": leaked}
+
+    records["prompts"] = run_stage(
+        prompts_dir, {"rl_config": Path(settings.rl_config).read_text(), "seed": seed}, prompts, log=log
+    )
+    render = {"steps": settings.steps, "height": settings.size, "width": settings.size,
+              "call_kwargs": {"max_sequence_length": _max_sequence_length(policy)}}
+
+    def rendering(name: str, generator: Path, jobs: Sequence[tuple[str, int, int, str]]) -> None:
+        """make-pairs with ``generator`` for each (split, images per prompt, seed, id prefix)."""
+
+        def work() -> dict[str, Any]:
+            done = {}
+            for split, per_prompt, pair_seed, prefix in jobs:
+                source = prompts_dir / f"{split}_perturbed.jsonl"
+                if prefix:
+                    source = _prefixed(source, out / name / f"{split}_perturbed.jsonl", prefix=prefix)
+                result = make_pairs(prompts=source, pipeline=generator, out=out / name / split, seed=pair_seed,
+                                    batch_size=64, images_per_prompt=per_prompt, **render)
+                done[split] = result.written + result.already_done
+            return {"pairs": done}
+
+        records[name] = run_stage(out / name, {**render, "generator": str(generator), "jobs": jobs}, work, log=log)
+
+    rendering("pairs", policy, [("train", settings.images_per_prompt, 2 * seed, ""),
+                                ("heldout", settings.heldout_images_per_prompt, 2 * seed + 1, "")])
+
+    def filtering(name: str, splits: Mapping[str, Sequence[Path]]) -> None:
+        def work() -> dict[str, Any]:
+            return {split: filter_pairs(pairs=sources, out=out / name / f"{split}.jsonl", verifier="rule",
+                                        rejected=settings.rejected, pool=True).to_dict()
+                    for split, sources in splits.items()}
+
+        wanted = {"verifier": "rule", "rejected": settings.rejected, "pool": True,
+                  "splits": {k: [str(p) for p in v] for k, v in splits.items()}}
+        records[name] = run_stage(out / name, wanted, work, log=log)
+
+    train_sources = [out / "pairs" / "train" / "pairs.jsonl"]
+    filtering("filter", {"train": train_sources, "heldout": [out / "pairs" / "heldout" / "pairs.jsonl"]})
+    heldout = out / "filter" / "heldout.jsonl"
+    reward_model = "spatialscore"
+    lightning(reward_model, "spatialscore", settings.rm_config, {"rm": reward_model},
+              [f"--data.train={out / 'filter' / 'train.jsonl'}", f"--data.val={heldout}"])
+    for r in range(1, settings.rounds + 1):
+        # Hardening: a short RL run shows how the policy games the current reward model; its renders of the
+        # training prompts join the pool, their failures become rejected images, and the reward model is retrained.
+        probe = lightning(f"probe-{r}", "spatialrl", settings.rl_config, {"sft": "sft", "rm": reward_model,
+                                                                          "rl": f"probe-{r}"},
+                          [f"--trainer.max_time=00:00:{settings.probe_minutes:02d}:00"])
+        rendering(f"pairs-{r}", probe / "policy", [("train", settings.probe_images_per_prompt, 2 * seed + 2 * r,
+                                                    f"probe{r}-")])
+        train_sources.append(out / f"pairs-{r}" / "train" / "pairs.jsonl")
+        filtering(f"filter-{r}", {"train": list(train_sources)})
+        reward_model = f"spatialscore-{r}"
+        lightning(reward_model, "spatialscore", settings.rm_config, {"rm": reward_model},
+                  [f"--data.train={out / f'filter-{r}' / 'train.jsonl'}", f"--data.val={heldout}"])
+    lightning("rl-spatialscore", "spatialrl", settings.rl_config,
+              {"sft": "sft", "rm": reward_model, "rl": "rl-spatialscore"})
+    policies = {"sft": policy, **{f"probe-{r}": out / f"probe-{r}" / "policy" for r in range(1, settings.rounds + 1)},
+                "spatialscore": out / "rl-spatialscore" / "policy"}
+    if settings.compare_rule:
+        policies["rule"] = lightning("rl-rule", "spatialrl", settings.rule_config,
+                                     {"sft": "sft", "rule": "rl-rule"}) / "policy"
+    evaluate_args = [
+        *(f"--policy={name}={path}" for name, path in policies.items()),
+        f"--prompts={prompts_dir / 'heldout.txt'}", "--reward=strict",
+        f"--reward=spatialscore=spatialscore:{out / reward_model / 'export'}",
+        f"--out={out / 'evaluate'}", f"--seed={settings.eval_seed}",
+        f"--samples-per-prompt={settings.eval_samples}", f"--steps={settings.steps}",
+        f"--height={settings.size}", f"--width={settings.size}", "--device=cpu",
+    ]
+
+    def evaluate() -> None:
+        from spatialrl.evaluate import cli_main as evaluate_main
+
+        if evaluate_main(evaluate_args):
+            raise RuntimeError("spatialrl evaluate failed")
+
+    records["evaluate"] = run_stage(out / "evaluate", {"args": evaluate_args}, evaluate, log=log)
+    summary = summarize(settings, out, records)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    log(summary_markdown(summary))
+    return summary
+
+
+def _prefixed(source: Path, target: Path, *, prefix: str) -> Path:
+    """A copy of a perturbed-prompts file with every id prefixed, so renders of another generator get own ids."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    target.write_text("".join(json.dumps({**row, "id": f"{prefix}{row['id']}"}) + "\n" for row in rows))
+    return target
+
+
+def _drop_heldout(path: Path, *, held: set[str]) -> int:
+    """Remove from a perturbed-prompts file the records whose perturbed prompt is a held-out prompt (the reward
+    model must not see images of held-out prompts); returns how many were removed."""
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["perturbed_prompt"] not in held]
+    path.write_text("".join(kept))
+    return len(lines) - len(kept)
+
+
+def _max_sequence_length(policy: Path) -> int:
+    from spatialrl.flux import SETTINGS_FILE
+
+    path = policy / SETTINGS_FILE
+    return int(json.loads(path.read_text())["max_sequence_length"]) if path.is_file() else 512
+
+
+def summarize(settings: PaperSettings, out: Path, records: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop's numbers, read back from the stages' outputs."""
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    filters = {name: record["result"] for name, record in records.items() if name.startswith("filter")}
+    reward_models = {
+        name: round(float(_last_row_with(out / name / "csv", "val/accuracy")["val/accuracy"]), 4)
+        for name in records
+        if name.startswith("spatialscore")
+    }
+    divergence = {}
+    for name in records:
+        if not (name.startswith(("probe-", "rl-"))):
+            continue
+        series = _series(out / name / "csv", ["val/reward", "val/strict_correct"])
+        rewards = [r["val/reward"] for r in series]
+        judge = [r["val/strict_correct"] for r in series]
+        divergence[name] = {
+            "diverged": diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=2),
+            "val/reward": [round(v, 4) for v in rewards],
+            "val/strict_correct": [round(v, 4) for v in judge],
+        }
+    keys = ("strict_correct", "strict_extra", "strict_missing", "spatialscore")
+    policies = {
+        name: {key: round(values["rewards"][key]["mean"], 4) for key in keys}
+        for name, values in results["policies"].items()
+    }
+    seconds = {name: record["seconds"] for name, record in records.items()}
+    return {
+        "settings": asdict(settings),
+        "filter": filters,
+        "reward_model_heldout_accuracy": reward_models,
+        "policies": policies,
+        "divergence": divergence,
+        "seconds": seconds,
+        "loop_seconds": round(sum(v for name, v in seconds.items() if name != "rl-rule"), 1),
+    }
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as Markdown: filter counts, reward model accuracy, the policies' table, divergence, times."""
+    lines = [f"# The paper in miniature (seed {summary['settings']['seed']})", ""]
+    for name, splits in summary["filter"].items():
+        for split, result in splits.items():
+            dropped = "; ".join(f"{n} {reason}" for reason, n in result["dropped"].items())
+            lines.append(f"- {name}, {split} pairs: {result['kept']} of {result['total']} kept, {result['pooled']} "
+                         f"pooled across seeds (dropped: {dropped})")
+    for name, accuracy in summary["reward_model_heldout_accuracy"].items():
+        lines.append(f"- {name}: pairwise accuracy on held-out generated pairs {accuracy:.3f}")
+    lines += ["", "| policy | strict accuracy | extra objects | missing objects | SpatialScore |",
+              "|---|---|---|---|---|"]
+    for name, values in summary["policies"].items():
+        lines.append(f"| {name} | {values['strict_correct']:.3f} | {values['strict_extra']:.3f} | "
+                     f"{values['strict_missing']:.3f} | {values['spatialscore']:.3f} |")
+    lines.append("")
+    for name, values in summary["divergence"].items():
+        verdict = "diverged" if values["diverged"] else "did not diverge"
+        lines.append(f"- {name}: training reward and strict judge {verdict} over the validations "
+                     f"(val/reward {values['val/reward'][0]:.3f} -> {values['val/reward'][-1]:.3f}, "
+                     f"val/strict_correct {values['val/strict_correct'][0]:.3f} -> "
+                     f"{values['val/strict_correct'][-1]:.3f})")
+    times = ", ".join(f"{name} {s:.0f} s" for name, s in summary["seconds"].items())
+    lines += [f"- wall-clock: {times}; the loop (without rl-rule): {summary['loop_seconds'] / 60:.1f} min", ""]
+    return "\n".join(lines)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialrl paper``: run or resume the paper in miniature (module docstring)."""
+    defaults = PaperSettings(out="")
+    parser = argparse.ArgumentParser(prog="spatialrl paper", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage (prompt data stay fixed)")
+    for name in ("sft_config", "rm_config", "rl_config", "rule_config"):
+        parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name), help="base config")
+    parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt,
+                        help="pairs rendered per training prompt (one seed each)")
+    parser.add_argument("--heldout-images-per-prompt", type=int, default=defaults.heldout_images_per_prompt)
+    parser.add_argument("--rejected", choices=("violates", "faithful"), default=defaults.rejected,
+                        help="filter-pairs' check of the rejected image")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds,
+                        help="hardening rounds: probe RL, its renders as negatives, reward model retrained")
+    parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
+    parser.add_argument("--probe-images-per-prompt", type=int, default=defaults.probe_images_per_prompt)
+    parser.add_argument("--compare-rule", action="store_true", help="also run GRPO with the strict rule reward")
+    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="samples per held-out prompt")
+    args = parser.parse_args(argv)
+    settings = PaperSettings(
+        out=args.out, seed=args.seed, sft_config=args.sft_config, rm_config=args.rm_config,
+        rl_config=args.rl_config, rule_config=args.rule_config, images_per_prompt=args.images_per_prompt,
+        heldout_images_per_prompt=args.heldout_images_per_prompt, rejected=args.rejected, rounds=args.rounds,
+        probe_minutes=args.probe_minutes, probe_images_per_prompt=args.probe_images_per_prompt,
+        compare_rule=args.compare_rule, eval_samples=args.eval_samples,
+    )
+    try:
+        run_paper(settings, log=lambda line: print(f"[spatialrl paper] {line}", file=sys.stderr, flush=True))
+    except (StageChanged, subprocess.CalledProcessError, RuntimeError, ValueError) as exc:
+        print(f"spatialrl paper: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
