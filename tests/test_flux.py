@@ -66,6 +66,62 @@ def test_ode_rollout_equals_flux_pipeline(policy: FluxPolicy, height: int, width
     assert torch.equal(ours.stds, torch.zeros(2, steps - 1))
 
 
+def _with_scheduler(policy: FluxPolicy, scheduler_config: dict) -> FluxPolicy:
+    """The same modules under another scheduler config."""
+    return FluxPolicy(
+        transformer=policy.transformer,
+        vae=policy.vae,
+        text_encoder=policy.text_encoder,
+        tokenizer=policy.tokenizer,
+        text_encoder_2=policy.text_encoder_2,
+        tokenizer_2=policy.tokenizer_2,
+        scheduler_config=scheduler_config,
+        max_sequence_length=T5_LENGTH,
+    )
+
+
+# 4 steps at 32 px (4 tokens): FLUX.1-dev's resolution-dependent shift; FLUX.1-schnell's config has no shift
+@pytest.mark.parametrize(
+    ("schnell", "expected"),
+    [(False, [1.0, 0.8258, 0.6124, 0.3450, 0.0]), (True, [1.0, 0.75, 0.5, 0.25, 0.0])],
+)
+def test_sigmas_and_ode_rollout_follow_the_scheduler_config(
+    policy: FluxPolicy, schnell: bool, expected: list[float]
+) -> None:
+    config = dict(policy.scheduler_config)
+    assert config["use_dynamic_shifting"] is True  # the tiny FLUX has FLUX.1-dev's scheduler config
+    if schnell:
+        config.update(use_dynamic_shifting=False, shift=1.0)  # FLUX.1-schnell's scheduler config
+    variant = _with_scheduler(policy, config)
+    pipe = variant.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        prompt=PROMPTS,
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        output_type="pt",
+        max_sequence_length=T5_LENGTH,
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    sigmas = variant.sigmas(4, 32, 32)
+    assert torch.equal(sigmas, pipe.scheduler.sigmas)  # what FluxPipeline.__call__ set on its scheduler
+    torch.testing.assert_close(sigmas, torch.tensor(expected), rtol=0, atol=1e-4)
+    ours = sample(
+        variant,
+        prompts=PROMPTS,
+        height=32,
+        width=32,
+        num_steps=4,
+        noise_level=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(ours.images, ref, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        _with_scheduler(policy, {**config, "use_karras_sigmas": True}).sigmas(4, 32, 32)
+
+
 def test_initial_noise_is_used_as_pipeline_latents(policy: FluxPolicy) -> None:
     noise = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(7))
     ours = sample(

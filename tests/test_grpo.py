@@ -7,12 +7,14 @@ import torch
 
 from spatialrl.grpo import (
     group_advantages,
+    kl_step_size,
     kl_to_reference,
     maxvar_filter,
     ppo_clip_loss,
     select_groups,
     topk_filter,
 )
+from spatialrl.sde import sde_step
 
 
 def test_topk_filter_keeps_lowest_and_highest():
@@ -233,3 +235,43 @@ def test_kl_to_reference_is_gaussian_kl():
     )
     with pytest.raises(ValueError):
         kl_to_reference(mean=mean, ref_mean=ref_mean[:1], std=std)
+
+
+def test_kl_step_size_scales_the_exact_kl_by_h():
+    mean = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(1))
+    ref_mean = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(2))
+    std = torch.tensor([0.2, 0.5, 0.05])
+    exact = kl_to_reference(mean=mean, ref_mean=ref_mean, std=std)
+    torch.testing.assert_close(kl_to_reference(mean=mean, ref_mean=ref_mean, std=std, step_size=0.137), exact * 0.137)
+    h = torch.tensor([0.096, 0.169, 0.211])
+    torch.testing.assert_close(kl_to_reference(mean=mean, ref_mean=ref_mean, std=std, step_size=h), exact * h)
+    for bad in (0.0, -0.1, torch.ones(2)):
+        with pytest.raises(ValueError, match="step_size"):
+            kl_to_reference(mean=mean, ref_mean=ref_mean, std=std, step_size=bad)
+
+
+@pytest.mark.parametrize(("sigma", "sigma_next"), [(1.0, 0.904), (0.653, 0.484), (0.484, 0.273)])
+def test_flow_grpo_convention_is_flow_grpos_kl_of_the_sde_step(sigma, sigma_next):
+    # Flow-GRPO: kl = ((mean - ref_mean)^2).mean(dims) / (2 std_dev_t^2), std_dev_t = a sqrt(s / (1 - s)) its g
+    # (s -> sigma_max = the second sigma at s = 1), and the sampled transition std is std_dev_t sqrt(h)
+    a, sigma_max = 0.9, 0.904
+    x, v, v_ref = (torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    kwargs = dict(sample=x, sigma=sigma, sigma_next=sigma_next, noise_level=a, kind="sde")
+    out, ref = sde_step(velocity=v, **kwargs), sde_step(velocity=v_ref, **kwargs)
+    g = a * math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma)))
+    flow_grpo = ((out.mean - ref.mean) ** 2).mean(dim=(1, 2)) / (2 * g**2)
+    step = kl_step_size("flow_grpo", kind="sde", sigma=sigma, sigma_next=sigma_next)
+    assert step == pytest.approx(sigma - sigma_next)
+    ours = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std, step_size=step)
+    torch.testing.assert_close(ours, flow_grpo, rtol=1e-5, atol=0)
+    exact = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std)
+    assert bool((exact > 0).all())
+    torch.testing.assert_close(ours / exact, torch.full((2,), sigma - sigma_next), rtol=1e-5, atol=0)
+
+
+def test_kl_step_size_per_convention_and_kind():
+    assert kl_step_size("exact", kind="sde", sigma=0.79, sigma_next=0.65) is None
+    assert kl_step_size("flow_grpo", kind="dance", sigma=0.79, sigma_next=0.65) == pytest.approx(0.14)
+    assert kl_step_size("flow_grpo", kind="cps", sigma=0.79, sigma_next=0.65) is None  # Flow-GRPO divides by std
+    with pytest.raises(ValueError, match="flow_grpo"):
+        kl_step_size("flowgrpo", kind="sde", sigma=0.79, sigma_next=0.65)

@@ -122,6 +122,50 @@ def test_bad_settings(settings, message):
         FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(**settings), lora=LoraSpec(rank=0 if not settings else 4))
 
 
+def test_bad_kl_convention():
+    with pytest.raises(ValueError, match="kl_convention"):
+        FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(kl_convention="flowgrpo"), lora=LoraSpec(rank=4))
+
+
+@pytest.mark.parametrize(
+    ("kind", "noise_level", "message"),
+    [
+        ("sde", math.nan, "sampling.noise_level must be finite.*'sde'.*0.7"),
+        ("dance", math.inf, "sampling.noise_level must be finite.*'dance'.*eta.*0.3"),
+        ("cps", 1.5, r"sampling.noise_level must be in \[0, 1\] for kind 'cps'"),
+        ("sde", -0.5, "sampling.noise_level must be >= 0 for kind 'sde'"),
+        ("cps", 0.0, "must be > 0: GRPO trains stochastic steps"),
+    ],
+)
+def test_bad_noise_levels_name_the_kind(kind, noise_level, message):
+    with pytest.raises(ValueError, match=message):
+        FluxGRPOModule(
+            reward=LeftRed(), lora=LoraSpec(rank=4), sampling=SamplingSpec(kind=kind, noise_level=noise_level)
+        )
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+def test_flow_grpo_kl_convention_is_the_exact_kl_times_the_step_size(kind):
+    module = make_module()
+    module.sampling.kind = kind
+    module.configure_model()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference (B = 0 at initialisation)
+        for name, param in module.transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=gen))
+    traj = module._rollout(["a red circle to the left of a blue square"] * 2, positions=[0, 0], columns=[0, 1])
+    mask, adv = torch.ones(2, dtype=torch.bool), torch.zeros(2)
+    kls = {}
+    for convention in ("exact", "flow_grpo"):
+        module.grpo.kl_convention = convention
+        kls[convention] = torch.stack([module._step_loss(traj, j, adv, mask)[2].detach() for j in range(2)])
+    h = traj.sigma - traj.sigma_next  # steps 0 and 1 of 3 at 32 px
+    torch.testing.assert_close(h, torch.tensor([0.2404, 0.3183]), rtol=0, atol=1e-4)
+    assert bool((kls["exact"] > 0).all())
+    torch.testing.assert_close(kls["flow_grpo"], kls["exact"] * (h if kind == "sde" else 1.0), rtol=1e-5, atol=0)
+
+
 def test_activation_checkpointing_gives_the_same_update(prompt_data):
     results = []
     for checkpointing in (False, True):

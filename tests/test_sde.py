@@ -7,7 +7,7 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchE
 from test_schedule import FLUX_DEV_SCHEDULER
 
 from spatialrl.schedule import calculate_shift, flux_sigmas
-from spatialrl.sde import sde_step
+from spatialrl.sde import check_noise_level, sde_step
 
 KINDS = ["sde", "dance", "cps"]
 
@@ -195,6 +195,30 @@ def test_invalid_arguments():
         sde_step(**base, sigma=0.5, sigma_next=0.4, prev_sample=z, noise=z)
     with pytest.raises(ValueError):
         sde_step(**base, sigma=torch.ones(3), sigma_next=0.4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("noise_level", [math.nan, math.inf, -math.inf, -0.1])
+def test_non_finite_or_negative_noise_level_is_refused(kind, noise_level):
+    x, v, _ = tensors()
+    allowed = r"in \[0, 1\]" if kind == "cps" else ">= 0"
+    message = "finite" if not math.isfinite(noise_level) else allowed
+    with pytest.raises(ValueError, match=f"noise_level must be {message}.*'{kind}'"):
+        sde_step(velocity=v, sample=x, sigma=0.5, sigma_next=0.4, noise_level=noise_level, kind=kind)
+
+
+def test_cps_noise_level_is_a_fraction_up_to_one():
+    x, v, _ = tensors()
+    base = dict(velocity=v, sample=x, sigma=0.5, sigma_next=0.4, kind="cps")
+    full = sde_step(**base, noise_level=1.0, noise=torch.zeros_like(x))  # sin(pi / 2) = 1: all fresh noise
+    assert full.std.tolist() == pytest.approx([0.4, 0.4])
+    torch.testing.assert_close(full.mean, 0.6 * (x - 0.5 * v))  # no eps_hat left: (1 - s') x0_hat
+    with pytest.raises(ValueError, match=r"in \[0, 1\] for kind 'cps'.*0\.8"):
+        sde_step(**base, noise_level=1.2)  # would alias to 0.8 through sin(1.2 pi / 2)
+    assert sde_step(**{**base, "kind": "sde"}, noise_level=1.2).std[0] > 0  # a > 1 is a valid Flow-GRPO level
+    check_noise_level(0.0, "cps")  # the ODE step
+    with pytest.raises(ValueError, match="sampling.noise_level must be finite"):
+        check_noise_level(math.nan, "sde", name="sampling.noise_level")
 
 
 @pytest.mark.parametrize(("kind", "noise_level"), [("sde", 0.7), ("dance", 0.3)])

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from spatialrl.autoencoder import pretrain_autoencoder
-from spatialrl.schedule import flux_sigmas
+from spatialrl.schedule import scheduler_sigmas
 from spatialscore.backbone import DTYPES, staged_directory, tiny_cache_dir
 
 __all__ = ["FluxPolicy", "FluxSource", "TinyFluxConfig", "build_tiny_flux", "recorded_settings", "resolve_tiny_flux"]
@@ -392,17 +392,15 @@ class FluxPolicy:
         return torch.zeros(length, 3, device=self.device, dtype=self.dtype)
 
     def sigmas(self, num_steps: int, height: int, width: int) -> Tensor:
-        """The ``num_steps + 1`` shifted FLUX sigmas (float32, CPU) for this resolution and scheduler config."""
+        """The ``num_steps + 1`` FLUX sigmas (float32, CPU) that ``FluxPipeline`` uses at this resolution.
+
+        Follows the scheduler config (FLUX.1-dev's resolution-dependent shift, FLUX.1-schnell's none, ...);
+        a config the stateless sampler cannot reproduce is a ``ValueError`` (see
+        :func:`~spatialrl.schedule.scheduler_sigmas`).
+        """
         rows, cols = self.latent_size(height, width)
-        cfg = self.scheduler_config
-        return flux_sigmas(
-            num_steps=num_steps,
-            image_seq_len=(rows // 2) * (cols // 2),
-            base_seq_len=cfg.get("base_image_seq_len", 256),
-            max_seq_len=cfg.get("max_image_seq_len", 4096),
-            base_shift=cfg.get("base_shift", 0.5),
-            max_shift=cfg.get("max_shift", 1.15),
-        )
+        tokens = (rows // 2) * (cols // 2)
+        return scheduler_sigmas(self.scheduler_config, num_steps=num_steps, image_seq_len=tokens)
 
     def velocity(
         self,

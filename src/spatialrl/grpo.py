@@ -12,10 +12,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from spatialrl.sde import SDEKind
+
 __all__ = [
     "FilterMethod",
+    "KLConvention",
     "StdMode",
     "group_advantages",
+    "kl_step_size",
     "kl_to_reference",
     "maxvar_filter",
     "ppo_clip_loss",
@@ -25,6 +29,7 @@ __all__ = [
 
 FilterMethod = Literal["topk", "maxvar", "none"]
 StdMode = Literal["group", "global", "none"]
+KLConvention = Literal["exact", "flow_grpo"]  # see kl_to_reference
 
 
 def _check_rewards(rewards: Tensor, ndim: int) -> None:
@@ -238,16 +243,21 @@ def ppo_clip_loss(
     return loss, stats
 
 
-def kl_to_reference(*, mean: Tensor, ref_mean: Tensor, std: float | Tensor) -> Tensor:
+def kl_to_reference(
+    *, mean: Tensor, ref_mean: Tensor, std: float | Tensor, step_size: float | Tensor | None = None
+) -> Tensor:
     """Per-sample KL between the policy's and the reference's Gaussian transitions: ``(B,)``.
 
     ``mean((mean - ref_mean)^2 / (2 std^2))`` over the non-batch elements, where ``std = g sqrt(h)`` is the
     transition std shared by both (``SDEStepOutput.std``: a float, a ``(B,)`` tensor or one broadcastable to
     ``mean``). This is the exact KL(N(mean, std^2) || N(ref_mean, std^2)) per element, averaged like the
-    log-probs: the "divide by 2 g^2 h" normalisation of the paper. Flow-GRPO's code divides by ``2 g^2``
-    instead, i.e. its KL is this one times the step size h (smaller at late steps, as if beta scaled with h).
-    Gradients flow through ``mean`` (and ``ref_mean`` if it requires grad). ``std`` must be > 0: deterministic
-    steps have no KL and are not trained.
+    log-probs: the "divide by 2 g^2 h" normalisation of the paper (``kl_convention: exact``).
+
+    With ``step_size`` h (``sigma - sigma_next``, a float or ``(B,)``), the result is that KL times h, i.e.
+    divided by ``2 g^2 = 2 std^2 / h`` instead: Flow-GRPO's code for its "sde" step (``kl_convention:
+    flow_grpo``; smaller at late steps, as if beta scaled with h). Flow-GRPO's CPS step divides by its std, the
+    exact KL: pass None there. Gradients flow through ``mean`` (and ``ref_mean`` if it requires grad). ``std``
+    (and ``step_size``) must be > 0: deterministic steps have no KL and are not trained.
     """
     if mean.shape != ref_mean.shape:
         raise ValueError(f"mean {tuple(mean.shape)} and ref_mean {tuple(ref_mean.shape)} differ in shape")
@@ -259,4 +269,28 @@ def kl_to_reference(*, mean: Tensor, ref_mean: Tensor, std: float | Tensor) -> T
     elif std.ndim not in (0, mean.ndim):
         raise ValueError(f"std must be a float, (B,) or broadcastable to mean, got shape {tuple(std.shape)}")
     diff = mean.float() - ref_mean.float()
-    return (diff**2 / (2 * std**2)).mean(dim=tuple(range(1, mean.ndim)))
+    kl = (diff**2 / (2 * std**2)).mean(dim=tuple(range(1, mean.ndim)))
+    if step_size is None:
+        return kl
+    h = torch.as_tensor(step_size, dtype=torch.float32, device=mean.device)
+    if h.ndim > 1 or (h.ndim == 1 and h.shape[0] != mean.shape[0]):
+        raise ValueError(f"step_size must be a float or (B,), got shape {tuple(h.shape)}")
+    if not bool((h > 0).all()):
+        raise ValueError(f"step_size must be > 0 (sigma - sigma_next), got {step_size}")
+    return kl * h
+
+
+def kl_step_size(
+    convention: KLConvention, *, kind: SDEKind, sigma: float | Tensor, sigma_next: float | Tensor
+) -> float | Tensor | None:
+    """The ``step_size`` argument of :func:`kl_to_reference` under ``convention`` for one ``kind`` of step.
+
+    ``"exact"``: None (the exact KL). ``"flow_grpo"``: Flow-GRPO's divisor ``2 g^2``, so ``h = sigma -
+    sigma_next`` for the "sde" and "dance" steps (``std = g sqrt(h)``) and None for "cps", whose Flow-GRPO KL
+    divides by the transition std itself.
+    """
+    if convention not in ("exact", "flow_grpo"):
+        raise ValueError(f"kl convention must be 'exact' or 'flow_grpo', got {convention!r}")
+    if convention == "exact" or kind == "cps":
+        return None
+    return sigma - sigma_next

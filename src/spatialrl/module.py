@@ -28,8 +28,10 @@ from spatialrl.ema import ParameterEMA
 from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.grpo import (
     FilterMethod,
+    KLConvention,
     StdMode,
     group_advantages,
+    kl_step_size,
     kl_to_reference,
     ppo_clip_loss,
     select_groups,
@@ -45,7 +47,7 @@ from spatialrl.rollout import (
     sde_mask_random,
     seeded_noise,
 )
-from spatialrl.sde import SDEKind
+from spatialrl.sde import NOISE_LEVELS, SDEKind, check_noise_level
 from spatialscore.backbone import DTYPES
 from spatialscore.schedules import warmup_schedule
 from spatialscore.strategies import fp32_master_weights, fsdp2_shard
@@ -59,7 +61,13 @@ class SamplingSpec:
     """Training rollouts. ``sde_steps``: which of the ``num_steps`` steps are stochastic and trained (None: all
     but the last, Flow-GRPO); ``sde_fraction``: instead, a random fraction drawn anew each training step
     (DanceGRPO). ``shared_initial_noise``: the G samples of a group start from the same noise and differ only
-    by the SDE noise. ``rollout_batch``: samples per sampling forward pass (memory, not math)."""
+    by the SDE noise. ``rollout_batch``: samples per sampling forward pass (memory, not math).
+
+    ``noise_level`` (finite, > 0) means something else per ``kind`` (:mod:`spatialrl.sde`): ``"sde"``,
+    Flow-GRPO's a in ``g = a sqrt(s / (1 - s))`` (0.7 on SD3.5, 0.9 on FLUX); ``"dance"``, DanceGRPO's constant
+    eta (0.3; the default 0.9 would be three times DanceGRPO's noise); ``"cps"``, a in (0, 1] with
+    ``sin(a pi / 2)`` the fraction of ``sigma_next`` that is fresh noise (0.8 in Flow-GRPO's CPS recipes, with
+    a PPO clip range ~1e-5; 0.9 re-noises almost fully)."""
 
     height: int = 512
     width: int = 512
@@ -77,10 +85,17 @@ class SamplingSpec:
 class GRPOSpec:
     """The GRPO objective. ``k``: top-k and bottom-k kept per group (``filter``: "topk", "maxvar" = the
     2k-subset of maximal variance, "none" = keep all G). ``std_mode``: advantage normalisation ("group",
-    "global" over the gathered batch, "none"). ``kl_beta``: weight of the KL to the reference (the transformer
-    with the LoRA adapter disabled), per element and divided by ``2 std^2`` (see ``kl_to_reference``).
-    ``micro_batch``: samples per training forward/backward. ``groups_across_ranks``: every rank samples G/W of
-    every prompt of the global batch (rewards all-gathered) instead of whole groups of its own prompts."""
+    "global" over the gathered batch, "none"). ``micro_batch``: samples per training forward/backward.
+    ``groups_across_ranks``: every rank samples G/W of every prompt of the global batch (rewards all-gathered)
+    instead of whole groups of its own prompts.
+
+    ``kl_beta``: weight of the KL to the reference (the transformer with the LoRA adapter disabled), per
+    element, normalised as ``kl_convention`` says (``kl_to_reference``): ``"exact"`` divides by ``2 std^2`` of
+    the transition (``std = g sqrt(h)``): the exact Gaussian KL and the paper's ``2 g^2 h``, for which the
+    paper's beta 0.01 is meant. ``"flow_grpo"`` divides by ``2 g^2`` as Flow-GRPO's code: the exact KL times
+    the step size h (0.10-0.21 at 512 px and 6 steps, so the same beta acts 5-10x weaker than under "exact");
+    Flow-GRPO's published betas carry over (0.04 GenEval/OCR and 0.01 PickScore on SD3.5; its FLUX recipes
+    use 0). Both agree for ``sampling.kind: cps``."""
 
     group_size: int = 24
     k: int = 6
@@ -89,6 +104,7 @@ class GRPOSpec:
     advantage_clip: float | None = 5.0
     clip_range: float = 1e-4
     kl_beta: float = 0.01
+    kl_convention: KLConvention = "exact"
     ppo_epochs: int = 1
     micro_batch: int = 4
     max_grad_norm: float | None = 1.0
@@ -183,8 +199,13 @@ class FluxGRPOModule(L.LightningModule):
             raise ValueError("grpo.kl_beta > 0 needs a LoRA adapter (the reference is the adapter disabled)")
         if s.sde_fraction is not None and not 0 < s.sde_fraction <= 1:
             raise ValueError(f"sampling.sde_fraction must be in (0, 1], got {s.sde_fraction}")
-        if s.noise_level <= 0:
-            raise ValueError("sampling.noise_level must be > 0: GRPO trains stochastic steps")
+        if g.kl_convention not in ("exact", "flow_grpo"):
+            raise ValueError(f"grpo.kl_convention must be 'exact' or 'flow_grpo', got {g.kl_convention!r}")
+        check_noise_level(s.noise_level, s.kind, name="sampling.noise_level")
+        if s.noise_level == 0:
+            raise ValueError(
+                f"sampling.noise_level must be > 0: GRPO trains stochastic steps ({s.kind}: {NOISE_LEVELS[s.kind]})"
+            )
 
     # ------------------------------------------------------------------------------------------------------
     # model
@@ -412,7 +433,13 @@ class FluxGRPOModule(L.LightningModule):
             return loss, stats, out.log_prob.new_zeros(())
         with torch.no_grad(), adapter_disabled(self.transformer):
             ref = replay_step(self.policy, part, index=j)
-        kl = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std)
+        step_size = kl_step_size(
+            self.grpo.kl_convention,
+            kind=part.kind,
+            sigma=float(part.sigma[j]),
+            sigma_next=float(part.sigma_next[j]),
+        )
+        kl = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std, step_size=step_size)
         return loss, stats, (kl * mask.to(kl.dtype)).sum()
 
     def _clip_and_step(self, optimizer: Any) -> float:

@@ -13,6 +13,10 @@ Kinds:
   ``mean = (1 - s') x0_hat + sqrt(s'^2 - std^2) eps_hat``; its "log-prob" is ``-mean((x' - mean)^2)``,
   without the variance terms (hence a much smaller PPO clip range, ~1e-5).
 
+So ``a`` means something else per kind (:data:`NOISE_LEVELS`): Flow-GRPO's noise level (0.7 on SD3.5, 0.9 on
+FLUX), DanceGRPO's eta (0.3), or the CPS fraction ``sin(a pi / 2)`` of ``s'`` that is fresh noise, which must
+be in (0, 1] (0.8 in Flow-GRPO's CPS recipes; 0.9 re-noises almost fully).
+
 All arithmetic is float32 whatever the input dtype (bf16 log-probs are NaN-prone).
 """
 
@@ -24,11 +28,16 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["SDEKind", "SDEStepOutput", "sde_step"]
+__all__ = ["NOISE_LEVELS", "SDEKind", "SDEStepOutput", "check_noise_level", "sde_step"]
 
 SDEKind = Literal["sde", "dance", "cps"]
 _KINDS = ("sde", "dance", "cps")
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+NOISE_LEVELS = {  # what noise_level means per kind, with the published values
+    "sde": "Flow-GRPO's noise level a in g = a sqrt(s / (1 - s)), typically 0.7 (SD3.5) to 0.9 (FLUX)",
+    "dance": "DanceGRPO's constant eta = g, typically 0.3",
+    "cps": "a in (0, 1]: sin(a pi / 2) of sigma_next is fresh noise, typically 0.8 (0.9 re-noises almost fully)",
+}
 
 
 class SDEStepOutput(NamedTuple):
@@ -52,6 +61,21 @@ def _per_batch(value: float | Tensor, like: Tensor) -> Tensor:
             f"sigmas must be floats or tensors of shape (B,) = ({batch},), got {tuple(tensor.shape)}"
         )
     return tensor.reshape(-1, *([1] * (like.ndim - 1))).expand(batch, *([1] * (like.ndim - 1)))
+
+
+def check_noise_level(noise_level: float, kind: SDEKind, *, name: str = "noise_level") -> None:
+    """Refuse a ``noise_level`` that is not finite, is negative, or (CPS) above 1, naming the kind's meaning.
+
+    0 (the ODE step) is allowed; CPS levels above 1 would alias ``2 - a`` through ``sin(a pi / 2)``. ``name``
+    is the setting the messages name.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    if not math.isfinite(noise_level):
+        raise ValueError(f"{name} must be finite, got {noise_level} (kind {kind!r}: {NOISE_LEVELS[kind]})")
+    if noise_level < 0 or (kind == "cps" and noise_level > 1):
+        allowed = "in [0, 1]" if kind == "cps" else ">= 0"
+        raise ValueError(f"{name} must be {allowed} for kind {kind!r}, got {noise_level} ({NOISE_LEVELS[kind]})")
 
 
 def sde_step(
@@ -84,10 +108,7 @@ def sde_step(
     DanceGRPO steps into ``sigma_next = 0`` keep ``std = g sqrt(sigma) > 0`` and stay finite; that final step
     is not trained (Flow-GRPO trains all but the last), so rollouts take it with ``noise_level=0``.
     """
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
-    if noise_level < 0:
-        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    check_noise_level(noise_level, kind)
     if sample.ndim < 2:
         raise ValueError(f"sample must have shape (B, ...) with at least 2 dims, got {tuple(sample.shape)}")
     if velocity.shape != sample.shape:
