@@ -37,6 +37,10 @@ class Brightness:
 
 def prompt_length(*, prompts, images):
     return [len(p) for p in prompts]
+
+
+def fails(*, prompts, images):
+    return [float("nan")] * len(prompts)
 """
 
 
@@ -295,6 +299,36 @@ def test_cli_missing_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_plugin_with_wrong_output_length(colours: Path) -> None:
     with pytest.raises(ValueError, match="returned 1 scores for 8 images"):
         run_benchmark(manifest=colours, scorers={"bad": lambda **_: [0.0]}, bootstrap=0, show_progress=False)
+
+
+def test_undefined_score_differences_fail_the_run(
+    colours: Path, plugin_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN scores, or both images at the same infinity, have no outcome: an error, never silent losses."""
+
+    def infinite_p3(*, prompts: list[str], images: list[Image.Image]) -> list[float]:
+        return [float("inf") if p == "p3" else -float("inf") if p == "p4" else 0.0 for p in prompts]
+
+    with pytest.raises(ValueError) as info:
+        run_benchmark(
+            manifest=colours,
+            scorers={"ok": ConstantScorer(), "inf": infinite_p3, "nan": lambda **kw: [float("nan")] * 8},
+            bootstrap=0,
+            show_progress=False,
+        )
+    assert str(info.value) == (
+        "undefined score differences (a NaN score, or the same infinite score for both images), which pairwise "
+        "accuracy would count as losses:\n"
+        f"  scorer 'inf': 2 of 4 pairs, e.g. pair 'pairs-3' ({colours}:3)\n"
+        f"  scorer 'nan': 4 of 4 pairs, e.g. pair 'pairs-1' ({colours}:1)"
+    )
+    out = plugin_dir / "bench"
+    argv = ["benchmark", "--pairs", str(colours), "--scorer", "constant", "--scorer", "bench_plugin:fails"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("spatialscore benchmark: error: undefined score differences")
+    assert f"scorer 'bench_plugin:fails': 4 of 4 pairs, e.g. pair 'pairs-1' ({colours}:1)" in err
+    assert not out.exists()
 
 
 def test_spatialscore_scorer(pairs: Path, tmp_path: Path) -> None:

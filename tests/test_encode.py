@@ -70,3 +70,14 @@ def test_float_tensors_match_uint8():
 def test_length_mismatch_is_an_error(processor):
     with pytest.raises(ValueError, match="2 prompts but 1 images"):
         RewardInputEncoder(processor)(prompts=PROMPTS[:2], images=random_images(np.random.default_rng(0), [(8, 8)]))
+
+
+def test_an_image_the_processor_refuses_is_named(processor, tmp_path):
+    """Aspect ratio over 200: the processor's own error names no image; the encoder's names the file."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (201, 1)).save(wide)
+    encoder = RewardInputEncoder(processor)
+    with pytest.raises(ValueError, match=f"^{wide}: aspect ratio 201 \\(201x1\\) is over 200"):
+        encoder(prompts=PROMPTS[:2], images=[Image.new("RGB", (1, 200)), wide])
+    with pytest.raises(ValueError, match="^image 1 of the batch: aspect ratio 201"):
+        encoder(prompts=PROMPTS[:2], images=[Image.new("RGB", (8, 8)), Image.new("RGB", (201, 1))])

@@ -144,6 +144,16 @@ def test_text_prompts_and_specs(tmp_path, tuned_policy):
                         "--reward", "rule", "--out", str(tmp_path / "x")])
 
 
+def test_text_prompts_split_only_at_newlines(tmp_path):
+    """U+2028, U+2029 and U+0085 are line breaks to ``str.splitlines`` but may sit inside a prompt."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red cup\u2028left of a vase\r\na cat\x85above a box\n\na dog\u2029right of a bike\n".encode())
+    assert read_prompts(path) == (
+        ["a red cup\u2028left of a vase", "a cat\x85above a box", "a dog\u2029right of a bike"],
+        [{"line": 1}, {"line": 2}, {"line": 4}],
+    )
+
+
 def test_bootstrap_mean_ci():
     values = np.array([0.0, 1.0, 2.0, 3.0])
     resamples = np.random.default_rng(0).integers(0, 4, size=(500, 4))

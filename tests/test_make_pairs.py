@@ -260,3 +260,57 @@ def test_bad_perturbed_file_names_file_line_and_field(
     ]
     code = pairs.cli_main(["--prompts", str(path), "--pipeline", str(tmp_path), "--out", str(out)])
     assert code == 2 and "no model_index.json" in capsys.readouterr().err
+
+
+def test_unparsable_lines_name_file_line_and_column(tmp_path: Path) -> None:
+    cut = '{"id": "a", "prompt": "a cup left of a vase"'  # an object cut off at the line end
+    path = tmp_path / "perturbed.jsonl"
+    path.write_text("\n".join([cut, "[" * 100_000, '{"id": ' + "7" * 5000 + "}", cut + "\r"]) + "\n")
+    with pytest.raises(PerturbedPromptsError) as info:
+        read_perturbed(path)
+    assert info.value.errors == [
+        f"{path}:1: invalid JSON: Expecting ',' delimiter at column {len(cut) + 1}",
+        f"{path}:2: invalid JSON: nested too deeply (Python's JSON parser stops at about 1000 levels)",
+        f"{path}:3: invalid JSON: an integer of more than 4300 digits",
+        f"{path}:4: invalid JSON: Expecting ',' delimiter at column {len(cut) + 1}",
+    ]
+
+
+def flip(pair_id: str, prompt: str, before: str, after: str) -> dict[str, Any]:
+    """A perturbed-prompts record that replaces ``before`` with ``after`` in ``prompt``."""
+    start = prompt.index(before)
+    edit = {"kind": "flip", "start": start, "end": start + len(before), "before": before, "after": after}
+    return {
+        "id": pair_id,
+        "prompt": prompt,
+        "perturbed_prompt": prompt.replace(before, after),
+        "edits": [edit],
+    }
+
+
+def test_prompts_with_unicode_line_separators_resume(pipe: Any, tmp_path: Path) -> None:
+    rows = [
+        flip("sep", "a red cup to the left of\u2028a blue vase", "left", "right"),
+        flip("par", "a cat sits\u2029above a box", "above", "below"),
+        flip("nel", "a dog\x85to the right of a bike", "right", "left"),
+    ]
+    prompts = tmp_path / "perturbed.jsonl"
+    prompts.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    first = make_pairs(prompts=prompts, pipeline=pipe, out=out, limit=2, show_progress=False, **RENDER)
+    assert (first.written, first.remaining) == (2, 1)
+    manifest = out / MANIFEST_NAME
+    text = manifest.read_text(encoding="utf-8")
+    # Escaped, so that even str.splitlines sees one line per pair.
+    assert "\\u2028" in text and "\\u2029" in text and len(text.splitlines()) == 2
+    # Manifests of earlier versions hold the separators raw: resuming must read them too.
+    manifest.write_text(text.replace("\\u2028", "\u2028").replace("\\u2029", "\u2029"), encoding="utf-8")
+    resumed = make_pairs(prompts=prompts, pipeline=pipe, out=out, show_progress=False, **RENDER)
+    assert (resumed.written, resumed.already_done, resumed.remaining) == (1, 2, 0)
+    assert "\\u0085" in manifest.read_text(encoding="utf-8").split("\n")[2]  # the line written now
+    records = read_manifest(manifest).records
+    assert [(r.id, r.prompt, r.perturbed_prompt) for r in records] == [
+        (row["id"], row["prompt"], row["perturbed_prompt"]) for row in rows
+    ]
+    again = make_pairs(prompts=prompts, pipeline=pipe, out=out, show_progress=False, **RENDER)
+    assert (again.written, again.already_done) == (0, 3)

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -344,6 +345,72 @@ def test_corrupt_and_unreadable_images(data: Path) -> None:
     assert errors[0].reason.startswith("corrupt image: images/truncated.png (")
     assert errors[1].reason == "corrupt image: images/empty.png (unrecognised image format)"
     assert "truncated" in errors[2].reason
+
+
+def test_aspect_ratio_over_200_is_refused_as_the_processor_does(data: Path) -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    Image.new("RGB", (1, 200), (200, 30, 30)).save(data / "images" / "tall.png")  # 200: accepted
+    Image.new("RGB", (201, 1), (200, 30, 30)).save(data / "images" / "wide.png")
+    path = write_lines(data / "pairs.jsonl", [pair(0, chosen="images/tall.png"), pair(1, rejected="images/wide.png")])
+    (error,) = errors_of(path)
+    assert (error.path, error.line, error.field) == (path, 2, "rejected")
+    assert str(error) == (
+        f"{path}:2: field 'rejected': unsupported image: images/wide.png (aspect ratio 201 (201x1) is over 200, "
+        "which Qwen2.5-VL's processor refuses: crop or pad the image)"
+    )
+    smart_resize(200, 1)  # the processor's own rule, on both sides of the limit
+    with pytest.raises(ValueError, match="aspect ratio must be smaller than 200"):
+        smart_resize(1, 201)
+
+
+def test_16_bit_images_are_scaled_to_8_bit_wherever_they_are_loaded(data: Path) -> None:
+    from spatialscore import benchmark
+    from spatialscore.data import synthetic
+    from spatialscore.data.datamodule import ImageDataset, PairDataset
+    from spatialscore.data.encode import to_uint8_rgb
+
+    grey = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    expected = np.repeat(np.array([[0, 1, 128, 255]], dtype=np.uint8)[..., None], 3, axis=-1)
+    files = {"deep.png": ("I;16", grey), "big-endian.tif": ("I;16B", grey.astype(">u2")),
+             "int32.tif": ("I", grey.astype(np.int32))}  # fmt: skip
+    for name, (mode, values) in files.items():
+        Image.fromarray(values).save(data / "images" / name)
+        with Image.open(data / "images" / name) as image:
+            assert image.mode == mode
+    rows = [pair(i, chosen=f"images/{name}") for i, name in enumerate(files)]
+    manifest = read_manifest(write_lines(data / "pairs.jsonl", rows))
+    for record in manifest.records:
+        assert np.array_equal(PairDataset([record])[0]["chosen"], expected), record.chosen
+        assert np.array_equal(to_uint8_rgb(record.chosen), expected)
+        with Image.open(record.chosen) as image:
+            assert np.array_equal(to_uint8_rgb(image), expected)
+            assert np.array_equal(synthetic._as_rgb(image), expected.astype(np.float32))
+        assert np.array_equal(np.asarray(benchmark._load_rgb(record.chosen)), expected)
+        tensor = ImageDataset([record], image_size=None)[0]["image"]
+        assert np.array_equal((tensor * 255).round().byte().permute(1, 2, 0).numpy(), expected)
+    # 32-bit values beyond 16 bit have no 8-bit meaning: refused up front, and by the loaders, naming the file.
+    huge = data / "images" / "huge.tif"
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(huge)
+    path = write_lines(data / "huge.jsonl", [pair(0, chosen="images/huge.tif"), pair(1)])
+    (error,) = errors_of(path)
+    assert str(error) == (
+        f"{path}:1: field 'chosen': unsupported image: images/huge.tif (32-bit integer image (mode I) with values "
+        "0..70000, outside 0..65535: save it as 8-bit RGB)"
+    )
+    record = read_manifest(path, check_images=False).records[0]
+    with pytest.raises(ValueError, match=f"^{huge}: 32-bit integer image"):
+        PairDataset([record])[0]
+
+
+def test_too_deep_json_and_too_long_integers_name_file_and_line(data: Path) -> None:
+    rows = [pair(0), '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"id": ' + "7" * 5000 + "}", pair(1)]
+    path = write_lines(data / "pairs.jsonl", rows)
+    assert [str(e) for e in errors_of(path)] == [
+        f"{path}:2: invalid JSON: nested too deeply (Python's JSON parser stops at about 1000 levels)",
+        f"{path}:3: invalid JSON: an integer of more than 4300 digits",
+    ]
+    assert [(e.line, e.field) for e in errors_of(path)] == [(2, None), (3, None)]
 
 
 def test_unreadable_image(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,8 @@ import os
 import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -108,6 +110,7 @@ def test_export_only_swaps_and_counts(tmp_path: Path, capsys: pytest.CaptureFixt
     ]:
         session.decide(pair_id=pair_id, decision=decision, elapsed_s=2.0)
     session.decide(pair_id="pair-3", decision="swap", elapsed_s=None)
+    session.close()  # its lock on the decision log would refuse the export below
     export = tmp_path / "elsewhere" / "reviewed.jsonl"
     assert cli_main(["--pairs", str(pairs), "--export", str(export), "--export-only"]) == 0
     assert "3 pairs exported" in capsys.readouterr().err
@@ -189,6 +192,15 @@ BAD_REQUESTS = {
     "image index": ("GET", "/image/99/chosen", None, {}, 404, "no pair with index"),
     "image side": ("GET", "/image/0/secret", None, {}, 404, "not found"),
     "pair index": ("GET", "/api/pair/-1", None, {}, 404, "no pair with index"),
+    "arabic-indic digit": ("GET", "/api/pair/%D9%A3", None, {}, 404, "no pair with index"),
+    "superscript digit": ("GET", "/api/pair/%C2%B2", None, {}, 404, "no pair with index"),
+    "5000 digits": ("GET", "/api/pair/" + "9" * 5000, None, {}, 404, "no pair with index"),
+    "image 5000 digits": ("GET", "/image/" + "1" * 5000 + "/chosen", None, {}, 404, "no pair with index"),
+    "deep json": ("POST", "/api/decision", *decision_post(b"[" * 4000), 400, "invalid JSON body: nested too deeply"),
+    "length digit": ("POST", "/api/decision", b"{}", {"Content-Type": "application/json", "Content-Length": "\u00b2"},
+                     411, "Content-Length"),
+    "length 5000 digits": ("POST", "/api/decision", b"{}",
+                           {"Content-Type": "application/json", "Content-Length": "9" * 5000}, 413, "over"),
     "unknown route": ("POST", "/api/nothing", *decision_post(GOOD), 404, "not found"),
 }  # fmt: skip
 
@@ -233,6 +245,55 @@ def test_good_requests_through_the_same_client_are_recorded(tmp_path: Path) -> N
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_dropped_connection_prints_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    srv = make_server(pairs=write_pairs(tmp_path))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        sock = socket.create_connection(srv.server_address[:2])
+        sock.sendall(  # a browser that gives up halfway through its request and resets the connection
+            b"POST /api/decision HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        # Connections are accepted in order: once this one is answered, the dropped one has a handler thread.
+        assert request(srv, "GET", "/api/state")[0] == 200
+        for thread in threading.enumerate():
+            if thread.name.endswith("(process_request_thread)"):
+                thread.join(timeout=10)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert capsys.readouterr().err == ""
+    assert not srv.session.decisions_path.exists()
+
+
+@pytest.mark.slow
+def test_a_second_session_on_the_same_files_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = write_pairs(tmp_path / "data")
+    decisions, export = pairs.with_name("pairs.decisions.jsonl"), pairs.with_name("pairs.reviewed.jsonl")
+    proc, url = start_review(pairs)
+    try:
+        # Its export would be overwritten by the first server's on exit (or the reverse): refused while it runs.
+        assert cli_main(["--pairs", str(pairs), "--export-only"]) == 2
+        assert capsys.readouterr().err == (
+            f"spatialscore review: error: {decisions}: another review session (a server or --export-only) is "
+            "using this file; stop it first or give other --decisions and --export files\n"
+        )
+        assert not export.exists()
+        with pytest.raises(RuntimeError, match=f"^{export}: another review session"):
+            ReviewSession(pairs=pairs, decisions=tmp_path / "other.decisions.jsonl")  # the same export
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "0 pairs exported" in err
+    with ReviewSession(pairs=pairs) as session:  # free again once the server has exited
+        assert session.counts()["undecided"] == 6
 
 
 # --------------------------------------------------------------------------------------------- browser

@@ -73,7 +73,7 @@ def test_output_is_byte_identical_for_a_seed_and_differs_for_another(tmp_path):
     write_synthetic_dataset(tmp_path / "b", seed=3, **kwargs)
     write_synthetic_dataset(tmp_path / "c", seed=4, **kwargs)
     a, b, c = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
-    assert len(a) == 1 + 2 * 12
+    assert len(a) == 2 + 2 * 12  # the manifest, its settings (train.synth.json) and the images
     assert a == b
     assert a.keys() == c.keys()
     assert a["train.jsonl"] != c["train.jsonl"]
@@ -195,6 +195,42 @@ def test_cli_writes_and_reports_counts(tmp_path, capsys):
     lines = (out / "val.jsonl").read_text().splitlines()
     assert len(lines) == 12
     assert Image.open(out / json.loads(lines[0])["chosen"]).size == (48, 48)
+
+
+def test_rerun_is_a_no_op_and_other_settings_or_foreign_files_are_refused(tmp_path, capsys):
+    out = tmp_path / "synth"
+    args = ["--out", str(out), "--num-pairs", "3", "--seed", "1", "--stages", "1", "--no-progress"]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    written = _tree(out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert json.loads((out / "train.synth.json").read_text()) == {
+        "split": "train", "num_pairs": 3, "seed": 1, "image_size": 64, "stages": [1]
+    }  # fmt: skip
+    assert cli_main(args) == 0  # the same settings: nothing is written again
+    assert "train.jsonl already holds these 6 records (same settings)" in capsys.readouterr().out
+    assert _tree(out) == written and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, "--num-pairs", "2"])
+    assert exit_info.value.code == 2
+    assert (
+        f"{out / 'train.synth.json'}: {out} holds a 'train' split written with other settings (num_pairs: 3 -> 2); "
+        f"use another --out folder (or delete {out} to write it anew)"
+    ) in capsys.readouterr().err
+    assert _tree(out) == written
+    assert cli_main([*args, "--split", "val"]) == 0  # another split beside it is fine
+    # A folder with a manifest that synth did not write (the user's own) is never overwritten.
+    own = tmp_path / "own"
+    (own / "images").mkdir(parents=True)
+    (own / "train.jsonl").write_text('{"prompt": "mine", "chosen": "images/a.png", "rejected": "images/b.png"}\n')
+    with pytest.raises(ValueError) as info:
+        write_synthetic_dataset(own, num_pairs=3, seed=1, show_progress=False)
+    assert str(info.value) == (
+        f"{own / 'train.jsonl'} was not written by spatialscore synth (there is no {own / 'train.synth.json'}): "
+        f"use another --out folder or --split (or move {own / 'train.jsonl'} away)"
+    )
+    assert (own / "train.jsonl").read_text().startswith('{"prompt": "mine"')
+    assert not list((own / "images").iterdir())
 
 
 @pytest.mark.parametrize(

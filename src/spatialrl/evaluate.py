@@ -153,14 +153,16 @@ def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = N
 
 def read_prompts(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Prompts and per-prompt metadata: a manifest's unique perfect prompts (metadata as the data module's
-    prompts view gives it) or the non-blank lines of a text file (metadata ``{"line": n}``)."""
+    prompts view gives it) or the non-blank lines of a text file (metadata ``{"line": n}``). Lines end at "\n"
+    only (a "\r" before it is stripped): U+2028, U+2029 and U+0085, line breaks to ``str.splitlines``, stay
+    inside their prompt."""
     path = Path(path)
     if path.suffix.lower() in _MANIFEST_SUFFIXES:
         dataset = PromptDataset(read_manifest(path, check_images=False).prompts())
         items = [dataset[i] for i in range(len(dataset))]
         return [item["prompt"] for item in items], [item["metadata"] for item in items]
     prompts, metadata = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_bytes().decode("utf-8").split("\n"), start=1):
         if line.strip():
             prompts.append(line.strip())
             metadata.append({"line": number})

@@ -12,6 +12,10 @@ the chosen image scores higher (ties count half). Scorer specs (optionally ``NAM
 - ``module:Class`` or ``module:function``: a plug-in implementing :class:`Scorer` (a class is instantiated
   without arguments; the current directory is importable).
 
+A pair whose score difference is undefined (a NaN score, or both images at the same infinity, as from a scorer
+that fails) has no outcome: rather than count it as a loss, the run fails (:class:`UndefinedScoresError`, exit
+status 1 from the command line) naming each such scorer and its number of pairs, and writes nothing.
+
 Images are decoded once and shared by all scorers. Writes ``results.json``, ``table.md`` (rows: subsets and
 overall; columns: scorers), ``categories.md``, ``scores.jsonl`` (per-pair scores) and ``accuracy.png``.
 """
@@ -38,6 +42,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import Manifest, ManifestValidationError, PairRecord, read_manifest
 from spatialscore.metrics import PairwiseAccuracy
 
@@ -49,6 +54,7 @@ __all__ = [
     "ScorerSpec",
     "ScorerSpecError",
     "SpatialScoreScorer",
+    "UndefinedScoresError",
     "build_scorer",
     "cli_main",
     "draw_accuracy_chart",
@@ -96,6 +102,21 @@ class Scorer(Protocol):
 
 class ScorerSpecError(ValueError):
     """A ``--scorer`` spec that cannot be parsed or loaded."""
+
+
+class UndefinedScoresError(ValueError):
+    """Scorers gave pairs an undefined score difference; ``counts[name]`` is the number of such pairs."""
+
+    def __init__(self, counts: Mapping[str, int], *, total: int, examples: Mapping[str, PairRecord]) -> None:
+        self.counts = dict(counts)
+        lines = [
+            f"  scorer {name!r}: {count} of {total} pairs, e.g. pair {examples[name].id!r} ({examples[name].source})"
+            for name, count in counts.items()
+        ]
+        super().__init__(
+            "undefined score differences (a NaN score, or the same infinite score for both images), which pairwise "
+            "accuracy would count as losses:\n" + "\n".join(lines)
+        )
 
 
 @dataclass(frozen=True)
@@ -226,7 +247,7 @@ def _load_plugin(spec: ScorerSpec) -> Scorer:
 
 
 def _as_scores(name: str, raw: Any, expected: int) -> np.ndarray:
-    """Validate a scorer's output: ``expected`` finite-or-NaN floats."""
+    """Validate a scorer's output: ``expected`` floats (NaN and inf pass here; see :class:`UndefinedScoresError`)."""
     if hasattr(raw, "detach"):
         raw = raw.detach().cpu().float().numpy()
     scores = np.asarray(raw, dtype=np.float64).reshape(-1)
@@ -286,8 +307,7 @@ def _score_all(
 
 
 def _load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return open_rgb(path)
 
 
 def _group(metrics: Mapping[str, torch.Tensor], prefix: str) -> dict[str, float | int | None]:
@@ -324,6 +344,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Score every pair of ``manifest`` with every scorer and return the results dict (see ``results.json``).
 
+    Raises :class:`UndefinedScoresError` (before writing anything) when a scorer leaves a pair's score difference
+    undefined: a NaN score, or both images at the same infinity; other infinite scores order as usual.
     ``bootstrap``: resamples of the 95% CIs (0 disables them), seeded with ``seed``. With ``out_dir`` also
     writes ``results.json``, ``table.md``, ``categories.md``, ``scores.jsonl`` and ``accuracy.png``.
     ``command`` is recorded in the results (default: ``sys.argv``).
@@ -363,10 +385,17 @@ def run_benchmark(
         "categories": category_names,
         "scorers": {},
     }
-    pair_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in scorers:
-        chosen, rejected = scores[name][chosen_rows], scores[name][rejected_rows]
-        pair_scores[name] = (chosen, rejected)
+    pair_scores = {name: (scores[name][chosen_rows], scores[name][rejected_rows]) for name in scorers}
+    undefined: dict[str, int] = {}
+    examples: dict[str, PairRecord] = {}
+    for name, (chosen, rejected) in pair_scores.items():
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(np.isnan(chosen - rejected))
+        if bad.size:
+            undefined[name], examples[name] = int(bad.size), records[int(bad[0])]
+    if undefined:
+        raise UndefinedScoresError(undefined, total=len(records), examples=examples)
+    for name, (chosen, rejected) in pair_scores.items():
         metric = PairwiseAccuracy(
             subset_names=subset_names,
             category_names=category_names,
@@ -597,16 +626,20 @@ def cli_main(argv: list[str] | None = None) -> int:
         }
     except ScorerSpecError as error:
         parser.error(str(error))
-    results = run_benchmark(
-        manifest=manifest,
-        scorers=scorers,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        show_progress=not args.no_progress,
-        command=["spatialscore", "benchmark", *argv],
-    )
+    try:
+        results = run_benchmark(
+            manifest=manifest,
+            scorers=scorers,
+            out_dir=args.out,
+            batch_size=args.batch_size,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            show_progress=not args.no_progress,
+            command=["spatialscore", "benchmark", *argv],
+        )
+    except UndefinedScoresError as error:
+        print(f"spatialscore benchmark: error: {error}", file=sys.stderr)
+        return 1
     print(format_tables(results)[0], end="")
     print(f"wrote {args.out}/results.json, table.md, categories.md, scores.jsonl, accuracy.png")
     return 0

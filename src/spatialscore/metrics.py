@@ -90,6 +90,9 @@ class PairwiseAccuracy(Metric):
     non-tied pairs), ``tie_rate`` and ``num_pairs``, plus the same under ``subset/{name}/...`` and
     ``category/{name}/...``; with ``bootstrap_samples > 0`` also ``accuracy_ci_low``/``accuracy_ci_high``
     (percentile bootstrap, level ``1 - ci_alpha``) for each of them. Rates of empty groups are NaN.
+    A pair whose score difference is NaN (a NaN score, or inf - inf) counts as a loss, so a diverged model scores
+    low in validation; ``spatialscore benchmark`` refuses such pairs instead
+    (:class:`spatialscore.benchmark.UndefinedScoresError`).
 
     Args:
         tie_tolerance: score differences with ``|chosen - rejected| <= tie_tolerance`` are ties.

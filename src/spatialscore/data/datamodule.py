@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spatialscore.data.encode import RewardInputEncoder
+from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import Manifest, PairRecord, PromptRecord, read_manifest
 
 SPLITS = ("train", "val", "test")
@@ -103,11 +104,10 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        with Image.open(record.chosen) as image:
-            image = image.convert("RGB")
-            if self.image_size is not None and image.size != (self.image_size, self.image_size):
-                image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-            array = np.asarray(image)
+        image = open_rgb(record.chosen)
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        array = np.asarray(image)
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         return {"id": record.id, "prompt": record.prompt, "image": tensor}
 
@@ -167,8 +167,7 @@ def prompt_mirror_groups(prompts: Sequence[PromptRecord], records: Sequence[Pair
 
 
 def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return np.asarray(open_rgb(path))
 
 
 def _stage(meta: Any) -> int:

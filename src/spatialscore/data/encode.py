@@ -22,6 +22,7 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from spatialscore.backbone import REWARD_TOKEN, SpatialProcessor
+from spatialscore.data.images import aspect_ratio_problem, open_rgb, to_rgb
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -50,13 +51,13 @@ def to_uint8_rgb(image: ImageLike) -> np.ndarray:
     """An image as an (H, W, 3) uint8 array.
 
     Accepts PIL images, paths, uint8 (H, W, 3) arrays, and float arrays/tensors (3, H, W) in [0, 1] (the
-    reward-function convention of generators), which are rounded to the nearest uint8 value.
+    reward-function convention of generators), which are rounded to the nearest uint8 value. 16-bit images are
+    scaled to 8 bit (:func:`spatialscore.data.images.to_rgb`).
     """
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return np.asarray(opened.convert("RGB"))
+        return np.asarray(open_rgb(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_rgb(image))
     if isinstance(image, torch.Tensor):
         image = image.detach().to("cpu", torch.float32).numpy()
     array = np.asarray(image)
@@ -133,8 +134,12 @@ class RewardInputEncoder:
     def encode_images(self, images: Sequence[ImageLike]) -> tuple[torch.Tensor, torch.Tensor]:
         """``pixel_values`` (sum of patches, C*T*P*P) and ``image_grid_thw`` (N, 3) for a list of images."""
         arrays = []
-        for image in images:
+        for index, image in enumerate(images):
             array = to_uint8_rgb(image)
+            problem = aspect_ratio_problem(array.shape[1], array.shape[0])
+            if problem is not None:
+                name = image if isinstance(image, (str, Path)) else f"image {index} of the batch"
+                raise ValueError(f"{name}: {problem}")
             height, width = self.target_size(*array.shape[:2])
             if (height, width) != array.shape[:2]:
                 array = np.asarray(Image.fromarray(array).resize((width, height), resample=self.resample))

@@ -10,19 +10,24 @@ A manifest lists preference pairs, one per JSON Lines row (or Parquet row)::
 ``prompt``, ``chosen`` and ``rejected`` are required; image paths are relative to
 the manifest's folder (absolute paths are accepted too). Everything is validated
 before training: all problems are collected and reported together, each naming
-the file, line and field.
+the file, line and field. Images must decode and have an aspect ratio of at most 200 (Qwen2.5-VL's processor
+refuses more); 16-bit greyscale is accepted and scaled to 8 bit when loaded
+(:mod:`spatialscore.data.images`).
 """
 
 from __future__ import annotations
 
 import difflib
+import fcntl
 import functools
 import json
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,8 +35,11 @@ from typing import Any, BinaryIO
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from spatialscore.data.images import aspect_ratio_problem, to_rgb
+
 __all__ = [
     "ALLOWED_FIELDS",
+    "JSONLineError",
     "Manifest",
     "ManifestError",
     "ManifestValidationError",
@@ -39,6 +47,10 @@ __all__ = [
     "PairRecord",
     "PromptRecord",
     "atomic_write",
+    "check_settings",
+    "exclusive_lock",
+    "json_line",
+    "parse_json_line",
     "read_manifest",
     "write_manifest",
 ]
@@ -278,10 +290,48 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[PairRecord | 
                     f"records[{index}]: duplicate id {row['id']!r} (also records[{seen_ids[row['id']]}])"
                 )
             seen_ids[row["id"]] = index
-        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        lines.append(json_line(row))
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda fh: fh.write("".join(lines).encode("utf-8")))
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one JSON Lines line (UTF-8 text, newline included).
+
+    U+2028, U+2029 and U+0085 are escaped: JSON allows them raw inside strings, but ``str.splitlines`` (and many
+    other line readers) split lines there, which would cut the record in two.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085") + "\n"
+
+
+class JSONLineError(ValueError):
+    """A JSON Lines line that does not parse; ``reason`` says why (with the column for syntax errors)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_json_line(text: str, **kwargs: Any) -> Any:
+    """``json.loads(text, **kwargs)`` for one line, every parse failure raised as :class:`JSONLineError`.
+
+    Besides syntax errors (column counted from 1 in ``text``: strip the line ending first), that includes what
+    ``json`` lets escape as a bare ``RecursionError`` (nesting deeper than about 1000 levels) or ``ValueError``
+    (an integer of more than ``sys.get_int_max_str_digits()`` digits). Exceptions of a subclass of ``ValueError``
+    raised by an ``object_pairs_hook`` or ``object_hook`` propagate unchanged.
+    """
+    try:
+        return json.loads(text, **kwargs)
+    except json.JSONDecodeError as error:
+        raise JSONLineError(f"{error.msg} at column {error.pos + 1}") from None
+    except RecursionError:
+        raise JSONLineError("nested too deeply (Python's JSON parser stops at about 1000 levels)") from None
+    except ValueError as error:
+        if type(error) is not ValueError:
+            raise
+        raise JSONLineError(f"an integer of more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -302,6 +352,36 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 # --------------------------------------------------------------------------- reading
 
 
+@contextmanager
+def exclusive_lock(path: Path, *, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing) for the block; if another process (or
+    another open of it) holds it, raise ``RuntimeError(busy)`` at once instead of waiting."""
+    with path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(busy) from None
+        yield
+
+
+def check_settings(
+    path: Path, settings: dict[str, Any], *, made: str = "was rendered", hint: str = "use a new --out folder"
+) -> None:
+    """Record ``settings`` in ``path`` (JSON) on the first run; refuse a rerun with other settings.
+
+    The refusal reads ``{path}: {folder} {made} with other settings (key: old -> new; ...); {hint}``.
+    """
+    if not path.is_file():
+        atomic_write(path, lambda fh: fh.write((json.dumps(settings, indent=2) + "\n").encode()))
+        return
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    changed = [
+        f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in settings if previous.get(k) != settings[k]
+    ]
+    if changed:
+        raise ValueError(f"{path}: {path.parent} {made} with other settings ({'; '.join(changed)}); {hint}")
+
+
 def _read_jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, _Problems]]:
     """Yield ``(line, object or None, problems)`` for each non-blank line."""
     with open(path, "rb") as f:
@@ -316,9 +396,9 @@ def _read_jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, _P
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text.rstrip("\r\n"), object_pairs_hook=_reject_duplicate_keys)
-            except json.JSONDecodeError as e:
-                yield line, None, [(None, f"invalid JSON: {e.msg} at column {e.pos + 1}")]
+                obj = parse_json_line(text.rstrip("\r\n"), object_pairs_hook=_reject_duplicate_keys)
+            except JSONLineError as e:
+                yield line, None, [(None, f"invalid JSON: {e.reason}")]
                 continue
             except _DuplicateKeyError as e:
                 yield line, None, [(None, f"duplicate key {e.key!r} in a JSON object")]
@@ -390,10 +470,10 @@ def _iter_parquet(
                 problems: _Problems = []
                 if isinstance(obj.get("meta"), str):
                     try:
-                        obj["meta"] = json.loads(obj["meta"])
-                    except json.JSONDecodeError as e:
+                        obj["meta"] = parse_json_line(obj["meta"])
+                    except JSONLineError as e:
                         del obj["meta"]
-                        problems.append(("meta", f"invalid JSON string: {e.msg} at column {e.pos + 1}"))
+                        problems.append(("meta", f"invalid JSON string: {e.reason}"))
                 yield row, obj, problems
     except pa.ArrowException as e:
         raise ManifestValidationError(
@@ -526,12 +606,29 @@ def _check_image(path: Path) -> tuple[str, str] | None:
             width, height = image.size
             image.draft(None, (1, 1))
             image.load()
+            mode_problem = _mode_problem(image)
     except UnidentifiedImageError:
         return "corrupt image", "unrecognised image format"
     except Exception as e:  # Pillow raises many exception types on malformed files.
         return "corrupt image", f"{type(e).__name__}: {e}"
     if width < 1 or height < 1:
         return "corrupt image", f"size {width}x{height}"
+    if mode_problem is not None:
+        return "unsupported image", mode_problem
+    ratio_problem = aspect_ratio_problem(width, height)
+    if ratio_problem is not None:
+        return "unsupported image", ratio_problem
+    return None
+
+
+def _mode_problem(image: Image.Image) -> str | None:
+    """Why the loaders would refuse this decoded image's pixel format (only integer and float modes can fail)."""
+    if image.mode not in ("I", "F"):
+        return None
+    try:
+        to_rgb(image)
+    except ValueError as e:
+        return str(e)
     return None
 
 

@@ -16,7 +16,6 @@ batching, ordering or on where a run was interrupted.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,14 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from spatialscore.data.manifest import atomic_write
+from spatialscore.data.manifest import (
+    JSONLineError,
+    atomic_write,
+    check_settings,
+    exclusive_lock,
+    json_line,
+    parse_json_line,
+)
 from spatialscore.data.perturb import Edit, _skipped_path, apply_edits, subset_for
 
 __all__ = [
@@ -41,7 +47,9 @@ __all__ = [
     "PerturbedPrompt",
     "PerturbedPromptsError",
     "SkippedPair",
+    "check_settings",
     "cli_main",
+    "exclusive_lock",
     "load_pipeline",
     "make_pairs",
     "pair_seed",
@@ -174,9 +182,9 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield line, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+                obj = parse_json_line(text.rstrip("\r\n"))
+            except JSONLineError as exc:
+                yield line, None, f"invalid JSON: {exc.reason}"
                 continue
             if not isinstance(obj, dict):
                 yield line, None, "expected a JSON object"
@@ -292,35 +300,15 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    data = "".join(json_line(row) for row in rows).encode()
     atomic_write(path, lambda fh: fh.write(data))
 
 
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Path) -> AbstractContextManager[None]:
     """Hold an exclusive lock on ``out`` so that two runs never append to one manifest."""
-    with (out / ".make_pairs.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{out}: another make-pairs run is writing to this folder") from None
-        yield
-
-
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Record the render settings on the first run; refuse a rerun with other settings."""
-    path = out / SETTINGS_NAME
-    if not path.is_file():
-        atomic_write(path, lambda fh: fh.write((json.dumps(settings, indent=2) + "\n").encode()))
-        return
-    previous = json.loads(path.read_text(encoding="utf-8"))
-    changed = [
-        f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in settings if previous.get(k) != settings[k]
-    ]
-    if changed:
-        raise ValueError(
-            f"{path}: {out} was rendered with other settings ({'; '.join(changed)}); use a new --out folder"
-        )
+    return exclusive_lock(
+        out / ".make_pairs.lock", busy=f"{out}: another make-pairs run is writing to this folder"
+    )
 
 
 def _load_done(manifest: Path, jobs: Mapping[str, _Job]) -> dict[str, dict[str, Any]]:
@@ -330,14 +318,15 @@ def _load_done(manifest: Path, jobs: Mapping[str, _Job]) -> dict[str, dict[str, 
     data = manifest.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     rows: dict[str, dict[str, Any]] = {}
-    for line, text in enumerate(complete.decode("utf-8").splitlines(), start=1):
+    # Split at "\n" only: earlier versions wrote U+2028, U+2029 and U+0085 raw, where str.splitlines splits too.
+    for line, text in enumerate(complete.decode("utf-8").split("\n")[:-1], start=1):
         if not text.strip():
             continue
         try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
+            row = parse_json_line(text.rstrip("\r"))
+        except JSONLineError as exc:
             raise ValueError(
-                f"{manifest}:{line}: invalid JSON ({exc.msg}); not a make-pairs manifest?"
+                f"{manifest}:{line}: invalid JSON ({exc.reason}); not a make-pairs manifest?"
             ) from None
         if not isinstance(row, dict) or not all(
             isinstance(row.get(k), str) for k in ("id", "chosen", "rejected")
@@ -424,7 +413,7 @@ def make_pairs(
     }
     manifest = out / MANIFEST_NAME
     with _exclusive(out):
-        _check_settings(out, settings)
+        check_settings(out / SETTINGS_NAME, settings)
         _write_jsonl(out / SKIPPED_NAME, [s.to_dict() for s in skipped])
         done = _load_done(manifest, jobs)
         todo = [job for pair_id, job in jobs.items() if pair_id not in done]
@@ -455,7 +444,7 @@ def make_pairs(
                 for job, chosen, rejected, row in zip(batch, images[0::2], images[1::2], rows, strict=True):
                     if chosen.size == rejected.size and chosen.tobytes() == rejected.tobytes():
                         identical.append(job.pair_id)
-                    log.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+                    log.write(json_line(row).encode())
                     log.flush()
                     os.fsync(log.fileno())
                     written += 1

@@ -58,6 +58,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from spatialscore.data.images import to_rgb
+from spatialscore.data.manifest import atomic_write, check_settings
+
 __all__ = [
     "BACKGROUND",
     "CORNERS",
@@ -354,7 +357,7 @@ _PREDICATE_OF_PHRASE = {phrase: predicate for predicate, phrase in _PAIR_PHRASES
 def _as_rgb(image: Any) -> np.ndarray:
     """(H, W, 3) float32 array in [0, 255] from a PIL image, a (3,H,W)/(H,W,3) array or a torch tensor."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
+        return np.asarray(to_rgb(image), dtype=np.float32)
     if hasattr(image, "detach"):
         image = image.detach().cpu()
         image = image.float().numpy() if hasattr(image, "float") else image.numpy()
@@ -1205,7 +1208,34 @@ def write_synthetic_dataset(
     at chance; stage 0, a warm-up whose prompts all say "red to the left of blue", has no mirrors. Stages are spread evenly over the pairs in order (a stage listed k times gets k shares). Output is byte-identical for a seed (with
     the same numpy and Pillow). Pair i is ``generate_pair(seed=(seed, i), stage=...)``; its record ids are
     ``{split}-{i:06d}`` and ``{split}-{i:06d}-mirror``; ``category`` joins the perturbation kinds with "+".
+
+    The settings are recorded in ``out_dir/{split}.synth.json`` before anything else is written, and the manifest
+    appears (atomically) only once every image is written. A rerun with the same settings finds the manifest and
+    writes nothing; a rerun with other settings, or a ``{split}.jsonl`` that synth did not write (no settings
+    file beside it), raises ``ValueError``: a data set is never overwritten nor mixed with stale images.
     """
+    return _write_synthetic(
+        out_dir,
+        num_pairs=num_pairs,
+        seed=seed,
+        image_size=image_size,
+        stages=stages,
+        split=split,
+        show_progress=show_progress,
+    )[0]
+
+
+def _write_synthetic(
+    out_dir: str | Path,
+    *,
+    num_pairs: int,
+    seed: int,
+    image_size: int,
+    stages: Sequence[int],
+    split: str,
+    show_progress: bool,
+) -> tuple[Path, bool]:
+    """:func:`write_synthetic_dataset`, and whether it wrote anything (False: the same data set was there)."""
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be positive, got {num_pairs}")
     stages = [int(s) for s in stages]
@@ -1215,9 +1245,32 @@ def write_synthetic_dataset(
         raise ValueError(f"split must be a plain file-name stem, got {split!r}")
     image_size = _checked_size(image_size)
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     manifest = out_dir / f"{split}.jsonl"
-    with manifest.open("w", encoding="utf-8") as sink:
+    record_path = out_dir / f"{split}.synth.json"
+    if manifest.exists() and not record_path.is_file():
+        raise ValueError(
+            f"{manifest} was not written by spatialscore synth (there is no {record_path}): "
+            f"use another --out folder or --split (or move {manifest} away)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "split": split,
+        "num_pairs": num_pairs,
+        "seed": int(seed),
+        "image_size": image_size,
+        "stages": stages,
+    }
+    check_settings(
+        record_path,
+        settings,
+        made=f"holds a {split!r} split written",
+        hint=f"use another --out folder (or delete {out_dir} to write it anew)",
+    )
+    if manifest.is_file():
+        return manifest, False
+    (out_dir / "images").mkdir(exist_ok=True)
+
+    def write(sink: Any) -> None:
         for index in tqdm(range(num_pairs), desc=f"synth {split}", unit="pair", disable=not show_progress):
             stage = stages[index * len(stages) // num_pairs]
             pair, perfect_image, perturbed_image = _generate(
@@ -1252,8 +1305,10 @@ def write_synthetic_dataset(
                         "rejected_scene": scenes[bad],
                     },
                 }
-                sink.write(json.dumps(record) + "\n")
-    return manifest
+                sink.write((json.dumps(record) + "\n").encode("utf-8"))
+
+    atomic_write(manifest, write)
+    return manifest, True
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -1261,7 +1316,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="spatialscore synth", description="Write procedural spatial preference pairs (PNG + JSON Lines)."
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder; rerunning with the same settings writes nothing, other settings are refused",
+    )
     parser.add_argument("--num-pairs", required=True, type=int, help="scene pairs (two records each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
@@ -1270,7 +1330,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     try:
-        manifest = write_synthetic_dataset(
+        manifest, wrote = _write_synthetic(
             args.out,
             num_pairs=args.num_pairs,
             seed=args.seed,
@@ -1281,8 +1341,11 @@ def cli_main(argv: list[str] | None = None) -> int:
         )
     except ValueError as error:
         parser.error(str(error))
-    records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
-    print(f"wrote {len(records)} records ({args.num_pairs} pairs, {2 * args.num_pairs} images) to {manifest}")
+    records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").split("\n") if line]
+    if wrote:
+        print(f"wrote {len(records)} records ({args.num_pairs} pairs, {2 * args.num_pairs} images) to {manifest}")
+    else:
+        print(f"{manifest} already holds these {len(records)} records (same settings): nothing written")
     for title, key in (("subset", "subset"), ("category", "category")):
         counts = Counter(r[key] for r in records)
         print(f"  per {title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))

@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image
 from tqdm import tqdm
 
+from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import PairRecord, atomic_write, read_manifest, write_manifest
 from spatialscore.data.strict import Judgement, judge
 
@@ -99,8 +99,7 @@ class _Judge:
     def __call__(self, path: Path, prompt: str) -> Judgement:
         key = (path, prompt)
         if key not in self._cache:
-            with Image.open(path) as image:
-                self._cache[key] = judge(image.convert("RGB"), prompt)
+            self._cache[key] = judge(open_rgb(path), prompt)
         return self._cache[key]
 
     def chosen_reason(self, record: PairRecord) -> str:

@@ -12,12 +12,17 @@ The export is a pair manifest of the accepted and swapped pairs (``meta.review``
 
 The server is the standard library's :class:`~http.server.ThreadingHTTPServer`, bound to 127.0.0.1 by default.
 It serves only the page, the pairs' JSON and the manifest's images (by pair index, never by file path); POSTs
-must be small JSON bodies from the page's own origin, so another web site cannot record decisions.
+must be small JSON bodies from the page's own origin, so another web site cannot record decisions. Every refused
+request gets a 4xx answer with a JSON ``error``; a client that drops its connection is forgotten silently.
+
+A session locks its decision log and its export (``.<name>.lock`` beside each) for as long as it is open, so a
+second server or ``--export-only`` on the same files is refused instead of overwriting the other's export.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +43,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from spatialscore.data.manifest import Manifest, PairRecord, read_manifest, write_manifest
+from spatialscore.data.manifest import (
+    JSONLineError,
+    Manifest,
+    PairRecord,
+    exclusive_lock,
+    parse_json_line,
+    read_manifest,
+    write_manifest,
+)
 from spatialscore.data.perturb import Edit, apply_edits, diff_edits
 
 __all__ = [
@@ -54,6 +67,7 @@ __all__ = [
 
 DECISIONS = ("accept", "reject", "swap", "skip")
 MAX_BODY_BYTES = 4096
+_MAX_INDEX_DIGITS = 18
 MAX_ELAPSED_S = 24 * 3600.0
 _EXPORTED = ("accept", "swap")
 _EDIT_KEYS = ("kind", "start", "end", "before", "after")
@@ -106,11 +120,11 @@ class DecisionLog:
     def _parse(self, raw: bytes, *, line: int, known: set[str]) -> Decision:
         where = f"{self.path}:{line}"
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj = parse_json_line(raw.decode("utf-8").rstrip("\r\n"))
         except UnicodeDecodeError as exc:
             raise ValueError(f"{where}: invalid UTF-8 at byte {exc.start + 1}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+        except JSONLineError as exc:
+            raise ValueError(f"{where}: invalid JSON: {exc.reason}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected a JSON object")
         if obj.get("id") not in known:
@@ -209,7 +223,9 @@ class ReviewSession:
 
     ``decisions`` defaults to ``<manifest stem>.decisions.jsonl`` and ``export`` to ``<manifest stem>.reviewed.jsonl``,
     both beside the manifest. The manifest is validated (images included) when the session opens. Thread-safe:
-    one lock serialises the server's threads.
+    one lock serialises the server's threads. Until :meth:`close` (or the end of a ``with`` block) the session
+    holds a file lock on its decision log and on its export; opening another session on either raises
+    ``RuntimeError``.
     """
 
     def __init__(
@@ -230,8 +246,30 @@ class ReviewSession:
         for name, path in (("decisions", self.decisions_path), ("export", self.export_path)):
             if path.resolve() == pairs.resolve():
                 raise ValueError(f"{path}: the {name} file must not be the manifest under review")
-        self.log = DecisionLog(self.decisions_path, ids=self.index)
+        self._files = contextlib.ExitStack()
+        try:
+            for path in dict.fromkeys((self.decisions_path, self.export_path)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                busy = (
+                    f"{path}: another review session (a server or --export-only) is using this file; stop it "
+                    "first or give other --decisions and --export files"
+                )
+                self._files.enter_context(exclusive_lock(path.with_name(f".{path.name}.lock"), busy=busy))
+            self.log = DecisionLog(self.decisions_path, ids=self.index)
+        except BaseException:
+            self._files.close()
+            raise
         self._lock = threading.RLock()
+
+    def close(self) -> None:
+        """Release the locks on the decision log and the export (the session must not be used afterwards)."""
+        self._files.close()
+
+    def __enter__(self) -> ReviewSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def next_undecided(self, *, after: int = -1) -> int:
         """The first undecided pair after index ``after`` (wrapping around), or ``len(records)`` if none is left."""
@@ -356,6 +394,12 @@ class ReviewServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that closed or reset its connection (a browser leaving the page) is not an error to report."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 def make_server(
     *,
@@ -404,8 +448,10 @@ class _Handler(BaseHTTPRequestHandler):
         return parts
 
     def _pair_index(self, text: str) -> int:
-        if not text.isdigit() or int(text) >= len(self.server.session.records):
-            raise _BadRequest(HTTPStatus.NOT_FOUND, f"no pair with index {text!r}")
+        """The pair index of a path segment: ASCII digits only (``str.isdigit`` also takes "٣" and "²")."""
+        if not _ascii_number(text) or int(text) >= len(self.server.session.records):
+            shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+            raise _BadRequest(HTTPStatus.NOT_FOUND, f"no pair with index {shown!r}")
         return int(text)
 
     def do_GET(self) -> None:
@@ -453,15 +499,17 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type != "application/json":
             raise _BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the body must be application/json")
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):
             raise _BadRequest(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-        if int(length) > MAX_BODY_BYTES:
+        if not _ascii_number(length) or int(length) > MAX_BODY_BYTES:
             self.close_connection = True
             raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
         try:
-            body = json.loads(self.rfile.read(int(length)) or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            body = parse_json_line(self.rfile.read(int(length)).decode("utf-8") or "{}")
+        except UnicodeDecodeError as exc:
             raise _BadRequest(HTTPStatus.BAD_REQUEST, f"invalid JSON body: {exc}") from None
+        except JSONLineError as exc:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"invalid JSON body: {exc.reason}") from None
         if not isinstance(body, dict):
             raise _BadRequest(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         return body
@@ -485,6 +533,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(session.export())
         else:
             raise _BadRequest(HTTPStatus.NOT_FOUND, f"not found: {self.path}")
+
+
+def _ascii_number(text: str) -> bool:
+    """ASCII digits, few enough for ``int`` (which refuses over 4300) and for any index or length here."""
+    return text.isascii() and text.isdigit() and len(text) <= _MAX_INDEX_DIGITS
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -516,15 +569,23 @@ def cli_main(argv: list[str] | None = None) -> int:
         "--export-only", action="store_true", help="write the export from the decision log and exit"
     )
     args = parser.parse_args(argv)
-    try:
-        session = ReviewSession(pairs=args.pairs, decisions=args.decisions, export=args.export)
-        if args.export_only:
-            print(f"spatialscore review: {_summary(session.export())}", file=sys.stderr)
-            return 0
-        server = ReviewServer(session, host=args.host, port=args.port)
-    except (OSError, ValueError) as exc:
-        print(f"spatialscore review: error: {exc}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as stack:
+        try:
+            session = stack.enter_context(
+                ReviewSession(pairs=args.pairs, decisions=args.decisions, export=args.export)
+            )
+            if args.export_only:
+                print(f"spatialscore review: {_summary(session.export())}", file=sys.stderr)
+                return 0
+            server = ReviewServer(session, host=args.host, port=args.port)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"spatialscore review: error: {exc}", file=sys.stderr)
+            return 2
+        return _serve(session, server)
+
+
+def _serve(session: ReviewSession, server: ReviewServer) -> int:
+    """Serve until Ctrl-C or SIGTERM, then write the export."""
     signal.signal(signal.SIGTERM, _interrupt)
     counts = session.counts()
     print(
