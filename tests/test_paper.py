@@ -4,6 +4,7 @@ interrupted; stage configs moved into the run folder; the held-out guard; the su
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,63 @@ def test_prompt_sets_hold_out_the_validation_prompts_and_their_mirrors(tmp_path)
     assert len(train) + len(held) == 32  # stage 1: 4 x 4 shapes x left/right, every prompt in one of the two sets
     mirror = {p: p.replace("left", "X").replace("right", "left").replace("X", "right") for p in held}
     assert set(mirror.values()) == set(held)
+
+
+def _trimmed(source: str, target: Path, edit) -> str:
+    """A copy of a shipped config with ``edit(config)`` applied (the loop's real configs, at test size)."""
+    import yaml
+
+    config = yaml.safe_load(Path(source).read_text())
+    edit(config)
+    target.write_text(yaml.safe_dump(config))
+    return str(target)
+
+
+@pytest.mark.slow
+def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
+    """The real loop up to the rendered pairs: the supervised start as a `spatialrl fit` subprocess on the shipped
+    config (cut to 3 steps), the prompts through `spatialscore perturb`, make-pairs with that tiny FLUX; a rerun
+    skips every stage and a changed setting is refused."""
+    from spatialrl.paper import PaperSettings, run_paper, stage_names
+    from spatialscore.data.manifest import read_manifest
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def sft(config):
+        config["trainer"].update(max_steps=3, val_check_interval=None, limit_val_batches=0, logger=False)
+        config["trainer"]["callbacks"] = config["trainer"]["callbacks"][1:]  # export only, no checkpoints
+        config["model"]["init_args"]["policy"]["tiny"]["vae_pretrain_steps"] = 0
+        config["data"]["init_args"]["synthetic"].update(train_pairs=64, val_pairs=2, test_pairs=0)
+
+    def rl(config):
+        config["data"]["init_args"]["synthetic"].update(train_pairs=64)
+
+    monkeypatch.chdir(tmp_path)
+    settings = PaperSettings(
+        out=str(tmp_path / "run"),
+        sft_config=_trimmed(str(repo / "configs/spatialrl/sft_tiny.yaml"), tmp_path / "sft.yaml", sft),
+        rl_config=_trimmed(str(repo / "configs/paper/rl_spatialscore_tiny.yaml"), tmp_path / "rl.yaml", rl),
+        images_per_prompt=2,
+        heldout_images_per_prompt=1,
+        steps=2,
+        until="pairs",
+    )
+    assert stage_names(settings)[:3] == ["sft", "prompts", "pairs"]
+    lines: list[str] = []
+    first = run_paper(settings, log=lines.append)
+    assert list(first["stages"]) == ["sft", "prompts", "pairs"] and "stopped after stage 'pairs'" in lines[-1]
+    prompts = first["stages"]["prompts"]["result"]["prompts"]
+    assert prompts == {"train": 24, "heldout": 8}  # 32 stage-1 prompts, 8 held out (4 val pairs and mirrors)
+    train = read_manifest(tmp_path / "run" / "pairs" / "train" / "pairs.jsonl").records
+    assert len(train) == 2 * (24 - first["stages"]["prompts"]["result"]["train_perturbations_dropped_as_heldout"])
+    heldout_prompts = set((tmp_path / "run" / "prompts" / "heldout.txt").read_text().split("\n")) - {""}
+    assert not {r.prompt for r in train} & heldout_prompts and not {r.perturbed_prompt for r in train} & heldout_prompts
+    assert all(r.chosen.is_file() and r.rejected.is_file() for r in train)
+
+    lines.clear()
+    again = run_paper(settings, log=lines.append)
+    assert again["stages"] == first["stages"] and all("done before" in line for line in lines[:3])
+    with pytest.raises(StageChanged, match="stage 'pairs' finished with other settings"):
+        run_paper(PaperSettings(**{**settings.__dict__, "steps": 3}), log=lines.append)
+    with pytest.raises(ValueError, match="until must name a stage"):
+        run_paper(PaperSettings(**{**settings.__dict__, "until": "rl-rule"}), log=lines.append)

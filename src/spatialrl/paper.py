@@ -19,6 +19,9 @@
 9. ``evaluate``: ``spatialrl evaluate`` of the supervised start, the probes and the RL policies on the held-out
    prompts, by the strict judge (and by the last reward model, to see whether it was gamed).
 
+``--until STAGE`` stops after that stage (e.g. ``--until pairs`` to look at the rendered pairs with ``spatialscore
+review`` first); a later run without it goes on from there.
+
 Every stage writes into ``OUT/<stage>/`` and, when it finishes, ``OUT/<stage>/stage.json`` (its settings and
 seconds). A rerun skips finished stages and refuses a finished stage whose settings changed (delete its folder to
 redo it); an interrupted stage starts again. Lightning stages run as ``spatialrl fit`` / ``spatialscore fit``
@@ -45,7 +48,7 @@ import yaml
 
 from spatialrl.callbacks import diverged
 
-__all__ = ["PaperSettings", "StageChanged", "cli_main", "run_paper", "run_stage"]
+__all__ = ["PaperSettings", "StageChanged", "cli_main", "run_paper", "run_stage", "stage_names"]
 
 STAGE_FILE = "stage.json"
 
@@ -71,10 +74,23 @@ class PaperSettings:
     compare_rule: bool = False
     eval_samples: int = 32
     eval_seed: int = 999
+    until: str | None = None
+
+
+def stage_names(settings: PaperSettings) -> list[str]:
+    """The loop's stages in the order they run (each one a folder of the run)."""
+    names = ["sft", "prompts", "pairs", "filter", "spatialscore"]
+    for r in range(1, settings.rounds + 1):
+        names += [f"probe-{r}", f"pairs-{r}", f"filter-{r}", f"spatialscore-{r}"]
+    return [*names, "rl-spatialscore", *(["rl-rule"] if settings.compare_rule else []), "evaluate"]
 
 
 class StageChanged(RuntimeError):
     """A finished stage was asked to run again with other settings."""
+
+
+class _Until(Exception):
+    """Raised after the ``until`` stage to end the run there."""
 
 
 def run_stage(
@@ -149,28 +165,54 @@ def _prompt_sets(rl_config: str) -> tuple[list[str], list[str]]:
 
 
 def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every stage; write and return the summary (module docstring)."""
+    """Run (or resume) every stage; write and return the summary (module docstring), or, with ``until``, the
+    settings and the records of the stages run so far."""
+    names = stage_names(settings)
+    if settings.until is not None and settings.until not in names:
+        raise ValueError(f"until must name a stage of this run ({', '.join(names)}), got {settings.until!r}")
+    out = Path(settings.out)
+    records: dict[str, dict[str, Any]] = {}
+    try:
+        _run_stages(settings, out, records, log=log)
+    except _Until:
+        log(f"stopped after stage {settings.until!r} (--until); run again without it to go on")
+        return {"settings": asdict(settings), "stages": records}
+    summary = summarize(settings, out, records)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    log(summary_markdown(summary))
+    return summary
+
+
+def _run_stages(
+    settings: PaperSettings, out: Path, records: dict[str, dict[str, Any]], *, log: Callable[[str], None]
+) -> None:
+    """Run (or skip) each stage in turn, recording it in ``records``; raise :class:`_Until` after ``until``."""
     from spatialscore.data import perturb
     from spatialscore.data.pairs import make_pairs
     from spatialscore.data.verify import filter_pairs
 
-    out = Path(settings.out)
     seed = settings.seed
-    records: dict[str, dict[str, Any]] = {}
+
+    def stage(name: str, wanted: Mapping[str, Any], work: Callable[[], Mapping[str, Any] | None]) -> None:
+        records[name] = run_stage(out / name, wanted, work, log=log)
+        if name == settings.until:
+            raise _Until
+
     seed_arg = [f"--seed_everything={seed}"]
     runs = {"sft": "runs/spatialrl/sft-tiny", "rm": "runs/paper/spatialscore", "rl": "runs/paper/rl-spatialscore",
             "rule": "runs/spatialrl/tiny"}
 
     def lightning(name: str, package: str, base: str, moves: Mapping[str, str], extra: Sequence[str] = ()) -> Path:
         folder = out / name
-        text = stage_config(base, moves={runs[key]: str(out / stage) for key, stage in moves.items()})
+        text = stage_config(base, moves={runs[key]: str(out / folder_name) for key, folder_name in moves.items()})
 
         def work() -> None:
             config = folder / "config.yaml"
             config.write_text(text)
             _fit(package, config, [*seed_arg, *extra])
 
-        records[name] = run_stage(folder, {"config": text, "args": [*seed_arg, *extra]}, work, log=log)
+        stage(name, {"config": text, "args": [*seed_arg, *extra]}, work)
         return folder
 
     policy = lightning("sft", "spatialrl", settings.sft_config, {"sft": "sft"}) / "policy"
@@ -191,9 +233,7 @@ def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) ->
         leaked = _drop_heldout(prompts_dir / "train_perturbed.jsonl", held=set(held))
         return {"prompts": counts, "train_perturbations_dropped_as_heldout": leaked}
 
-    records["prompts"] = run_stage(
-        prompts_dir, {"rl_config": Path(settings.rl_config).read_text(), "seed": seed}, prompts, log=log
-    )
+    stage("prompts", {"rl_config": Path(settings.rl_config).read_text(), "seed": seed}, prompts)
     render = {"steps": settings.steps, "height": settings.size, "width": settings.size,
               "call_kwargs": {"max_sequence_length": _max_sequence_length(policy)}}
 
@@ -211,7 +251,7 @@ def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) ->
                 done[split] = result.written + result.already_done
             return {"pairs": done}
 
-        records[name] = run_stage(out / name, {**render, "generator": str(generator), "jobs": jobs}, work, log=log)
+        stage(name, {**render, "generator": str(generator), "jobs": jobs}, work)
 
     rendering("pairs", policy, [("train", settings.images_per_prompt, 2 * seed, ""),
                                 ("heldout", settings.heldout_images_per_prompt, 2 * seed + 1, "")])
@@ -224,7 +264,7 @@ def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) ->
 
         wanted = {"verifier": "rule", "rejected": settings.rejected, "pool": True,
                   "splits": {k: [str(p) for p in v] for k, v in splits.items()}}
-        records[name] = run_stage(out / name, wanted, work, log=log)
+        stage(name, wanted, work)
 
     train_sources = [out / "pairs" / "train" / "pairs.jsonl"]
     filtering("filter", {"train": train_sources, "heldout": [out / "pairs" / "heldout" / "pairs.jsonl"]})
@@ -267,12 +307,7 @@ def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) ->
         if evaluate_main(evaluate_args):
             raise RuntimeError("spatialrl evaluate failed")
 
-    records["evaluate"] = run_stage(out / "evaluate", {"args": evaluate_args}, evaluate, log=log)
-    summary = summarize(settings, out, records)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(summary_markdown(summary))
-    log(summary_markdown(summary))
-    return summary
+    stage("evaluate", {"args": evaluate_args}, evaluate)
 
 
 def _prefixed(source: Path, target: Path, *, prefix: str) -> Path:
@@ -383,13 +418,14 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-images-per-prompt", type=int, default=defaults.probe_images_per_prompt)
     parser.add_argument("--compare-rule", action="store_true", help="also run GRPO with the strict rule reward")
     parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="samples per held-out prompt")
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage (sft, prompts, pairs, filter, ...)")
     args = parser.parse_args(argv)
     settings = PaperSettings(
         out=args.out, seed=args.seed, sft_config=args.sft_config, rm_config=args.rm_config,
         rl_config=args.rl_config, rule_config=args.rule_config, images_per_prompt=args.images_per_prompt,
         heldout_images_per_prompt=args.heldout_images_per_prompt, rejected=args.rejected, rounds=args.rounds,
         probe_minutes=args.probe_minutes, probe_images_per_prompt=args.probe_images_per_prompt,
-        compare_rule=args.compare_rule, eval_samples=args.eval_samples,
+        compare_rule=args.compare_rule, eval_samples=args.eval_samples, until=args.until,
     )
     try:
         run_paper(settings, log=lambda line: print(f"[spatialrl paper] {line}", file=sys.stderr, flush=True))
