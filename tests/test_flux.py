@@ -256,6 +256,20 @@ def test_tiny_folder_round_trips(tmp_path: Path, policy: FluxPolicy) -> None:
     assert torch.equal(pipe.transformer.x_embedder.weight, loaded.transformer.x_embedder.weight)
 
 
+def test_save_pretrained_writes_what_flux_pipeline_writes(tmp_path: Path, policy: FluxPolicy) -> None:
+    """FluxPolicy.save_pretrained writes the folder without importing FluxPipeline (whose image processors warn
+    about torchvision): the same files, byte for byte, as FluxPipeline.save_pretrained."""
+    policy.save_pretrained(tmp_path / "ours")
+    policy.pipeline().save_pretrained(tmp_path / "pipeline")
+    ours = sorted(p.relative_to(tmp_path / "ours") for p in (tmp_path / "ours").rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(tmp_path / "pipeline") for p in (tmp_path / "pipeline").rglob("*") if p.is_file())
+    assert ours == theirs and Path("model_index.json") in ours and len(ours) > 10
+    for name in ours:
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "pipeline" / name).read_bytes(), name
+    pipe = FluxPipeline.from_pretrained(tmp_path / "ours", local_files_only=True)
+    assert torch.equal(pipe.transformer.x_embedder.weight, policy.transformer.x_embedder.weight)
+
+
 def test_bf16_policy_samples_finite(policy: FluxPolicy) -> None:
     bf16 = FluxPolicy.from_pretrained(
         resolve_tiny_flux(seed=0), dtype=torch.bfloat16, max_sequence_length=T5_LENGTH

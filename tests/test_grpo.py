@@ -167,6 +167,22 @@ def test_group_advantages_flat_with_group_ids_equals_rows():
     assert bool(torch.isfinite(masked).all()) and masked[0, 1].item() == 0.0
 
 
+@pytest.mark.parametrize("std_mode", ["group", "global"])
+def test_group_advantages_of_huge_rewards_equal_those_of_small_ones(std_mode):
+    # float32 squares of 1e20 overflow (inf variance) and zeroed every advantage; the scale must not matter.
+    small = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 1.0, 3.0, 2.0]])
+    huge = small * 1e20
+    expected = group_advantages(small, std_mode=std_mode, eps=0.0)
+    for rewards in (huge, huge.to(torch.bfloat16), -huge, torch.tensor([[3e38, -3e38, 1e38, 0.0]])):
+        adv = group_advantages(rewards, std_mode=std_mode)
+        assert adv.dtype == torch.float32 and bool(torch.isfinite(adv).all())
+        assert bool((adv != 0).any())
+    torch.testing.assert_close(group_advantages(huge, std_mode=std_mode), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(group_advantages(-huge, std_mode=std_mode), -expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="inf"):
+        group_advantages(torch.tensor([[1.0, float("inf")]]))
+
+
 def test_ppo_clip_loss_hand_computed():
     ratio = torch.tensor([1.0, 1.5, 0.5, 1.1])
     old = torch.tensor([-0.3, 0.2, 1.0, -2.0])

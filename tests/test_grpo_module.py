@@ -10,6 +10,7 @@ import torch
 from toy_rewards import LeftRed
 
 from spatialrl.flux import FluxSource
+from spatialrl.grpo import ppo_clip_loss
 from spatialrl.lora import LoraSpec
 from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec
 from spatialrl.rewards import NonFiniteRewardError, Reward, StrictReward, WeightedReward
@@ -53,16 +54,43 @@ def weights(module: FluxGRPOModule) -> dict[str, torch.Tensor]:
 def test_one_step_is_on_policy_and_moves_only_the_adapter(prompt_data):
     module = make_module()
     module.configure_model()
+    # The first PPO epoch replays the rollout with unchanged weights: ratio 1 (rollout batch 5, micro-batch 3).
+    traj = module._rollout(["a red circle to the left of a blue square"] * 5, positions=[0] * 5, columns=list(range(5)))
+    rows, mask = torch.arange(3), torch.ones(3, dtype=torch.bool)
+    for j in range(traj.log_probs.shape[1]):
+        stats = module._step_loss(traj.select(rows), j, torch.ones(3), mask)[1]
+        assert float(stats["approx_kl"]) < 1e-9 and float(stats["clip_fraction"]) == 0
     before = weights(module)
     logged = fit(module, prompt_data)
     after = weights(module)
-    # The first PPO epoch replays the rollout with unchanged weights: ratio 1 (rollout batch 5, micro-batch 3).
-    assert logged["train/approx_kl"] < 1e-9 and logged["train/clip_fraction"] == 0
+    # So with ppo_epochs 1 approx_kl and clip_fraction could only ever log 0: they are not logged.
+    assert "train/approx_kl" not in logged and "train/clip_fraction" not in logged
+    assert {"train/policy_loss", "train/kl", "train/grad_norm"} <= set(logged)
     # The adapter starts at B = 0, so the policy equals the reference: KL exactly 0 on the first step.
     assert logged["train/kl"] == 0
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed)
     assert logged["train/grad_norm"] > 0
+
+
+def test_ppo_stats_are_means_over_the_epochs_after_the_first(prompt_data, monkeypatch):
+    calls = []
+
+    def recording(**kwargs):
+        loss, stats = ppo_clip_loss(**kwargs)
+        calls.append({k: float(v) for k, v in stats.items()})
+        return loss, stats
+
+    monkeypatch.setattr("spatialrl.module.ppo_clip_loss", recording)
+    logged = fit(make_module(ppo_epochs=2), prompt_data)
+    # 2 prompts x 2k = 4 kept of 6 -> 8 samples in micro-batches of 3 (3 real each time), 2 trained steps.
+    per_epoch = math.ceil(8 / 3) * 2
+    assert len(calls) == 2 * per_epoch
+    assert all(c["approx_kl"] < 1e-9 for c in calls[:per_epoch])  # epoch 1: on-policy
+    later = calls[per_epoch:]
+    assert logged["train/approx_kl"] > 0
+    for key in ("approx_kl", "clip_fraction"):
+        assert logged[f"train/{key}"] == pytest.approx(sum(c[key] for c in later) / len(later), rel=1e-6, abs=1e-12)
 
 
 def test_topk_trains_on_2k_of_g_samples(prompt_data):
@@ -120,6 +148,86 @@ def test_non_finite_reward_is_an_error_naming_reward_and_prompt(prompt_data):
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(**settings), lora=LoraSpec(rank=0 if not settings else 4))
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ({"optim": {"lr": -1e-3}}, r"optim.lr must be finite and >= 0, got -0.001"),
+        ({"optim": {"lr": math.nan}}, r"optim.lr must be finite"),
+        ({"optim": {"lr": math.inf}}, r"optim.lr must be finite"),
+        ({"grpo": {"kl_beta": -0.01}}, r"grpo.kl_beta must be finite and >= 0, got -0.01"),
+        ({"grpo": {"kl_beta": math.nan}}, r"grpo.kl_beta must be finite"),
+        ({"grpo": {"k": 0}}, r"grpo.k must be >= 1 with filter 'topk'.*filter: none"),
+        ({"grpo": {"k": -1, "filter": "maxvar"}}, r"grpo.k must be >= 1 with filter 'maxvar'"),
+        ({"grpo": {"group_size": 6, "k": 4, "filter": "maxvar"}}, "2k > group_size"),
+        ({"grpo": {"micro_batch": 0}}, r"grpo.micro_batch must be an integer >= 1, got 0"),
+        ({"grpo": {"micro_batch": -2}}, r"grpo.micro_batch must be an integer >= 1, got -2"),
+        ({"grpo": {"ppo_epochs": 0}}, r"grpo.ppo_epochs must be an integer >= 1, got 0"),
+        ({"grpo": {"clip_range": 0.0}}, r"grpo.clip_range must be finite and > 0"),
+        ({"sampling": {"rollout_batch": 0}}, r"sampling.rollout_batch must be an integer >= 1, got 0"),
+        ({"sampling": {"num_steps": 0}}, r"sampling.num_steps must be an integer >= 1, got 0"),
+        ({"sampling": {"num_steps": 1}}, r"sampling.num_steps must be >= 2 for GRPO, got 1.*trains nothing"),
+        ({"sampling": {"num_steps": 1, "sde_fraction": 1.0}}, r"sampling.sde_fraction=1.0 .*no trained step"),
+        ({"sampling": {"num_steps": 6, "sde_fraction": 0.05}}, r"sampling.sde_fraction=0.05 .*no trained step"),
+        ({"sampling": {"num_steps": 3, "sde_steps": []}}, r"sampling.sde_steps=\[\] trains no step"),
+        ({"sampling": {"num_steps": 3, "sde_steps": [3]}}, r"sampling.sde_steps must be step indices in \[0, 3\)"),
+        ({"sampling": {"num_steps": 3, "sde_steps": [2], "kind": "cps", "noise_level": 0.8}}, "trains no step"),
+    ],
+)
+def test_settings_that_train_nothing_or_fail_later_are_refused_by_name(specs, message):
+    kinds = {"grpo": GRPOSpec, "sampling": SamplingSpec, "optim": OptimSpec}
+    kwargs = {name: kinds[name](**values) for name, values in specs.items()}
+    with pytest.raises(ValueError, match=message):
+        FluxGRPOModule(reward=LeftRed(), lora=LoraSpec(rank=4), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"num_steps": 2},  # one stochastic step, then the last (ODE) one
+        {"num_steps": 1, "sde_steps": [0]},  # the only step listed explicitly: stochastic and trained
+        {"num_steps": 6, "sde_fraction": 0.2},
+        {"num_steps": 3, "sde_steps": [1, 2], "kind": "cps", "noise_level": 0.8},
+    ],
+)
+def test_settings_that_train_a_step_are_accepted(sampling):
+    FluxGRPOModule(reward=LeftRed(), lora=LoraSpec(rank=4), sampling=SamplingSpec(**sampling),
+                   grpo=GRPOSpec(kl_beta=0.0, filter="none", k=0), optim=OptimSpec(lr=0.0))
+
+
+def test_single_step_sampling_trained_nothing(prompt_data):
+    """What the refusal of num_steps 1 prevents: no trained step, so the update was a silent no-op."""
+    module = make_module()
+    module.sampling.num_steps = 1  # bypasses the check made at construction
+    module.configure_model()
+    before = weights(module)
+    logged = fit(module, prompt_data)
+    assert logged["train/passes"] == 0 and logged["train/grad_norm"] == 0
+    after = weights(module)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class GradReward(Reward):
+    """A differentiable reward: its values carry a graph (requires_grad=True), as a reward model's can."""
+
+    name = "grad_reward"
+
+    def __init__(self) -> None:
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def __call__(self, *, images, prompts, metadata=None):
+        return LeftRed()(images=images, prompts=prompts) * self.scale
+
+
+def test_reward_with_a_graph_is_detached(prompt_data):
+    reward = GradReward()
+    assert reward(images=torch.rand(2, 3, 8, 8), prompts=["a", "b"]).requires_grad
+    # 3 micro-batches x 2 trained steps x 2 PPO epochs: 12 backward passes through the same rewards.
+    module = make_module(reward, ppo_epochs=2)
+    logged = fit(module, prompt_data)
+    assert math.isfinite(logged["train/reward"]) and logged["train/grad_norm"] > 0
+    assert reward.scale.grad is None  # nothing was back-propagated into the reward
 
 
 def test_bad_kl_convention():

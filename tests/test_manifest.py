@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from spatialscore.data.manifest import (
+    MAX_PROMPT_CHARS,
     Manifest,
     ManifestError,
     ManifestValidationError,
@@ -401,6 +402,23 @@ def test_16_bit_images_are_scaled_to_8_bit_wherever_they_are_loaded(data: Path) 
     record = read_manifest(path, check_images=False).records[0]
     with pytest.raises(ValueError, match=f"^{huge}: 32-bit integer image"):
         PairDataset([record])[0]
+
+
+def test_prompts_longer_than_max_prompt_chars_are_refused_by_file_line_and_field(data: Path) -> None:
+    at_limit = "a red circle left of a blue square " * (MAX_PROMPT_CHARS // 35) + "x" * (MAX_PROMPT_CHARS % 35)
+    assert len(at_limit) == MAX_PROMPT_CHARS == 4000
+    long = "a red circle left of a blue square " * 3000  # 105,000 characters: gigabytes at step 0 before
+    rows = [pair(0, prompt=at_limit), pair(1, prompt=long), pair(2, perturbed_prompt=at_limit + "y"), pair(3)]
+    path = write_lines(data / "pairs.jsonl", rows)
+    assert [str(e) for e in errors_of(path)] == [
+        f"{path}:2: field 'prompt': prompt of {len(long)} characters; at most 4000 (MAX_PROMPT_CHARS)",
+        f"{path}:3: field 'perturbed_prompt': prompt of 4001 characters; at most 4000 (MAX_PROMPT_CHARS)",
+    ]
+    with pytest.warns(ManifestWarning):
+        kept = read_manifest(path, skip_invalid=True)
+    assert [r.id for r in kept.records] == ["p0", "p3"] and kept.records[0].prompt == at_limit
+    with pytest.raises(ValueError, match=r"records\[0\]: field 'prompt': prompt of 105000 characters"):
+        write_manifest(data / "out.jsonl", [pair(1, prompt=long)])
 
 
 def test_too_deep_json_and_too_long_integers_name_file_and_line(data: Path) -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from spatialscore.backbone import BackboneConfig
 from spatialscore.data.encode import PromptTemplate
+from spatialscore.data.manifest import MAX_PROMPT_CHARS
 from spatialscore.losses import bradley_terry_loss
 from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
 
@@ -101,6 +102,17 @@ def test_batched_score_equals_single_and_ignores_padding():
     assert batched.sigma.shape == (5,) and (batched.sigma > 0).all()
 
 
+def test_score_refuses_an_overlong_prompt_by_index():
+    model = make_model()
+    long = "a red circle to the left of a blue square " * 2500  # 105,000 characters
+    with pytest.raises(ValueError, match=rf"prompts\[1\] has {len(long)} characters; at most {MAX_PROMPT_CHARS}"):
+        model.score(prompts=[PROMPTS[0], long], images=images(2))
+    with pytest.raises(ValueError, match=rf"prompts\[0\] has {MAX_PROMPT_CHARS + 1} characters"):
+        model.score(prompts=["x" * (MAX_PROMPT_CHARS + 1)], images=images(1))
+    with pytest.raises(TypeError, match="one string"):
+        model.score(prompts=PROMPTS[0], images=images(len(PROMPTS[0])))
+
+
 def test_multimodal_rope_is_used():
     """mm_token_type_ids must reach the model; without them 3D M-RoPE silently falls back to 1D positions."""
     model = make_model()
@@ -181,6 +193,23 @@ def test_qlora_trains_on_cpu_with_evaluation_between_steps(quantization):
     losses = train_steps(model, steps=2)
     assert all(np.isfinite(losses))
     assert any(not torch.equal(p.detach(), first[n]) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "message"),
+    [
+        ({"lr": -1e-4}, r"optimizer.lr must be finite and >= 0, got -0.0001"),
+        ({"lr": float("nan")}, r"optimizer.lr must be finite"),
+        ({"head_lr": float("inf")}, r"optimizer.head_lr must be finite"),
+        ({"token_lr": -1.0}, r"optimizer.token_lr must be finite and >= 0"),
+        ({"vision_lr": -1.0}, r"optimizer.vision_lr must be finite and >= 0"),
+    ],
+)
+def test_module_refuses_bad_learning_rates_by_name(optimizer, message):
+    from spatialscore.module import OptimizerConfig, SpatialScoreModule
+
+    with pytest.raises(ValueError, match=message):
+        SpatialScoreModule(optimizer=OptimizerConfig(**optimizer))
 
 
 def test_module_trains_in_train_mode():

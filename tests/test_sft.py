@@ -187,6 +187,12 @@ def test_images_of_the_wrong_size_are_refused() -> None:
         FlowMatchingModule(policy=_source(), height=36, width=32).configure_model()
 
 
+@pytest.mark.parametrize("lr", [-1e-4, float("nan"), float("inf")])
+def test_bad_learning_rate_is_refused_at_construction(lr: float) -> None:
+    with pytest.raises(ValueError, match="lr must be finite and >= 0"):
+        FlowMatchingModule(policy=_source(), lr=lr)
+
+
 def test_presence_reward() -> None:
     images, prompts = _scenes(1, seed=0)
     blank = torch.tensor(BACKGROUND, dtype=torch.float32).reshape(1, 3, 1, 1).expand(2, 3, SIZE, SIZE) / 255

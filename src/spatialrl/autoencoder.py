@@ -12,10 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 from torch import Tensor
 
 from spatialscore.data.synthetic import BACKGROUND, generate_pair, render_scene
+from spatialscore.imports import without_bitsandbytes
+
+with without_bitsandbytes():  # diffusers imports it when installed; FLUX is never quantized here
+    from diffusers import AutoencoderKL
 
 __all__ = ["latent_statistics", "pretrain_autoencoder", "procedural_images"]
 

@@ -48,7 +48,7 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
         tokenizer_2=policy.tokenizer_2,
         scheduler_config=policy.scheduler_config,
     )
-    merged.pipeline().save_pretrained(directory)
+    merged.save_pretrained(directory)
     settings = {"max_sequence_length": policy.max_sequence_length}
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     if has_lora(policy.transformer):

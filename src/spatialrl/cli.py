@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
 
 COMMANDS = ("fit", "validate")
 
@@ -42,6 +43,12 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "pape
 
 def lightning_main(args: list[str] | None) -> LightningCLI:
     """LightningCLI over any LightningModule / LightningDataModule named by class path in the config."""
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    from spatialscore.cli import quiet_lightning_advertisements
+
+    quiet_lightning_advertisements()
     return LightningCLI(
         L.LightningModule,
         L.LightningDataModule,

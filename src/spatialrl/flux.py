@@ -13,9 +13,9 @@ import json
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor
 from transformers import (
     CLIPTextConfig,
@@ -29,6 +29,11 @@ from transformers import (
 from spatialrl.autoencoder import pretrain_autoencoder
 from spatialrl.schedule import scheduler_sigmas
 from spatialscore.backbone import DTYPES, staged_directory, tiny_cache_dir
+from spatialscore.imports import without_bitsandbytes
+
+with without_bitsandbytes():  # diffusers imports it when installed; FLUX is never quantized here
+    import diffusers
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
 __all__ = ["FluxPolicy", "FluxSource", "TinyFluxConfig", "build_tiny_flux", "recorded_settings", "resolve_tiny_flux"]
 
@@ -161,7 +166,7 @@ def build_tiny_flux(directory: str | Path, *, seed: int = 0, config: TinyFluxCon
         scheduler_config=scheduler.config,
     )
     with staged_directory(directory) as tmp:
-        policy.pipeline().save_pretrained(tmp)
+        policy.save_pretrained(tmp)
     return directory
 
 
@@ -298,8 +303,46 @@ class FluxPolicy:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def pipeline(self) -> FluxPipeline:
-        """A stock ``FluxPipeline`` over the same modules (for evaluation and as the reference sampler)."""
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the policy as a diffusers FLUX folder: the files ``FluxPipeline.save_pretrained`` writes (tested
+        byte for byte), ``model_index.json`` and a subfolder per component, loadable by ``FluxPipeline`` (or
+        ``DiffusionPipeline``) ``.from_pretrained`` and :meth:`from_pretrained`.
+
+        Written without ``FluxPipeline``: importing it imports transformers' CLIP and SigLIP image processors (for
+        IP-Adapters, which a policy never has), and these warn that torchvision is missing.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        components = {
+            "scheduler": FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+            "tokenizer": self.tokenizer,
+            "tokenizer_2": self.tokenizer_2,
+            "transformer": self.transformer,
+            "vae": self.vae,
+        }
+        index: dict[str, object] = {
+            "_class_name": "FluxPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "feature_extractor": [None, None],  # FluxPipeline's optional IP-Adapter components
+            "image_encoder": [None, None],
+        }
+        for name, component in components.items():
+            component.save_pretrained(str(directory / name))
+            index[name] = [type(component).__module__.split(".")[0], type(component).__name__]
+        text = json.dumps(dict(sorted(index.items())), indent=2, sort_keys=True) + "\n"
+        (directory / "model_index.json").write_text(text, encoding="utf-8")
+
+    def pipeline(self) -> Any:
+        """A stock ``FluxPipeline`` over the same modules (for evaluation and as the reference sampler).
+
+        Imported here, not with the module: see :meth:`save_pretrained` (and jsonargparse resolves this module's
+        annotations, ``TYPE_CHECKING`` imports included, whenever a config names a class of it).
+        """
+        with without_bitsandbytes():
+            from diffusers import FluxPipeline
+
         return FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
             vae=self.vae,

@@ -143,8 +143,10 @@ def group_advantages(
     0. Means are per group. ``std_mode``: ``"group"``, the population std (``unbiased=False``) of the group's
     kept rewards; ``"global"``, the population std of all kept rewards of the batch (pass the gathered batch;
     Flow-GRPO's FLUX setting); ``"none"``, no division (``A = r - mean_group``). A group whose kept rewards
-    are all equal gets exactly 0. Computed in at least float32; returns that dtype, in the shape of
-    ``rewards``.
+    are all equal gets exactly 0. Computed in float64 (float32 squares overflow from rewards of about 1e19 on,
+    which turned every advantage into 0), so any finite float32 rewards are fine and the advantages do not
+    depend on the rewards' scale beyond ``eps``; returned in ``rewards``' dtype promoted to at least float32, in
+    its shape.
     """
     if std_mode not in ("group", "global", "none"):
         raise ValueError(f"std_mode must be 'group', 'global' or 'none', got {std_mode!r}")
@@ -168,13 +170,15 @@ def group_advantages(
         raise ValueError(f"mask {tuple(mask.shape)} and rewards {tuple(rewards.shape)} differ in shape")
 
     dtype = torch.promote_types(rewards.dtype, torch.float32)
-    r = rewards.reshape(-1).to(dtype)
+    r = rewards.reshape(-1).to(torch.float64)
     keep = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.reshape(-1).bool()
     if bool(torch.isnan(r[keep]).any()):
         raise ValueError("kept rewards contain NaN")
+    if bool(torch.isinf(r[keep]).any()):
+        raise ValueError("kept rewards contain inf")
     kept_r = torch.where(keep, r, torch.zeros_like(r))
 
-    count = r.new_zeros(n_groups).index_add_(0, ids, keep.to(dtype))
+    count = r.new_zeros(n_groups).index_add_(0, ids, keep.to(r.dtype))
     mean = r.new_zeros(n_groups).index_add_(0, ids, kept_r) / count.clamp_min(1)
     centred = torch.where(keep, r - mean[ids], torch.zeros_like(r))
     if std_mode == "group":
@@ -198,7 +202,7 @@ def group_advantages(
     advantages = torch.where(degenerate, torch.zeros_like(advantages), advantages)
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
-    return advantages.reshape(rewards.shape)
+    return advantages.to(dtype).reshape(rewards.shape)
 
 
 def ppo_clip_loss(

@@ -11,12 +11,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from diffusers import FluxTransformer2DModel
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor
 
+from spatialscore.imports import without_bitsandbytes
 from spatialscore.strategies import fp32_master_weights
+
+with without_bitsandbytes():  # diffusers and peft import it when installed; FLUX is never quantized here
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 __all__ = [
     "FLUX_LORA_TARGETS",
@@ -84,7 +87,8 @@ def add_lora(transformer: FluxTransformer2DModel, spec: LoraSpec) -> None:
         target_modules=targets,
         init_lora_weights=True,
     )
-    transformer.add_adapter(config)
+    with without_bitsandbytes():  # peft's LoRA dispatch imports bitsandbytes' layers when it can
+        transformer.add_adapter(config)
     for name, param in transformer.named_parameters():
         param.requires_grad_("lora_" in name)
     fp32_master_weights(transformer, lora_only=True)

@@ -12,6 +12,7 @@ steps, and a resumed run continues exactly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -61,7 +62,8 @@ class SamplingSpec:
     """Training rollouts. ``sde_steps``: which of the ``num_steps`` steps are stochastic and trained (None: all
     but the last, Flow-GRPO); ``sde_fraction``: instead, a random fraction drawn anew each training step
     (DanceGRPO). ``shared_initial_noise``: the G samples of a group start from the same noise and differ only
-    by the SDE noise. ``rollout_batch``: samples per sampling forward pass (memory, not math).
+    by the SDE noise. ``rollout_batch``: samples per sampling forward pass (memory, not math). Settings without
+    a trained step are refused (``num_steps: 1`` with ``sde_steps`` unset: its one step is the last, an ODE step).
 
     ``noise_level`` (finite, > 0) means something else per ``kind`` (:mod:`spatialrl.sde`): ``"sde"``,
     Flow-GRPO's a in ``g = a sqrt(s / (1 - s))`` (0.7 on SD3.5, 0.9 on FLUX); ``"dance"``, DanceGRPO's constant
@@ -84,10 +86,15 @@ class SamplingSpec:
 @dataclass
 class GRPOSpec:
     """The GRPO objective. ``k``: top-k and bottom-k kept per group (``filter``: "topk", "maxvar" = the
-    2k-subset of maximal variance, "none" = keep all G). ``std_mode``: advantage normalisation ("group",
-    "global" over the gathered batch, "none"). ``micro_batch``: samples per training forward/backward.
-    ``groups_across_ranks``: every rank samples G/W of every prompt of the global batch (rewards all-gathered)
-    instead of whole groups of its own prompts.
+    2k-subset of maximal variance, "none" = keep all G, k ignored). ``std_mode``: advantage normalisation
+    ("group", "global" over the gathered batch, "none"). ``micro_batch``: samples per training
+    forward/backward. ``groups_across_ranks``: every rank samples G/W of every prompt of the global batch
+    (rewards all-gathered) instead of whole groups of its own prompts.
+
+    ``ppo_epochs``: passes over the kept samples per batch, one optimiser step each. The first pass replays the
+    rollout with the weights that sampled it, so its PPO ratio is exactly 1: ``train/approx_kl`` and
+    ``train/clip_fraction`` are averaged over the later passes only, and not logged at all with
+    ``ppo_epochs: 1`` (they could not move).
 
     ``kl_beta``: weight of the KL to the reference (the transformer with the LoRA adapter disabled), per
     element, normalised as ``kl_convention`` says (``kl_to_reference``): ``"exact"`` divides by ``2 std^2`` of
@@ -190,11 +197,32 @@ class FluxGRPOModule(L.LightningModule):
         self._check_settings()
 
     def _check_settings(self) -> None:
+        """Refuse, naming the setting, what would fail later or silently train nothing."""
         g, s = self.grpo, self.sampling
+        for name, value in (
+            ("grpo.micro_batch", g.micro_batch),
+            ("grpo.ppo_epochs", g.ppo_epochs),
+            ("sampling.rollout_batch", s.rollout_batch),
+            ("sampling.num_steps", s.num_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if g.group_size < 2:
             raise ValueError(f"grpo.group_size must be >= 2, got {g.group_size}")
+        if g.filter != "none" and g.k < 1:
+            raise ValueError(
+                f"grpo.k must be >= 1 with filter {g.filter!r} (it keeps the k best and k worst of each group), "
+                f"got {g.k}; filter: none keeps whole groups"
+            )
         if g.filter != "none" and 2 * g.k > g.group_size:
             raise ValueError(f"grpo.k={g.k} keeps 2k > group_size={g.group_size}: lower k or use filter: none")
+        if not math.isfinite(g.kl_beta) or g.kl_beta < 0:
+            raise ValueError(f"grpo.kl_beta must be finite and >= 0, got {g.kl_beta}")
+        if not math.isfinite(g.clip_range) or g.clip_range <= 0:
+            raise ValueError(f"grpo.clip_range must be finite and > 0, got {g.clip_range}")
+        if not math.isfinite(self.optim.lr) or self.optim.lr < 0:
+            raise ValueError(f"optim.lr must be finite and >= 0, got {self.optim.lr}")
+        self._check_trained_steps()
         if g.kl_beta > 0 and self.lora.rank == 0:
             raise ValueError("grpo.kl_beta > 0 needs a LoRA adapter (the reference is the adapter disabled)")
         if s.sde_fraction is not None and not 0 < s.sde_fraction <= 1:
@@ -205,6 +233,36 @@ class FluxGRPOModule(L.LightningModule):
         if s.noise_level == 0:
             raise ValueError(
                 f"sampling.noise_level must be > 0: GRPO trains stochastic steps ({s.kind}: {NOISE_LEVELS[s.kind]})"
+            )
+
+    def _check_trained_steps(self) -> None:
+        """At least one of the ``num_steps`` sampling steps must be stochastic, or GRPO has nothing to train."""
+        s = self.sampling
+        n = s.num_steps
+        if s.sde_fraction is not None:
+            if round(s.sde_fraction * (n - 1)) == 0:
+                raise ValueError(
+                    f"sampling.sde_fraction={s.sde_fraction} of the {n - 1} step(s) before the last of "
+                    f"sampling.num_steps={n} rounds to no trained step: raise sde_fraction or num_steps"
+                )
+            return
+        if s.sde_steps is None:
+            if n < 2:
+                raise ValueError(
+                    f"sampling.num_steps must be >= 2 for GRPO, got {n}: with sde_steps unset every step but the "
+                    "last (deterministic) one is stochastic and trained, so a single step trains nothing"
+                )
+            return
+        steps = list(s.sde_steps)
+        bad = [i for i in steps if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+        if bad:
+            raise ValueError(f"sampling.sde_steps must be step indices in [0, {n}) (num_steps={n}), got {bad}")
+        # The CPS step into sigma = 0 is deterministic (std 0): listing the last step trains nothing there.
+        trained = [i for i in steps if not (s.kind == "cps" and i == n - 1)]
+        if not trained:
+            raise ValueError(
+                f"sampling.sde_steps={steps} trains no step (kind {s.kind!r}, num_steps={n}): list at least one "
+                "stochastic step, or leave it unset (every step but the last)"
             )
 
     # ------------------------------------------------------------------------------------------------------
@@ -342,8 +400,15 @@ class FluxGRPOModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------
 
     def _rewards(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The checked reward of each image, and its diagnostics (:meth:`Reward.components`, computed once)."""
+        """The checked reward of each image, and its diagnostics (:meth:`Reward.components`, computed once).
+
+        Detached: rewards are constants of the GRPO objective (only the policy's log-probs carry gradients), and a
+        reward that returns a tensor with a graph (a differentiable reward model) would otherwise be
+        back-propagated into by every micro-batch, failing on the second ("backward through the graph a second
+        time").
+        """
         parts = reward_components(self.reward, images=images, prompts=prompts, metadata=metadata)
+        parts = {name: value.detach() for name, value in parts.items()}
         return parts.pop(self.reward.name), parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -393,6 +458,7 @@ class FluxGRPOModule(L.LightningModule):
         totals: dict[str, float] = {"clip_fraction": 0.0, "approx_kl": 0.0, "kl": 0.0, "policy_loss": 0.0,
                                     "grad_norm": 0.0, "passes": 0.0}
         terms = 0
+        later_terms = 0  # terms of the PPO epochs after the first (on-policy, ratio 1) one
         for epoch in range(g.ppo_epochs):
             gen = torch.Generator().manual_seed(sample_seed(self.seed, self.global_step, epoch, 4))
             order = kept[torch.randperm(len(kept), generator=gen)] if len(kept) else kept
@@ -408,14 +474,21 @@ class FluxGRPOModule(L.LightningModule):
                     totals["passes"] += 1.0
                     if int(mask.sum()):
                         terms += 1
-                        for key in ("clip_fraction", "approx_kl"):
-                            totals[key] += float(step_stats[key])
+                        if epoch > 0:
+                            later_terms += 1
+                            for key in ("clip_fraction", "approx_kl"):
+                                totals[key] += float(step_stats[key])
                         totals["policy_loss"] += float(loss.detach())
                         totals["kl"] += float(kl.detach()) / max(int(mask.sum()), 1)
             totals["grad_norm"] += self._clip_and_step(optimizer)
             scheduler.step()
-        for key in ("clip_fraction", "approx_kl", "kl", "policy_loss"):
+        for key in ("kl", "policy_loss"):
             totals[key] /= max(terms, 1)
+        for key in ("clip_fraction", "approx_kl"):
+            if g.ppo_epochs == 1:
+                del totals[key]  # the one pass is on-policy: always 0
+            else:
+                totals[key] /= max(later_terms, 1)
         totals["grad_norm"] /= g.ppo_epochs
         return totals
 

@@ -8,6 +8,7 @@ judge (:class:`spatialrl.rewards.StrictReward`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -68,6 +69,8 @@ class FlowMatchingModule(L.LightningModule):
         val_seed: int = 0,
     ) -> None:
         super().__init__()
+        if not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"lr must be finite and >= 0, got {lr}")
         self.save_hyperparameters()
         self.source = policy or FluxSource()
         self.lora = lora or LoraSpec()

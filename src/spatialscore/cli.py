@@ -13,19 +13,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 
-from lightning.pytorch.cli import LightningCLI
-
-from spatialscore.data.datamodule import PreferenceDataModule
-from spatialscore.module import SpatialScoreModule
-
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+_LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _NoLightningAdvertisements(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines.
+
+    Lightning 2.6 prints them on every run that does not use its cloud logger and has no setting to turn them
+    off; they say nothing about the run. Every other message, warnings included, passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("💡 Tip:") and ("litlogger" in message or "litmodels" in message))
+
+
+def quiet_lightning_advertisements() -> None:
+    """Install :class:`_NoLightningAdvertisements` on the loggers Lightning's ``rank_zero_info`` writes to (once)."""
+    for name in _LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoLightningAdvertisements) for f in logger.filters):
+            logger.addFilter(_NoLightningAdvertisements())
 
 
 def lightning_main(args: list[str] | None) -> None:
-    """LightningCLI over :class:`SpatialScoreModule` and :class:`PreferenceDataModule` (``args=None``: sys.argv)."""
+    """LightningCLI over :class:`SpatialScoreModule` and :class:`PreferenceDataModule` (``args=None``: sys.argv).
+
+    Imported here: the data tools (``synth``, ``perturb``, ...) need neither Lightning nor the model stack.
+    """
+    from lightning.pytorch.cli import LightningCLI
+
+    from spatialscore.data.datamodule import PreferenceDataModule
+    from spatialscore.module import SpatialScoreModule
+
+    quiet_lightning_advertisements()
     LightningCLI(SpatialScoreModule, PreferenceDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

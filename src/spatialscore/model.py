@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,8 +30,13 @@ from spatialscore.backbone import (
     resolve_backbone_path,
 )
 from spatialscore.data.encode import ImageLike, PromptTemplate, RewardInputEncoder
+from spatialscore.data.manifest import MAX_PROMPT_CHARS
+from spatialscore.imports import without_bitsandbytes
 from spatialscore.losses import sigma_from_log_sigma
 from spatialscore.strategies import fp32_master_weights
+
+with without_bitsandbytes():  # peft imports it when installed; only quantized backbones need it
+    from peft import LoraConfig, inject_adapter_in_model
 
 CONFIG_NAME = "spatialscore_config.json"
 WEIGHTS_NAME = "spatialscore.safetensors"
@@ -136,7 +140,8 @@ class SpatialScore(nn.Module):
                 lora_dropout=config.lora.dropout,
                 target_modules=lora_target_regex(config.lora.targets),
             )
-            backbone = inject_adapter_in_model(lora, backbone)
+            with without_bitsandbytes():  # a no-op for a quantized backbone: it imported bitsandbytes
+                backbone = inject_adapter_in_model(lora, backbone)
             for name, param in backbone.named_parameters():
                 param.requires_grad_("lora_" in name)
             fp32_master_weights(backbone, lora_only=True)
@@ -211,10 +216,21 @@ class SpatialScore(nn.Module):
 
         Images may be PIL images, paths, uint8 (H, W, 3) arrays or float (3, H, W) tensors in [0, 1]. Batches
         are formed from prompts of similar length (less padding when lengths differ); results come back in the
-        input order.
+        input order. A prompt longer than :data:`~spatialscore.data.manifest.MAX_PROMPT_CHARS` characters is a
+        ValueError naming it (as in manifests: a batch is padded to its longest prompt).
         """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, got one string")
         if len(prompts) != len(images):
             raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(
+                    f"prompts[{i}] has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} (MAX_PROMPT_CHARS): "
+                    f"{prompt[:60]!r}..."
+                )
         if not len(prompts):
             return RewardOutput(torch.empty(0), torch.empty(0))
         was_training = self.training

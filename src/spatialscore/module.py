@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,6 +76,10 @@ class SpatialScoreModule(L.LightningModule):
             optimizer = OptimizerConfig(**optimizer)
         self.model_config = model or SpatialScoreConfig()
         self.optimizer_config = optimizer or OptimizerConfig()
+        for name in ("lr", "head_lr", "token_lr", "vision_lr"):
+            value = getattr(self.optimizer_config, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"optimizer.{name} must be finite and >= 0, got {value}")
         self.loss_kind = loss
         self.margin = margin
         self.num_logged_pairs = num_logged_pairs

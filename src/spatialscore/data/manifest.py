@@ -12,7 +12,8 @@ the manifest's folder (absolute paths are accepted too). Everything is validated
 before training: all problems are collected and reported together, each naming
 the file, line and field. Images must decode and have an aspect ratio of at most 200 (Qwen2.5-VL's processor
 refuses more); 16-bit greyscale is accepted and scaled to 8 bit when loaded
-(:mod:`spatialscore.data.images`).
+(:mod:`spatialscore.data.images`). ``prompt`` and ``perturbed_prompt`` hold at most :data:`MAX_PROMPT_CHARS`
+characters: a batch is padded to its longest sequence, so one 100 KB prompt made step 0 allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from spatialscore.data.images import aspect_ratio_problem, to_rgb
 
 __all__ = [
     "ALLOWED_FIELDS",
+    "MAX_PROMPT_CHARS",
     "JSONLineError",
     "Manifest",
     "ManifestError",
@@ -58,6 +60,11 @@ __all__ = [
 REQUIRED_FIELDS: tuple[str, ...] = ("prompt", "chosen", "rejected")
 OPTIONAL_FIELDS: tuple[str, ...] = ("id", "subset", "perturbed_prompt", "category", "meta")
 ALLOWED_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS
+
+# Longest prompt accepted (characters): far above any spatial prompt (the procedural ones have < 200), far below
+# what blows up memory (the reward model pads a batch to its longest sequence, and 100 KB of text is ~25 K tokens).
+MAX_PROMPT_CHARS = 4000
+_PROMPT_FIELDS = ("prompt", "perturbed_prompt")
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _MAX_LISTED_ERRORS = 20
@@ -522,6 +529,8 @@ def _parse_fields(obj: Mapping[str, Any]) -> tuple[dict[str, Any], _Problems]:
             problems.append((name, f"expected a string, got {_json_type(value)}"))
         elif not value.strip():
             problems.append((name, "must not be empty or whitespace"))
+        elif name in _PROMPT_FIELDS and len(value) > MAX_PROMPT_CHARS:
+            problems.append((name, _too_long(value)))
         else:
             fields[name] = value
     for name in OPTIONAL_FIELDS:
@@ -541,10 +550,17 @@ def _parse_fields(obj: Mapping[str, Any]) -> tuple[dict[str, Any], _Problems]:
             else:
                 problems.append(("meta", f"expected an object, got {_json_type(value)}"))
         elif isinstance(value, str):
-            fields[name] = value
+            if name in _PROMPT_FIELDS and len(value) > MAX_PROMPT_CHARS:
+                problems.append((name, _too_long(value)))
+            else:
+                fields[name] = value
         else:
             problems.append((name, f"expected a string or null, got {_json_type(value)}"))
     return fields, problems
+
+
+def _too_long(prompt: str) -> str:
+    return f"prompt of {len(prompt)} characters; at most {MAX_PROMPT_CHARS} (MAX_PROMPT_CHARS)"
 
 
 def _assign_ids(parsed: list[_Row], stem: str) -> None:

@@ -245,9 +245,11 @@ def load_pipeline(path: str | os.PathLike[str], *, device: str = "cpu", dtype: s
 
     ``dtype`` (``float32``, ``bfloat16``, ``float16``) defaults to bfloat16 on CUDA and float32 elsewhere.
     """
-    from diffusers import DiffusionPipeline
-
     from spatialscore.backbone import DTYPES
+    from spatialscore.imports import without_bitsandbytes
+
+    with without_bitsandbytes():  # diffusers imports it when installed; only quantized backbones need it
+        from diffusers import DiffusionPipeline
 
     dtype = dtype or _default_dtype(device)
     if dtype not in DTYPES:
@@ -560,8 +562,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="stop after this many new pairs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
+
+    from spatialscore.imports import without_bitsandbytes
+
+    with without_bitsandbytes():
+        from diffusers.utils import logging as diffusers_logging
 
     # Long prompts make CLIP (77 tokens) warn on every batch; the identical-images check reports what matters.
     diffusers_logging.set_verbosity_error()
