@@ -561,3 +561,16 @@ def test_valid_manifest_warns_nothing(data: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(read_manifest(path, skip_invalid=True)) == 1
+
+
+def test_pair_record_paths_relative_to_the_working_directory_are_written_right(tmp_path, monkeypatch):
+    from spatialscore.data.manifest import PairRecord
+
+    (tmp_path / "renders").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "renders" / name)
+    monkeypatch.chdir(tmp_path)
+    record = PairRecord(id="p", prompt="x", chosen=Path("renders/a.png"), rejected=Path("renders/b.png"))
+    write_manifest(tmp_path / "out" / "pairs.jsonl", [record])  # the manifest lives in another folder
+    read = read_manifest(tmp_path / "out" / "pairs.jsonl").records[0]
+    assert (read.chosen, read.rejected) == (tmp_path / "renders" / "a.png", tmp_path / "renders" / "b.png")

@@ -57,7 +57,9 @@ def test_summary_markdown_reports_every_number():
                                         "dropped": {"chosen: missing objects": 5}}}},
         "reward_model_heldout_accuracy": {"spatialscore": 0.9123, "spatialscore-1": 0.95},
         "policies": {"sft": {"strict_correct": 0.15, "strict_extra": 0.36, "strict_missing": 0.63,
-                             "spatialscore": -1.2}},
+                             "spatialscore": -1.2},
+                     "rl": {"strict_correct": 0.55, "strict_extra": 0.2, "strict_missing": 0.1, "spatialscore": 1.5,
+                            "vs_start": {"strict_correct": [0.4, 0.32, 0.48], "strict_extra": [-0.16, -0.2, -0.1]}}},
         "divergence": {"probe-1": {"diverged": True, "val/reward": [0.1, 0.9], "val/strict_correct": [0.5, 0.2]}},
         "seconds": {"sft": 240.0, "rl-rule": 600.0},
         "loop_seconds": 240.0,
@@ -65,7 +67,8 @@ def test_summary_markdown_reports_every_number():
     text = summary_markdown(summary)
     assert "(seed 3)" in text and "filter, train pairs: 5 of 10 kept, 4 pooled across seeds" in text
     assert "(dropped: 5 chosen: missing objects)" in text and "spatialscore-1: pairwise accuracy" in text
-    assert "held-out generated pairs 0.912" in text and "| sft | 0.150 | 0.360 | 0.630 | -1.200 |" in text
+    assert "held-out generated pairs 0.912" in text and "| sft | 0.150 | - | 0.360 | - | 0.630 | -1.200 |" in text
+    assert "| rl | 0.550 | +0.400 [+0.320, +0.480] | 0.200 | -0.160 [-0.200, -0.100] | 0.100 | 1.500 |" in text
     assert "probe-1: training reward and strict judge diverged" in text and "val/strict_correct 0.500 -> 0.200" in text
     assert "the loop (without rl-rule): 4.0 min" in text
 

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from spatialscore.data.datamodule import PreferenceDataModule
 from spatialscore.data.manifest import read_manifest, write_manifest
+from spatialscore.data.negatives import NEGATIVE_KINDS, edit_object
 from spatialscore.data.pairs import make_pairs
 from spatialscore.data.synthetic import BACKGROUND, PALETTE, draw_shape
 from spatialscore.data.verify import cli_main, filter_pairs, in_turn
@@ -103,7 +104,7 @@ def test_review_decisions_as_verifier(tmp_path):
     assert sorted(kept) == ["duplicate", "good"]
     assert kept["duplicate"].chosen.name == "duplicate-rejected.png" and kept["duplicate"].meta["review"] == "swap"
     assert result.dropped == {"reviewer: reject": 1, "reviewer: skip": 1, "no review decision": 1}
-    with pytest.raises(ValueError, match="pool=True needs the rule verifier"):
+    with pytest.raises(ValueError, match="pool=True and hard_negatives=True need the rule verifier"):
         filter_pairs(pairs=path, out=tmp_path / "x.jsonl", verifier=f"review:{decisions}", pool=True)
 
 
@@ -165,3 +166,61 @@ def test_several_manifests_are_read_as_one_and_ids_must_differ(tmp_path):
 def test_in_turn_gives_each_group_an_equal_share():
     groups = [[1, 2, 3], ["a"], [10, 20]]
     assert [in_turn(groups, t) for t in range(9)] == [1, "a", 10, 2, "a", 20, 3, "a", 10]
+
+
+@pytest.mark.parametrize("kind", NEGATIVE_KINDS)
+def test_edit_object_makes_the_judge_reject_one_object(kind):
+    import numpy as np
+
+    from spatialscore.data.strict import judge
+
+    original = np.asarray(draw(*SHOWS_LEFT))
+    for seed in range(8):  # either object, various places: the edit always fails the prompt in its own way
+        edited = edit_object(original, prompt=LEFT, kind=kind, rng=np.random.default_rng(seed))
+        verdict = judge(edited, LEFT)
+        assert not verdict.correct
+        expected = {
+            "missing": (1, 0, 0),  # one named colour gone, nothing else
+            "duplicated": (0, 1, 1),
+            "recoloured": (1, 0, 1),  # the named colour gone, an object of another colour instead
+            "extra": (0, 0, 1),
+        }[kind]
+        assert (len(verdict.missing), len(verdict.duplicated), verdict.extra) == expected
+        changed = (edited != original).any(axis=2)
+        assert changed.any() and changed.mean() < 0.1  # one object's pixels, not the image
+
+
+def test_edit_object_refuses_when_there_is_no_room_and_unknown_kinds():
+    import numpy as np
+
+    crowded = np.asarray(draw(("red", "circle", (0, 0, 40, 64)), ("blue", "square", (44, 0, 64, 64))))
+    prompt = "a red circle to the left of a blue square"
+    assert edit_object(crowded, prompt=prompt, kind="duplicated", rng=np.random.default_rng(0)) is None
+    with pytest.raises(ValueError, match="kind must be one of"):
+        edit_object(crowded, prompt=prompt, kind="blurred", rng=np.random.default_rng(0))
+
+
+def test_hard_negatives_add_one_verified_pair_per_written_pair(tmp_path):
+    from spatialscore.data.strict import judge
+
+    path = manifest(tmp_path, {"a": (SHOWS_LEFT, SHOWS_RIGHT), "b": (SHOWS_LEFT, (RED["right"],)),
+                               "c": (SHOWS_LEFT, SHOWS_RIGHT), "d": (SHOWS_LEFT, SHOWS_RIGHT),
+                               "x": ((RED["left"],), SHOWS_RIGHT)})
+    result = filter_pairs(pairs=path, out=tmp_path / "kept.jsonl", hard_negatives=True, show_progress=False)
+    records = read_manifest(tmp_path / "kept.jsonl").records
+    assert (result.kept, sum(result.negatives.values())) == (4, 4) and len(records) == 8
+    assert result.negatives == {kind: 1 for kind in NEGATIVE_KINDS}  # the kinds in turn
+    negatives = [r for r in records if r.category.startswith("hard_negative:")]
+    for record in negatives:
+        kind = record.category.split(":")[1]
+        assert record.id == f"{record.meta['hard_negative']['from']}-{kind}" and record.perturbed_prompt is None
+        assert record.rejected.parent.name == "kept-negatives" and record.chosen.name.endswith("-chosen.png")
+        with Image.open(record.rejected) as image:
+            assert not judge(image.convert("RGB"), record.prompt).correct
+    assert json.loads(result.report.read_text())["written"] == 8
+    filter_pairs(pairs=path, out=tmp_path / "again.jsonl", hard_negatives=True, show_progress=False)
+    first = {r.id: r.rejected for r in negatives}
+    for record in read_manifest(tmp_path / "again.jsonl").records[4:]:  # seeded by the pair id: the same edits
+        assert Image.open(record.rejected).tobytes() == Image.open(first[record.id]).tobytes()
+    with pytest.raises(ValueError, match="need the rule verifier"):
+        filter_pairs(pairs=path, out=tmp_path / "x.jsonl", verifier="review:none.jsonl", hard_negatives=True)

@@ -7,7 +7,9 @@
    perturbed by ``spatialscore perturb`` (the path a user of real prompts takes); a training perturbation that
    lands on a held-out prompt is dropped, so neither the reward model nor the policy sees a held-out prompt.
 3. ``pairs``: ``spatialscore make-pairs`` with the supervised tiny FLUX: its own images, one seed per pair.
-4. ``filter``: ``spatialscore filter-pairs --verifier rule --pool`` (the paper's human check, by the strict judge).
+4. ``filter``: ``spatialscore filter-pairs --verifier rule --pool`` (the paper's human check, by the strict judge);
+   with ``--hard-negatives`` the training pairs also get edited copies of their verified chosen images as
+   negatives (an object erased, duplicated, recoloured, or an extra one; :mod:`spatialscore.data.negatives`).
 5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
 6. Hardening rounds (``--rounds``, default 1), each: ``probe-R``, a short GRPO run on the current reward model,
    shows how a policy games it; ``pairs-R`` renders the training prompts with that probe policy; ``filter-R``
@@ -68,6 +70,7 @@ class PaperSettings:
     steps: int = 20
     size: int = 32
     rejected: str = "violates"
+    hard_negatives: bool = False
     rounds: int = 1
     probe_minutes: int = 3
     probe_images_per_prompt: int = 32
@@ -257,12 +260,14 @@ def _run_stages(
                                 ("heldout", settings.heldout_images_per_prompt, 2 * seed + 1, "")])
 
     def filtering(name: str, splits: Mapping[str, Sequence[Path]]) -> None:
-        def work() -> dict[str, Any]:
+        def work() -> dict[str, Any]:  # hard negatives for training only: held-out pairs stay the generator's own
             return {split: filter_pairs(pairs=sources, out=out / name / f"{split}.jsonl", verifier="rule",
-                                        rejected=settings.rejected, pool=True).to_dict()
+                                        rejected=settings.rejected, pool=True,
+                                        hard_negatives=settings.hard_negatives and split == "train").to_dict()
                     for split, sources in splits.items()}
 
         wanted = {"verifier": "rule", "rejected": settings.rejected, "pool": True,
+                  "hard_negatives": settings.hard_negatives,
                   "splits": {k: [str(p) for p in v] for k, v in splits.items()}}
         stage(name, wanted, work)
 
@@ -360,6 +365,13 @@ def summarize(settings: PaperSettings, out: Path, records: Mapping[str, Any]) ->
         name: {key: round(values["rewards"][key]["mean"], 4) for key in keys}
         for name, values in results["policies"].items()
     }
+    baseline = results["baseline"]
+    for name, values in policies.items():  # paired difference from the supervised start, same noise, with its CI
+        paired = results["paired"].get(f"{name} - {baseline}")
+        if paired is not None:
+            values["vs_start"] = {
+                key: [round(paired[key][k], 4) for k in ("mean", "ci_low", "ci_high")] for key in keys[:2]
+            }
     seconds = {name: record["seconds"] for name, record in records.items()}
     return {
         "settings": asdict(settings),
@@ -382,10 +394,18 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                          f"pooled across seeds (dropped: {dropped})")
     for name, accuracy in summary["reward_model_heldout_accuracy"].items():
         lines.append(f"- {name}: pairwise accuracy on held-out generated pairs {accuracy:.3f}")
-    lines += ["", "| policy | strict accuracy | extra objects | missing objects | SpatialScore |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| policy | strict accuracy | vs start (95% CI) | extra objects | vs start (95% CI) | "
+              "missing objects | SpatialScore |", "|---|---|---|---|---|---|---|"]
+
+    def paired(values: Mapping[str, Any], key: str) -> str:
+        if "vs_start" not in values:
+            return "-"
+        mean, low, high = values["vs_start"][key]
+        return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
     for name, values in summary["policies"].items():
-        lines.append(f"| {name} | {values['strict_correct']:.3f} | {values['strict_extra']:.3f} | "
+        lines.append(f"| {name} | {values['strict_correct']:.3f} | {paired(values, 'strict_correct')} | "
+                     f"{values['strict_extra']:.3f} | {paired(values, 'strict_extra')} | "
                      f"{values['strict_missing']:.3f} | {values['spatialscore']:.3f} |")
     lines.append("")
     for name, values in summary["divergence"].items():
@@ -412,6 +432,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout-images-per-prompt", type=int, default=defaults.heldout_images_per_prompt)
     parser.add_argument("--rejected", choices=("violates", "faithful"), default=defaults.rejected,
                         help="filter-pairs' check of the rejected image")
+    parser.add_argument("--hard-negatives", action="store_true",
+                        help="train the reward model also on edited copies of verified images (filter-pairs)")
     parser.add_argument("--rounds", type=int, default=defaults.rounds,
                         help="hardening rounds: probe RL, its renders as negatives, reward model retrained")
     parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
@@ -423,7 +445,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     settings = PaperSettings(
         out=args.out, seed=args.seed, sft_config=args.sft_config, rm_config=args.rm_config,
         rl_config=args.rl_config, rule_config=args.rule_config, images_per_prompt=args.images_per_prompt,
-        heldout_images_per_prompt=args.heldout_images_per_prompt, rejected=args.rejected, rounds=args.rounds,
+        heldout_images_per_prompt=args.heldout_images_per_prompt, rejected=args.rejected,
+        hard_negatives=args.hard_negatives, rounds=args.rounds,
         probe_minutes=args.probe_minutes, probe_images_per_prompt=args.probe_images_per_prompt,
         compare_rule=args.compare_rule, eval_samples=args.eval_samples, until=args.until,
     )

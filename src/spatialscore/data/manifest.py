@@ -280,7 +280,8 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[PairRecord | 
     """Write records as JSON Lines, atomically (temporary file + ``os.replace``).
 
     Image paths inside the manifest's folder are written relative to it; others stay
-    absolute. Mapping records are validated like manifest rows (image files are not
+    absolute. A :class:`PairRecord`'s paths are file paths (a relative one is relative to the
+    working directory); mapping records are validated like manifest rows (image files are not
     checked) and their relative paths are taken as relative to the manifest folder.
     """
     target = Path(os.path.abspath(path))
@@ -656,8 +657,8 @@ def _record_to_row(record: PairRecord | Mapping[str, Any], *, index: int, folder
         fields: dict[str, Any] = {
             "id": record.id,
             "prompt": record.prompt,
-            "chosen": str(record.chosen),
-            "rejected": str(record.rejected),
+            "chosen": os.path.abspath(record.chosen),  # a PairRecord's paths are file paths (relative: to the cwd)
+            "rejected": os.path.abspath(record.rejected),
             "subset": record.subset,
             "perturbed_prompt": record.perturbed_prompt,
             "category": record.category,

@@ -19,6 +19,12 @@ the chosen image is drawn (round robin) from the images that show the record's p
 one from the images rendered from its perturbed prompt that pass the rejected check, taking each kind of failure
 (wrong layout, missing, duplicated, extra objects) in turn; each such pair is marked ``meta.pooled`` with the ids
 its images come from.
+
+``hard_negatives=True`` (rule verifier only) adds, for every written pair, one more pair with the same chosen image
+against an edited copy of it (:mod:`spatialscore.data.negatives`): one object erased, duplicated, recoloured, or
+an extra object added, the kinds taken in turn and each edit checked by the strict judge. They teach a reward model
+the object-level failures that a policy optimised against it produces and the prompt perturbations never show.
+Their images go to ``OUT_STEM-negatives/``, their ``category`` is ``hard_negative:KIND``.
 """
 
 from __future__ import annotations
@@ -27,16 +33,20 @@ import argparse
 import json
 import os
 import sys
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import PairRecord, atomic_write, read_manifest, write_manifest
+from spatialscore.data.negatives import NEGATIVE_KINDS, edit_object
 from spatialscore.data.strict import Judgement, judge
 
 __all__ = [
@@ -203,10 +213,40 @@ def _pooled(
     return out
 
 
+def _hard_negatives(records: Sequence[PairRecord], folder: Path, *, show_progress: bool) -> list[PairRecord]:
+    """One edited-negative pair per record (module docstring); the kinds in turn, the next kind when an edit
+    cannot be made; the edit is seeded by the record id, so a rerun writes the same images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for turn, record in enumerate(tqdm(records, desc="hard negatives", unit="pair", disable=not show_progress)):
+        rgb = np.asarray(open_rgb(record.chosen))
+        rng = np.random.default_rng(zlib.crc32(record.id.encode()))
+        for kind in (NEGATIVE_KINDS[(turn + i) % len(NEGATIVE_KINDS)] for i in range(len(NEGATIVE_KINDS))):
+            edited = edit_object(rgb, prompt=record.prompt, kind=kind, rng=rng)
+            if edited is not None:
+                break
+        else:
+            continue
+        path = folder / f"{record.id}-{kind}.png"
+        Image.fromarray(edited).save(path)
+        out.append(
+            replace(
+                record,
+                id=f"{record.id}-{kind}",
+                rejected=path,
+                perturbed_prompt=None,
+                category=f"hard_negative:{kind}",
+                meta={**record.meta, "hard_negative": {"kind": kind, "from": record.id}},
+            )
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class FilterResult:
-    """What :func:`filter_pairs` wrote: ``kept`` same-seed pairs, ``pooled`` cross-seed pairs, ``dropped``
-    reasons with counts, and the report (a JSON file next to the output manifest)."""
+    """What :func:`filter_pairs` wrote: ``kept`` same-seed pairs, ``pooled`` cross-seed pairs, ``negatives``
+    (hard-negative pairs per kind), ``dropped`` reasons with counts, and the report (a JSON file next to the
+    output manifest)."""
 
     total: int
     kept: int
@@ -214,13 +254,15 @@ class FilterResult:
     dropped: dict[str, int]
     out: Path
     report: Path
+    negatives: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "kept": self.kept,
             "pooled": self.pooled,
-            "written": self.kept + self.pooled,
+            "hard_negatives": self.negatives,
+            "written": self.kept + self.pooled + sum(self.negatives.values()),
             "dropped": self.dropped,
             "out": str(self.out),
         }
@@ -249,13 +291,14 @@ def filter_pairs(
     verifier: str = "rule",
     rejected: RejectedCheck = "violates",
     pool: bool = False,
+    hard_negatives: bool = False,
     show_progress: bool = True,
 ) -> FilterResult:
     """Keep the pairs of a manifest (or of several, e.g. renders of two generators) that ``verifier`` accepts;
     write them to ``out`` and a report beside it.
 
     ``verifier`` is ``"rule"`` (the strict judge) or ``"review:DECISIONS.jsonl"`` (a reviewer's decisions);
-    ``rejected`` and ``pool`` are the rule verifier's options (module docstring). The report
+    ``rejected``, ``pool`` and ``hard_negatives`` are the rule verifier's options (module docstring). The report
     (``OUT.report.json``) holds the counts: total, kept, pooled, and dropped per reason.
     """
     if rejected not in ("violates", "faithful"):
@@ -265,8 +308,10 @@ def filter_pairs(
     if verifier == "rule":
         verdicts = rule_verdicts(records, rejected=rejected, show_progress=show_progress)
     elif verifier.startswith("review:"):
-        if pool:
-            raise ValueError("pool=True needs the rule verifier: a review decides about pairs, not single images")
+        if pool or hard_negatives:
+            raise ValueError(
+                "pool=True and hard_negatives=True need the rule verifier: a review decides about pairs, not images"
+            )
         verdicts = review_verdicts(records, verifier.removeprefix("review:"))
     else:
         raise ValueError(f"verifier must be 'rule' or 'review:DECISIONS.jsonl', got {verifier!r}")
@@ -275,11 +320,23 @@ def filter_pairs(
     if not kept and not pooled:
         raise ValueError(f"{', '.join(map(str, paths))}: no pair passed the {verifier} verifier ({Counter(v.reason for v in verdicts)})")
     out = Path(out)
-    write_manifest(out, kept + pooled)
+    negatives = (
+        _hard_negatives(kept + pooled, out.with_name(f"{out.stem}-negatives"), show_progress=show_progress)
+        if hard_negatives
+        else []
+    )
+    write_manifest(out, kept + pooled + negatives)
     dropped = dict(Counter(v.reason for v in verdicts if not v.keep).most_common())
     report = out.with_name(f"{out.stem}.report.json")
-    result = FilterResult(len(records), len(kept), len(pooled), dropped, out, report)
-    settings = {"pairs": [str(p) for p in paths], "verifier": verifier, "rejected": rejected, "pool": pool}
+    kinds = Counter(r.meta["hard_negative"]["kind"] for r in negatives)
+    result = FilterResult(len(records), len(kept), len(pooled), dropped, out, report, dict(sorted(kinds.items())))
+    settings = {
+        "pairs": [str(p) for p in paths],
+        "verifier": verifier,
+        "rejected": rejected,
+        "pool": pool,
+        "hard_negatives": hard_negatives,
+    }
     text = json.dumps({**result.to_dict(), "settings": settings}, indent=2) + "\n"
     atomic_write(report, lambda fh: fh.write(text.encode()))
     return result
@@ -308,6 +365,12 @@ def cli_main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rule verifier: pair verified images across seeds for records whose own pair was dropped",
     )
+    parser.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="rule verifier: add one pair per written pair against an edited copy of its chosen image "
+        "(an object erased, duplicated, recoloured, or an extra one)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -317,6 +380,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             verifier=args.verifier,
             rejected=args.rejected,
             pool=args.pool,
+            hard_negatives=args.hard_negatives,
             show_progress=not args.no_progress,
         )
     except (OSError, ValueError) as exc:
@@ -325,6 +389,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     print(
         f"spatialscore filter-pairs: {result.kept} of {result.total} pairs kept"
         + (f", {result.pooled} pooled across seeds" if args.pool else "")
+        + (f", {sum(result.negatives.values())} hard negatives" if args.hard_negatives else "")
         + f" -> {result.out} (report: {result.report})",
         file=sys.stderr,
     )
