@@ -8,8 +8,8 @@
    lands on a held-out prompt is dropped, so neither the reward model nor the policy sees a held-out prompt.
 3. ``pairs``: ``spatialscore make-pairs`` with the supervised tiny FLUX: its own images, one seed per pair.
 4. ``filter``: ``spatialscore filter-pairs --verifier rule --pool`` (the paper's human check, by the strict judge);
-   with ``--hard-negatives`` the training pairs also get edited copies of their verified chosen images as
-   negatives (an object erased, duplicated, recoloured, or an extra one; :mod:`spatialscore.data.negatives`).
+   the training pairs also get edited copies of their verified chosen images as negatives (an object erased,
+   duplicated, recoloured, or an extra one; :mod:`spatialscore.data.negatives`; ``--no-hard-negatives``: none).
 5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
 6. Hardening rounds (``--rounds``, default 1), each: ``probe-R``, a short GRPO run on the current reward model,
    shows how a policy games it; ``pairs-R`` renders the training prompts with that probe policy; ``filter-R``
@@ -70,7 +70,7 @@ class PaperSettings:
     steps: int = 20
     size: int = 32
     rejected: str = "violates"
-    hard_negatives: bool = False
+    hard_negatives: bool = True
     rounds: int = 1
     probe_minutes: int = 3
     probe_images_per_prompt: int = 32
@@ -432,8 +432,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout-images-per-prompt", type=int, default=defaults.heldout_images_per_prompt)
     parser.add_argument("--rejected", choices=("violates", "faithful"), default=defaults.rejected,
                         help="filter-pairs' check of the rejected image")
-    parser.add_argument("--hard-negatives", action="store_true",
-                        help="train the reward model also on edited copies of verified images (filter-pairs)")
+    parser.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=defaults.hard_negatives,
+                        help="train the reward model also on edited copies of its verified chosen images "
+                        "(filter-pairs --hard-negatives; without them the policy games it, README)")
     parser.add_argument("--rounds", type=int, default=defaults.rounds,
                         help="hardening rounds: probe RL, its renders as negatives, reward model retrained")
     parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
