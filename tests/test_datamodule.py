@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -190,3 +191,108 @@ def test_images_of_different_sizes_need_image_size():
     with pytest.raises(ValueError, match="image_size"):
         collate_images(items)
     assert collate_images(items[:1])["images"].shape == (1, 3, 8, 8)
+
+
+def _explicit(synthetic_dir) -> dict[str, str]:
+    return {split: str(synthetic_dir / f"{split}.jsonl") for split in ("train", "val", "test")}
+
+
+def test_explicit_manifests_ignore_the_synthetic_block(synthetic_dir, tmp_path):
+    """Issue 15: `fit` with train/val/test manifests and the tiny config's `data.synthetic` block wrote
+    synthetic_spec.json into a folder it never created (FileNotFoundError), or refused a foreign record there."""
+    missing = tmp_path / "never-created" / "synthetic"
+    spec = SyntheticData(directory=str(missing), train_pairs=4, val_pairs=2, test_pairs=2, stages=(1,), eval_stages=(1,))
+    module = PreferenceDataModule(**_explicit(synthetic_dir), synthetic=spec)
+    module.prepare_data()
+    assert not (tmp_path / "never-created").exists()
+    module.setup("fit")
+    module.setup("test")
+    assert len(module.manifests["train"]) == len(PreferenceDataModule(**_explicit(synthetic_dir)).load("train"))
+    # a folder holding another spec's record is neither checked nor rewritten when no split comes from it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "synthetic_spec.json").write_text('{"seed": 99}')
+    PreferenceDataModule(**_explicit(synthetic_dir), synthetic=SyntheticData(directory=str(other))).prepare_data()
+    assert (other / "synthetic_spec.json").read_text() == '{"seed": 99}'
+    assert [p.name for p in other.iterdir()] == ["synthetic_spec.json"]
+
+
+def test_synthetic_fills_only_the_splits_without_a_manifest(synthetic_dir, tmp_path):
+    folder = tmp_path / "nested" / "syn"
+    spec = SyntheticData(directory=str(folder), train_pairs=4, val_pairs=2, test_pairs=0, stages=(1,), eval_stages=(1,))
+    module = PreferenceDataModule(train=str(synthetic_dir / "train.jsonl"), synthetic=spec)
+    module.prepare_data()
+    assert (folder / "val.jsonl").is_file() and not (folder / "train.jsonl").exists()
+    assert json.loads((folder / "synthetic_spec.json").read_text())["val_pairs"] == 2
+    module.setup("fit")
+    assert len(module.manifests["val"]) == 4  # 2 pairs and their mirrors
+
+
+def test_batch_size_binds_resuming_training_only(synthetic_dir):
+    """Issue 15: validate/test --ckpt_path refused a checkpoint trained with another batch size."""
+    state = PreferenceDataModule(**_explicit(synthetic_dir), batch_size=4, seed=0).state_dict()
+    module = PreferenceDataModule(**_explicit(synthetic_dir), batch_size=8, seed=0, view="images")
+    module.load_state_dict(state)
+    module.setup("validate")
+    module.setup("test")
+    assert next(iter(module.val_dataloader()))["images"].shape[0] == 8
+    assert next(iter(module.test_dataloader()))["images"].shape[0] == 8
+    message = (
+        r"cannot resume training: the checkpoint was trained with data.batch_size=4, this run has data.seed=0, "
+        r"data.batch_size=8"
+    )
+    with pytest.raises(ValueError, match=message):
+        module.setup("fit")
+    with pytest.raises(ValueError, match=message):
+        module.train_dataloader()
+    same = PreferenceDataModule(**_explicit(synthetic_dir), batch_size=4, seed=0, view="images")
+    same.load_state_dict(state)
+    same.setup("fit")
+    assert len(same.train_dataloader()) > 0
+
+
+class _MeanImage(L.LightningModule):
+    """A one-parameter model of the images view: enough for Lightning to checkpoint and restore a data module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level = torch.nn.Parameter(torch.zeros(()))
+
+    def _loss(self, batch) -> torch.Tensor:
+        return (batch["images"].mean() - self.level).square()
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch), batch_size=len(batch["ids"]))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", self._loss(batch), batch_size=len(batch["ids"]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_validate_and_test_accept_a_checkpoint_of_another_batch_size(synthetic_dir, tmp_path):
+    def trainer(**kwargs) -> L.Trainer:
+        return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=str(tmp_path), **kwargs)
+
+    def data(batch_size: int) -> PreferenceDataModule:
+        return PreferenceDataModule(**_explicit(synthetic_dir), batch_size=batch_size, view="images")
+
+    first = trainer(max_steps=2, limit_val_batches=1)
+    first.fit(_MeanImage(), datamodule=data(4))
+    ckpt = tmp_path / "four.ckpt"
+    first.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=True)["PreferenceDataModule"] == {"seed": 0, "batch_size": 4}
+    validated = trainer().validate(_MeanImage(), datamodule=data(8), ckpt_path=str(ckpt), verbose=False)
+    tested = trainer().test(_MeanImage(), datamodule=data(8), ckpt_path=str(ckpt), verbose=False)
+    assert "val_loss" in validated[0] and "test_loss" in tested[0]
+    with pytest.raises(ValueError, match=r"cannot resume training: .*data.batch_size=4, this run has .*data.batch_size=8"):
+        trainer(max_steps=4).fit(_MeanImage(), datamodule=data(8), ckpt_path=str(ckpt))
+    resumed = trainer(max_steps=4, limit_val_batches=1)
+    resumed.fit(_MeanImage(), datamodule=data(4), ckpt_path=str(ckpt))
+    assert resumed.global_step == 4

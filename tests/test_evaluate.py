@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from toy_rewards import LeftRed
 
-from spatialrl.callbacks import export_policy
+from spatialrl.callbacks import export_policy, sampling_settings
 from spatialrl.cli import main as spatialrl_main
 from spatialrl.evaluate import (
     PolicySpec,
@@ -20,12 +23,14 @@ from spatialrl.evaluate import (
     parse_policy_spec,
     parse_reward_spec,
     read_prompts,
+    resolve_sampling,
 )
-from spatialrl.flux import FluxSource
+from spatialrl.flux import SETTINGS_FILE, FluxSource
 from spatialrl.lora import LoraSpec
 from spatialrl.module import EvalSpec, FluxGRPOModule, SamplingSpec
 from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
+from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import write_synthetic_dataset
 from spatialscore.model import SpatialScore, SpatialScoreConfig
 from spatialscore.visualize import image_grid
@@ -175,3 +180,57 @@ def test_grid_shows_several_samples_per_policy_under_each_prompt(tmp_path):
     with pytest.raises(ValueError, match="grid_samples"):
         evaluate_policies(policies=[PolicySpec("a", FluxSource())], prompts=prompts, rewards=[StrictReward()],
                           grid_samples=0, **FAST)
+
+
+def test_export_records_the_sampling_settings(tuned_policy):
+    recorded = json.loads((Path(tuned_policy) / SETTINGS_FILE).read_text())
+    assert recorded == {"max_sequence_length": 512, "height": 32, "width": 32, "num_steps": 2}  # eval's 2, not 3
+    sft = FlowMatchingModule(height=32, width=48, val_steps=5)
+    assert sampling_settings(sft) == {"height": 32, "width": 48, "num_steps": 5}
+    assert sampling_settings(L.LightningModule()) == {}
+
+
+def test_cli_samples_at_the_recorded_size_unless_told(tmp_path, tuned_policy, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    common = ["evaluate", "--policy", "base=tiny", "--policy", f"tuned={tuned_policy}", "--prompts", str(prompts),
+              "--reward", "toy_rewards.LeftRed", "--samples-per-prompt", "1", "--bootstrap", "0"]
+    assert spatialrl_main([*common, "--out", str(tmp_path / "a")]) == 0
+    settings = json.loads((tmp_path / "a" / "results.json").read_text())["settings"]
+    assert (settings["height"], settings["width"], settings["num_steps"]) == (32, 32, 2)
+    assert settings["sampling_from"] == dict.fromkeys(("height", "width", "num_steps"), "recorded by tuned")
+    err = capsys.readouterr().err
+    assert "sampling height 32 (recorded by tuned), width 32 (recorded by tuned), ODE steps 2 (recorded by tuned)" in err
+    assert "policy 1/2 base" in err and "policy 2/2 tuned" in err and "1/1" in err  # a bar per policy, over images
+
+    assert spatialrl_main([*common, "--out", str(tmp_path / "b"), "--steps", "1", "--no-progress"]) == 0
+    settings = json.loads((tmp_path / "b" / "results.json").read_text())["settings"]
+    assert (settings["height"], settings["num_steps"]) == (32, 1)  # a flag wins
+    assert settings["sampling_from"] == {"height": "recorded by tuned", "width": "recorded by tuned", "num_steps": "given"}
+    err = capsys.readouterr().err
+    assert "ODE steps 1 (given)" in err and "policy 1/2" not in err
+
+
+def test_policies_that_recorded_different_sizes_need_explicit_flags(tmp_path, tuned_policy, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(Path(tuned_policy) / "transformer", other / "transformer")
+    (other / SETTINGS_FILE).write_text(json.dumps({"max_sequence_length": 512, "height": 64, "width": 32, "num_steps": 2}))
+    policies = [parse_policy_spec(f"a={tuned_policy}"), parse_policy_spec(f"b={other}"), parse_policy_spec("tiny")]
+    with pytest.raises(SpecError, match=r"height a=32, b=64 \(give --height\)$"):
+        resolve_sampling(policies)
+    assert resolve_sampling(policies, height=48) == (
+        {"height": 48, "width": 32, "num_steps": 2},
+        {"height": "given", "width": "recorded by a, b", "num_steps": "recorded by a, b"},
+    )
+    assert resolve_sampling([parse_policy_spec("tiny")]) == (
+        {"height": 512, "width": 512, "num_steps": 28}, dict.fromkeys(("height", "width", "num_steps"), "default")
+    )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    with pytest.raises(SystemExit):
+        spatialrl_main(["evaluate", "--policy", f"a={tuned_policy}", "--policy", f"b={other}", "--prompts", str(prompts),
+                        "--reward", "toy_rewards.LeftRed", "--out", str(tmp_path / "x")])
+    assert "height a=32, b=64 (give --height)" in capsys.readouterr().err
+    (other / SETTINGS_FILE).write_text(json.dumps({"height": "64"}))
+    with pytest.raises(SpecError, match="height must be a positive integer"):
+        resolve_sampling(policies)

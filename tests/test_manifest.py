@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 import warnings
@@ -574,3 +575,157 @@ def test_pair_record_paths_relative_to_the_working_directory_are_written_right(t
     write_manifest(tmp_path / "out" / "pairs.jsonl", [record])  # the manifest lives in another folder
     read = read_manifest(tmp_path / "out" / "pairs.jsonl").records[0]
     assert (read.chosen, read.rejected) == (tmp_path / "renders" / "a.png", tmp_path / "renders" / "b.png")
+
+
+# --------------------------------------------------------------------------- validation cache
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remember images however recently they were written (by default images changed less than 2 s before a
+    check are checked again next time, as a same-size rewrite within one timestamp tick could go unseen)."""
+    from spatialscore.data import manifest as module
+
+    monkeypatch.setattr(module, "_SETTLED_NS", -3600 * 10**9)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The images validation decodes, in order (``_check_image`` is the one function that opens them)."""
+    from spatialscore.data import manifest as module
+
+    calls: list[Path] = []
+    original = module._check_image
+
+    def spy(path: Path) -> tuple[str, str] | None:
+        calls.append(path)
+        return original(path)
+
+    monkeypatch.setattr(module, "_check_image", spy)
+    return calls
+
+
+def four_pairs(data: Path) -> Path:
+    return write_lines(data / "pairs.jsonl", [pair(i) for i in range(4)])
+
+
+def test_second_read_of_an_unchanged_manifest_opens_no_image(data: Path, settled: None, opened: list[Path]) -> None:
+    path = four_pairs(data)
+    first = read_manifest(path)
+    assert len(opened) == 8
+    cache = data / ".pairs.jsonl.validated.json"
+    assert sorted(json.loads(cache.read_text())["images"]) == sorted(str(p) for p in opened)
+    opened.clear()
+    second = read_manifest(path, show_progress=True)
+    assert opened == [] and second.records == first.records
+    assert read_manifest(path, cache=False).records == first.records and len(opened) == 8  # cache=False: all
+
+
+def test_a_touched_or_rewritten_image_alone_is_checked_again(data: Path, settled: None, opened: list[Path]) -> None:
+    path = four_pairs(data)
+    read_manifest(path)
+    touched = data / "images" / "2a.png"
+    info = touched.stat()
+    os.utime(touched, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    opened.clear()
+    read_manifest(path)
+    assert opened == [touched]
+    opened.clear()
+    read_manifest(path)
+    assert opened == []  # re-remembered
+    noise = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(data / "images" / "1b.png")  # new bytes, same 8x6 size
+    read_manifest(path)
+    assert opened == [data / "images" / "1b.png"]
+
+
+def test_an_image_corrupted_after_caching_is_still_caught(data: Path, settled: None, opened: list[Path]) -> None:
+    path = four_pairs(data)
+    read_manifest(path)
+    broken = data / "images" / "3a.png"
+    broken.write_bytes(broken.read_bytes()[:20])  # truncated
+    opened.clear()
+    cached = errors_of(path)
+    assert opened == [broken]
+    assert [str(e) for e in cached] == [str(e) for e in errors_of(path, cache=False)]
+    assert str(cached[0]).startswith(f"{path}:4: field 'chosen': corrupt image: images/3a.png (")
+    opened.clear()
+    errors_of(path)
+    assert opened == [broken]  # a failure is never remembered: checked again every time
+    assert str(broken) not in json.loads((data / ".pairs.jsonl.validated.json").read_text())["images"]
+
+
+def test_a_manifest_edit_checks_only_the_new_images(data: Path, settled: None, opened: list[Path]) -> None:
+    path = write_lines(data / "pairs.jsonl", [pair(0), pair(1)])
+    read_manifest(path)
+    make_png(data / "images" / "9a.png")
+    write_lines(path, [pair(0), pair(1, rejected="images/9a.png")])
+    opened.clear()
+    assert read_manifest(path).records[1].rejected == data / "images" / "9a.png"
+    assert opened == [data / "images" / "9a.png"]
+    cached = json.loads((data / ".pairs.jsonl.validated.json").read_text())
+    assert str(data / "images" / "1b.png") not in cached["images"]  # no longer in the manifest: forgotten
+    assert cached["manifest"]["size"] == path.stat().st_size
+
+
+def test_new_version_or_corrupt_cache_checks_everything(
+    data: Path, settled: None, opened: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spatialscore.data import manifest as module
+
+    path = four_pairs(data)
+    read_manifest(path)
+    monkeypatch.setattr(module, "VALIDATION_CACHE_VERSION", module.VALIDATION_CACHE_VERSION + 1)
+    opened.clear()
+    read_manifest(path)
+    assert len(opened) == 8
+    (data / ".pairs.jsonl.validated.json").write_text("{not json")
+    opened.clear()
+    read_manifest(path)
+    assert len(opened) == 8
+    opened.clear()
+    read_manifest(path)
+    assert opened == []  # the corrupt cache was replaced
+
+
+def test_recently_changed_images_are_not_remembered(data: Path, opened: list[Path]) -> None:
+    path = four_pairs(data)  # the fixture's images were written just now
+    read_manifest(path)
+    opened.clear()
+    read_manifest(path)
+    assert len(opened) == 8
+    assert not (data / ".pairs.jsonl.validated.json").exists()
+
+
+def test_read_only_folder_caches_in_the_project_cache_folder(
+    data: Path, settled: None, opened: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path_factory
+) -> None:
+    from spatialscore.data import manifest as module
+
+    cache_dir = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("SPATIALREWARD_CACHE", str(cache_dir))
+    monkeypatch.setattr(module, "_folder_writable", lambda folder: False)  # as root, chmod cannot make one
+    path = four_pairs(data)
+    read_manifest(path)
+    opened.clear()
+    read_manifest(path)
+    assert opened == []
+    assert not (data / ".pairs.jsonl.validated.json").exists()
+    (stored,) = (cache_dir / "manifest-validation").iterdir()
+    assert stored.name.startswith("pairs.jsonl-") and json.loads(stored.read_text())["manifest"]["path"] == str(path)
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_validating(
+    data: Path, settled: None, opened: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spatialscore.data import manifest as module
+
+    def refuse(path: Path, write: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(module, "atomic_write", refuse)
+    path = four_pairs(data)
+    assert len(read_manifest(path)) == 4
+    opened.clear()
+    assert len(read_manifest(path)) == 4
+    assert len(opened) == 8

@@ -219,3 +219,71 @@ def test_module_trains_in_train_mode():
     module = SpatialScoreModule(model=SpatialScoreConfig(lora=LoraSettings(rank=4, dropout=0.1), activation_checkpointing=True))
     module.configure_model()
     assert all(m.training for m in module.model.modules())
+
+
+def test_save_records_the_weights_sha256_and_load_refuses_a_flipped_byte(tmp_path):
+    import hashlib
+    import json
+    import re
+
+    model = make_model(lora=LoraSettings(rank=4))
+    model.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "spatialscore.safetensors"
+    config = json.loads((tmp_path / "ckpt" / "spatialscore_config.json").read_text())
+    assert config["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    SpatialScore.from_pretrained(tmp_path / "ckpt")  # the recorded hash matches
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor's bytes: safetensors itself would load it without complaint
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(str(weights)) + rf": SHA-256 [0-9a-f]{{64}} differs from {config['weights_sha256']}"):
+        SpatialScore.from_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda raw: "{not json", r"invalid JSON"),
+        (lambda raw: {**raw, "head_hidden_size": "big"}, r"field 'head_hidden_size' must be int, got str 'big'"),
+        (lambda raw: {**raw, "lora": {**raw["lora"], "rank": 4.5}}, r"field 'lora.rank' must be int, got float 4.5"),
+        (lambda raw: {**raw, "backbone": {**raw["backbone"], "colour": "red"}}, r"unknown field 'backbone.colour'"),
+        (lambda raw: {**raw, "backbone": {**raw["backbone"], "dtype": "float8"}},
+         r"field 'backbone.dtype' must be Literal\['float32', 'bfloat16', 'float16'\], got str 'float8'"),
+        (lambda raw: {**raw, "lora": None}, r"field 'lora' must be a JSON object, got NoneType"),
+        (lambda raw: {**raw, "weights_sha256": 5}, r"field 'weights_sha256' must be 64 lowercase hex digits"),
+        (lambda raw: [raw], r"must hold a JSON object, got list"),
+    ],
+    ids=["json", "type", "nested-type", "unknown", "literal", "null-object", "hash", "not-object"],
+)
+def test_tampered_config_is_refused_naming_file_and_field(tmp_path, edit, message):
+    import json
+    import re
+
+    make_model().save_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "spatialscore_config.json"
+    edited = edit(json.loads(config_file.read_text()))
+    config_file.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(ValueError, match=re.escape(str(config_file)) + ": .*" + message):
+        SpatialScore.from_pretrained(tmp_path / "ckpt")
+
+
+def test_score_refuses_a_non_positive_batch_size():
+    model = make_model()
+    for size in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {size!r}"):
+            model.score(prompts=PROMPTS, images=images(2), batch_size=size)
+
+
+def test_base_checkpoint_is_read_from_safetensors_only(tmp_path):
+    """A base folder holding only pickled weights (pytorch_model.bin) is refused, never unpickled."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from spatialscore.backbone import resolve_backbone_path
+
+    base = tmp_path / "base"
+    shutil.copytree(resolve_backbone_path(BackboneConfig()), base)
+    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="safetensors"):
+        SpatialScore.build(SpatialScoreConfig(backbone=BackboneConfig(path=str(base))))

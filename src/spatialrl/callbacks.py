@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from spatialrl.flux import SETTINGS_FILE, FluxPolicy
 from spatialrl.lora import add_lora, has_lora, merged_copy
 
-__all__ = ["ExportPolicy", "RewardDivergence", "diverged", "export_policy"]
+__all__ = ["ExportPolicy", "RewardDivergence", "diverged", "export_policy", "sampling_settings"]
 
 
 def export_policy(module: L.LightningModule, directory: str | Path, *, is_global_zero: bool = True) -> None:
@@ -27,8 +27,10 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     ``directory/`` is a complete FLUX folder in the diffusers layout with the LoRA adapter merged (loadable by
     ``FluxSource(path=...)`` and ``FluxPipeline.from_pretrained``); ``directory/lora.safetensors`` holds the
     adapter alone (peft key names) when there is one, and ``spatialrl.json`` the T5 length it was trained with
-    (read back by ``FluxSource``). The weights are gathered as a full state dict first, so this works for sharded
-    (FSDP2) models too; every rank must call it.
+    (read back by ``FluxSource``) and, when the module has them, the image ``height`` and ``width`` it sampled at
+    and its validation's ODE ``num_steps`` (:func:`sampling_settings`: ``spatialrl evaluate``'s defaults). The
+    weights are gathered as a full state dict first, so this works for sharded (FSDP2) models too; every rank
+    must call it.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(module.transformer, options=options)
@@ -49,11 +51,25 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
         scheduler_config=policy.scheduler_config,
     )
     merged.save_pretrained(directory)
-    settings = {"max_sequence_length": policy.max_sequence_length}
+    settings = {"max_sequence_length": policy.max_sequence_length, **sampling_settings(module)}
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     if has_lora(policy.transformer):
         lora = {k: v.contiguous() for k, v in state.items() if "lora_" in k}
         save_file(lora, str(directory / "lora.safetensors"))
+
+
+def sampling_settings(module: L.LightningModule) -> dict[str, int]:
+    """The image size a module trained and validated at and its validation's ODE steps: ``sampling.height``,
+    ``sampling.width`` and ``eval_spec.num_steps`` of a :class:`~spatialrl.module.FluxGRPOModule`; ``height``,
+    ``width`` and ``val_steps`` of a :class:`~spatialrl.sft.FlowMatchingModule`; ``{}`` for other modules."""
+    sampling, evaluation = getattr(module, "sampling", None), getattr(module, "eval_spec", None)
+    if sampling is not None and evaluation is not None:
+        values = {"height": sampling.height, "width": sampling.width, "num_steps": evaluation.num_steps}
+    elif all(hasattr(module, name) for name in ("height", "width", "val_steps")):
+        values = {"height": module.height, "width": module.width, "num_steps": module.val_steps}
+    else:
+        return {}
+    return {key: int(value) for key, value in values.items()}
 
 
 class ExportPolicy(L.Callback):

@@ -20,6 +20,11 @@ labelled diagnostic), ``rule`` (:class:`~spatialrl.rewards.RuleReward`, the leni
 :class:`~spatialrl.rewards.Reward` subclass that takes no arguments (``package.module.Class``).
 Prompts: a pair manifest (its unique perfect prompts) or a text file with one prompt per line.
 
+Image size and ODE steps default to what the policy folders recorded at export (``height``, ``width`` and
+``num_steps`` in ``spatialrl.json``, written by :func:`spatialrl.callbacks.export_policy`: the size the policy was
+trained at and its validation's steps), else 512x512 and 28 steps; policies that recorded different values need
+them given explicitly (:func:`resolve_sampling`).
+
 Writes ``results.json`` (settings, per-policy means and CIs, paired differences, per-prompt scores, timings),
 ``table.md`` and ``grid.png`` (rows: prompts under their text, columns: policies; the first ``grid_samples``
 samples of each, captioned with the first reward).
@@ -44,8 +49,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm import tqdm
 
-from spatialrl.flux import FluxSource
+from spatialrl.flux import SETTINGS_FILE, FluxSource, recorded_settings
 from spatialrl.module import EvalSpec, SamplingSpec
 from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, StrictReward, reward_components
 from spatialrl.rollout import ode_images
@@ -60,11 +66,14 @@ __all__ = [
     "SpecError",
     "bootstrap_mean_ci",
     "cli_main",
+    "describe_sampling",
     "evaluate_policies",
     "format_tables",
     "parse_policy_spec",
     "parse_reward_spec",
     "read_prompts",
+    "recorded_sampling",
+    "resolve_sampling",
 ]
 
 POLICY_FORMS = ("tiny or tiny:SEED (random tiny FLUX)", "PATH (a diffusers FLUX folder)", "NAME=SPEC")
@@ -76,6 +85,12 @@ REWARD_FORMS = (
     "NAME=SPEC",
 )
 _MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".pq")
+# Sampling settings a policy folder may record at export: (key in spatialrl.json, CLI flag, default).
+_SAMPLING_KEYS = (
+    ("height", "--height", SamplingSpec.height),
+    ("width", "--width", SamplingSpec.width),
+    ("num_steps", "--steps", EvalSpec.num_steps),
+)
 
 
 class SpecError(ValueError):
@@ -118,6 +133,71 @@ def parse_policy_spec(spec: str, *, dtype: str = "float32", max_sequence_length:
             f"forms: {'; '.join(POLICY_FORMS)}"
         )
     return PolicySpec(name, FluxSource(path=body, **common))
+
+
+def recorded_sampling(spec: PolicySpec) -> dict[str, int]:
+    """The ``height``, ``width`` and ``num_steps`` (ODE steps) ``spec``'s folder recorded at export, those it has
+    (``{}`` for ``tiny`` and folders without ``spatialrl.json``, e.g. FLUX.1-dev)."""
+    if spec.source.path is None:
+        return {}
+    path = Path(spec.source.path) / SETTINGS_FILE
+    try:
+        recorded = recorded_settings(spec.source.path)
+    except (OSError, ValueError) as error:
+        raise SpecError(f"policy {spec.name!r}: cannot read {path}: {error}") from error
+    if not isinstance(recorded, dict):
+        raise SpecError(f"policy {spec.name!r}: {path} does not hold a JSON object")
+    out = {}
+    for key, _, _ in _SAMPLING_KEYS:
+        if key in recorded:
+            value = recorded[key]
+            if type(value) is not int or value < 1:
+                raise SpecError(f"policy {spec.name!r}: {path}: {key} must be a positive integer, got {value!r}")
+            out[key] = value
+    return out
+
+
+def resolve_sampling(
+    policies: Sequence[PolicySpec],
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    num_steps: int | None = None,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """The ``height``, ``width`` and ``num_steps`` to sample with, and where each came from.
+
+    A value given wins; else the one the policies recorded at export (:func:`recorded_sampling`; policies that
+    recorded none, e.g. ``tiny`` or FLUX.1-dev, follow the others), else the default (512, 512, 28). Policies
+    that recorded different values raise :class:`SpecError` naming them: give that value explicitly.
+    """
+    given = {"height": height, "width": width, "num_steps": num_steps}
+    recorded = {spec.name: recorded_sampling(spec) for spec in policies} if None in given.values() else {}
+    values: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    conflicts = []
+    for key, flag, default in _SAMPLING_KEYS:
+        if given[key] is not None:
+            values[key], sources[key] = given[key], "given"
+            continue
+        seen = {name: settings[key] for name, settings in recorded.items() if key in settings}
+        if len(set(seen.values())) > 1:
+            conflicts.append(f"{key} {', '.join(f'{name}={value}' for name, value in seen.items())} (give {flag})")
+        elif seen:
+            values[key], sources[key] = next(iter(seen.values())), f"recorded by {', '.join(seen)}"
+        else:
+            values[key], sources[key] = default, "default"
+    if conflicts:
+        raise SpecError(
+            f"the policies were exported with different sampling settings ({SETTINGS_FILE}): "
+            + "; ".join(conflicts)
+        )
+    return values, sources
+
+
+def describe_sampling(values: Mapping[str, int], sources: Mapping[str, str]) -> str:
+    """One line: the size and steps :func:`resolve_sampling` chose, each with where it came from."""
+    names = {"height": "height", "width": "width", "num_steps": "ODE steps"}
+    return "sampling " + ", ".join(f"{names[key]} {values[key]} ({sources[key]})" for key in names)
 
 
 def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = None) -> Reward:
@@ -189,10 +269,10 @@ def evaluate_policies(
     prompts: Sequence[str],
     rewards: Sequence[Reward],
     metadata: Sequence[Mapping[str, Any]] | None = None,
-    num_steps: int = EvalSpec.num_steps,
+    num_steps: int | None = None,
     samples_per_prompt: int = EvalSpec.samples_per_prompt,
-    height: int = SamplingSpec.height,
-    width: int = SamplingSpec.width,
+    height: int | None = None,
+    width: int | None = None,
     seed: int = EvalSpec.seed,
     guidance: float = SamplingSpec.guidance,
     batch_size: int = SamplingSpec.rollout_batch,
@@ -203,8 +283,12 @@ def evaluate_policies(
     grid_samples: int = 1,
     out_dir: str | os.PathLike[str] | None = None,
     command: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Sample ``prompts`` from every policy (one loaded at a time), score with every reward, summarise.
+
+    ``height``, ``width`` and ``num_steps`` left None are the ones the policies recorded at export, else 512, 512
+    and 28 (:func:`resolve_sampling`). ``progress`` shows a progress bar per policy (images sampled and scored).
 
     Returns the ``results.json`` dict: ``policies[name]["rewards"][reward]`` holds ``mean``, ``ci_low``,
     ``ci_high``, ``std`` and ``n``; ``paired["B - A"][reward]`` the difference of policy B to the first policy A
@@ -218,6 +302,8 @@ def evaluate_policies(
             raise ValueError(f"{kind} names must be unique, got {names}; name them with NAME=SPEC")
     if samples_per_prompt < 1 or batch_size < 1 or grid_samples < 1 or bootstrap < 0:
         raise ValueError("samples_per_prompt, batch_size and grid_samples must be >= 1 and bootstrap >= 0")
+    chosen, sources = resolve_sampling(policies, height=height, width=width, num_steps=num_steps)
+    height, width, num_steps = chosen["height"], chosen["width"], chosen["num_steps"]
     metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
     n = samples_per_prompt
     flat = [p for p in prompts for _ in range(n)]
@@ -229,28 +315,34 @@ def evaluate_policies(
     scores: dict[str, dict[str, np.ndarray]] = {}
     grid: dict[str, Tensor] = {}
     seconds: dict[str, dict[str, float]] = {}
-    for spec in policies:
-        start = time.perf_counter()
-        policy = spec.source.load(device=device)
-        loaded = time.perf_counter()
-        parts: dict[str, list[Tensor]] = {name: [] for name in columns}
-        firsts: list[Tensor] = []
-        sampling = scoring = 0.0
-        offset, tick = 0, time.perf_counter()
-        for images in ode_images(policy, prompts=prompts, samples_per_prompt=n, seed=seed, num_steps=num_steps,
-                                 height=height, width=width, guidance=guidance, batch_size=batch_size):
-            mid = time.perf_counter()
-            sampling += mid - tick
-            rows = slice(offset, offset + len(images))
-            for reward in rewards:
-                values = reward_components(reward, images=images, prompts=flat[rows], metadata=flat_meta[rows])
-                for name, value in values.items():
-                    parts[name].append(value.cpu())
-            firsts += [images[j - offset].cpu() for j in range(offset, offset + len(images))
-                       if j % n < grid_samples and j // n < grid_rows]  # first samples of the grid's prompts
-            offset += len(images)
-            tick = time.perf_counter()
-            scoring += tick - mid
+    for number, spec in enumerate(policies, start=1):
+        with tqdm(total=len(flat), desc=f"policy {number}/{len(policies)} {spec.name}", unit="img",
+                  disable=not progress, postfix="loading", dynamic_ncols=True) as bar:
+            start = time.perf_counter()
+            policy = spec.source.load(device=device)
+            loaded = time.perf_counter()
+            parts: dict[str, list[Tensor]] = {name: [] for name in columns}
+            firsts: list[Tensor] = []
+            sampling = scoring = 0.0
+            offset, tick = 0, time.perf_counter()
+            bar.set_postfix_str("sampling")
+            for images in ode_images(policy, prompts=prompts, samples_per_prompt=n, seed=seed, num_steps=num_steps,
+                                     height=height, width=width, guidance=guidance, batch_size=batch_size):
+                mid = time.perf_counter()
+                sampling += mid - tick
+                bar.set_postfix_str("scoring")
+                rows = slice(offset, offset + len(images))
+                for reward in rewards:
+                    values = reward_components(reward, images=images, prompts=flat[rows], metadata=flat_meta[rows])
+                    for name, value in values.items():
+                        parts[name].append(value.cpu())
+                firsts += [images[j - offset].cpu() for j in range(offset, offset + len(images))
+                           if j % n < grid_samples and j // n < grid_rows]  # first samples of the grid's prompts
+                offset += len(images)
+                tick = time.perf_counter()
+                scoring += tick - mid
+                bar.set_postfix_str("sampling", refresh=False)
+                bar.update(len(images))
         scores[spec.name] = {
             name: torch.cat(values).double().numpy().reshape(len(prompts), n) for name, values in parts.items()
         }
@@ -266,6 +358,7 @@ def evaluate_policies(
         "num_steps": num_steps,
         "height": height,
         "width": width,
+        "sampling_from": sources,
         "seed": seed,
         "guidance": guidance,
         "batch_size": batch_size,
@@ -404,10 +497,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reward", action="append",
                         help="reward spec (repeatable; default: strict, the strict judge and its diagnostics)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--steps", type=int, default=EvalSpec.num_steps, help="ODE steps")
+    recorded = f"default: what the policy folders recorded in {SETTINGS_FILE} at export, else"
+    parser.add_argument("--steps", type=int, default=None, help=f"ODE steps ({recorded} {EvalSpec.num_steps})")
     parser.add_argument("--samples-per-prompt", type=int, default=EvalSpec.samples_per_prompt)
-    parser.add_argument("--height", type=int, default=SamplingSpec.height)
-    parser.add_argument("--width", type=int, default=SamplingSpec.width)
+    parser.add_argument("--height", type=int, default=None, help=f"image height ({recorded} {SamplingSpec.height})")
+    parser.add_argument("--width", type=int, default=None, help=f"image width ({recorded} {SamplingSpec.width})")
     parser.add_argument("--seed", type=int, default=EvalSpec.seed, help="initial-noise seed (as eval.seed)")
     parser.add_argument("--guidance", type=float, default=SamplingSpec.guidance)
     parser.add_argument("--batch-size", type=int, default=SamplingSpec.rollout_batch, help="images per sampling pass")
@@ -420,10 +514,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--grid-prompts", type=int, default=8, help="prompts (rows) in grid.png")
     parser.add_argument("--grid-samples", type=int, default=1, help="samples of each prompt per policy in grid.png")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (one per policy, over its images, on stderr)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    for flag in ("steps", "samples_per_prompt", "batch_size", "reward_batch_size", "grid_prompts", "grid_samples"):
-        if getattr(args, flag) < 1:
+    for flag in ("steps", "height", "width", "samples_per_prompt", "batch_size", "reward_batch_size",
+                 "grid_prompts", "grid_samples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
@@ -434,6 +531,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         rewards = [parse_reward_spec(s, batch_size=args.reward_batch_size, device=device)
                    for s in args.reward or ["strict"]]
         prompts, metadata = read_prompts(args.prompts)
+        chosen, sources = resolve_sampling(policies, height=args.height, width=args.width, num_steps=args.steps)
     except (SpecError, OSError, ValueError) as error:
         parser.error(str(error))
     if args.max_prompts is not None:
@@ -441,11 +539,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     for name, names in (("policy", [p.name for p in policies]), ("reward", [r.name for r in rewards])):
         if len(set(names)) != len(names):
             parser.error(f"duplicate {name} names {names}; name them with NAME=SPEC")
+    print(describe_sampling(chosen, sources), file=sys.stderr, flush=True)
     results = evaluate_policies(
         policies=policies, prompts=prompts, metadata=metadata, rewards=rewards, num_steps=args.steps,
         samples_per_prompt=args.samples_per_prompt, height=args.height, width=args.width, seed=args.seed,
         guidance=args.guidance, batch_size=args.batch_size, device=device, bootstrap=args.bootstrap,
-        grid_prompts=args.grid_prompts, grid_samples=args.grid_samples, out_dir=args.out, command=["spatialrl", "evaluate", *argv],
+        grid_prompts=args.grid_prompts, grid_samples=args.grid_samples, out_dir=args.out,
+        command=["spatialrl", "evaluate", *argv], progress=args.progress,
     )
     print(format_tables(results), end="")
     print(f"wrote {args.out}/results.json, table.md, grid.png")

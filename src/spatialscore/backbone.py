@@ -276,7 +276,8 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype) -> BitsAn
 def load_backbone(config: BackboneConfig) -> tuple[Qwen2_5_VLModel, SpatialProcessor]:
     """Load the backbone (without the LM head: the reward is read from a hidden state) and its processor.
 
-    Reads only local files. A tiny backbone is first written as a checkpoint (see :func:`resolve_backbone_path`).
+    Reads only local files, weights from safetensors only (a folder with just ``pytorch_model.bin`` is refused).
+    A tiny backbone is first written as a checkpoint (see :func:`resolve_backbone_path`).
     """
     path = resolve_backbone_path(config)
     dtype = DTYPES[config.dtype]
@@ -286,6 +287,7 @@ def load_backbone(config: BackboneConfig) -> tuple[Qwen2_5_VLModel, SpatialProce
         attn_implementation=config.attn_implementation,
         quantization_config=_quantization_config(config.quantization, dtype),
         local_files_only=True,
+        use_safetensors=True,  # never unpickle a base checkpoint (pytorch_model.bin)
     )
     model = full.model
     del full

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 _LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -55,20 +56,45 @@ def lightning_main(args: list[str] | None) -> None:
     LightningCLI(SpatialScoreModule, PreferenceDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def score_main(argv: list[str]) -> int:
-    """Score image files against a prompt with a saved SpatialScore; prints one JSON line per image."""
+    """Score image files against a prompt with a saved SpatialScore; prints one JSON line per image.
+
+    User errors (a missing or tampered model folder, an unreadable image, a bad prompt) exit with status 2 and
+    one line ``spatialscore score: error: ...`` on stderr, without a traceback.
+    """
     parser = argparse.ArgumentParser(prog="spatialscore score", description=score_main.__doc__)
     parser.add_argument("--model", required=True, help="folder written by SpatialScore.save_pretrained")
     parser.add_argument("--prompt", required=True, help="the prompt every image is judged against")
     parser.add_argument("--base-path", default=None, help="override the base Qwen2.5-VL checkpoint path")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (>= 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("images", nargs="+", help="image files")
     args = parser.parse_args(argv)
     from spatialscore.model import SpatialScore
 
-    model = SpatialScore.from_pretrained(args.model, base_path=args.base_path, device=args.device)
-    out = model.score(prompts=[args.prompt] * len(args.images), images=args.images, batch_size=args.batch_size)
+    def fail(message: str) -> int:
+        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+
+    missing = [path for path in args.images if not Path(path).is_file()]
+    if missing:  # before loading the model, which can take minutes
+        return fail(f"no such image file: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    try:
+        model = SpatialScore.from_pretrained(args.model, base_path=args.base_path, device=args.device)
+        out = model.score(prompts=[args.prompt] * len(args.images), images=args.images, batch_size=args.batch_size)
+    except (OSError, ValueError) as error:  # FileNotFoundError, corrupt images/weights, tampered config, prompts
+        return fail(str(error) or type(error).__name__)
     for path, mu, sigma in zip(args.images, out.mu.tolist(), out.sigma.tolist(), strict=True):
         print(json.dumps({"image": path, "score": mu, "sigma": sigma}))
     return 0

@@ -8,12 +8,17 @@ LoRA adapts the language model's linear layers only, and the vision merger/tower
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import numbers
 import shutil
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,6 +45,7 @@ with without_bitsandbytes():  # peft imports it when installed; only quantized b
 
 CONFIG_NAME = "spatialscore_config.json"
 WEIGHTS_NAME = "spatialscore.safetensors"
+SHA256_KEY = "weights_sha256"  # in CONFIG_NAME: the SHA-256 of WEIGHTS_NAME, checked by from_pretrained
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -82,6 +88,76 @@ class SpatialScoreConfig:
             template=PromptTemplate(**raw.get("template", {})),
             **{k: v for k, v in raw.items() if k not in ("backbone", "lora", "template")},
         )
+
+    @classmethod
+    def check_dict(cls, raw: Any) -> None:
+        """Raise ValueError naming the field (``lora.rank``) of ``raw`` that is unknown or of the wrong JSON type."""
+        _check_fields(cls, raw, "")
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return "an object" if dataclasses.is_dataclass(annotation) else annotation.__name__
+    return str(annotation).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _value_fits(annotation: Any, value: Any, name: str) -> bool:
+    """Whether a JSON ``value`` fits ``annotation``; a nested dataclass is checked field by field (raising)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return type(None) in args
+        fitting = [a for a in args if a is not type(None)]
+        if len(fitting) == 1:
+            return _value_fits(fitting[0], value, name)
+        return any(_value_fits(a, value, name) for a in fitting)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        _check_fields(annotation, value, name)
+        return True
+    if isinstance(origin, type) and issubclass(origin, Sequence):  # Sequence[str]: a JSON list of them
+        if not isinstance(value, list):
+            return False
+        return not args or all(_value_fits(args[0], item, f"{name}[{i}]") for i, item in enumerate(value))
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _check_fields(cls: type, raw: Any, where: str) -> None:
+    """Unknown fields and values of the wrong type in ``raw`` (the JSON of dataclass ``cls``), named by path."""
+    if not isinstance(raw, dict):
+        label = f"field {where!r}" if where else "the config"
+        raise ValueError(f"{label} must be a JSON object, got {type(raw).__name__} {raw!r:.60}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key, value in raw.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise ValueError(f"unknown field {name!r} (known in {where or 'the config'}: {', '.join(known)})")
+        if not _value_fits(hints[key], value, name):
+            raise ValueError(
+                f"field {name!r} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r:.60}"
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class RewardOutput(NamedTuple):
@@ -231,6 +307,8 @@ class SpatialScore(nn.Module):
                     f"prompts[{i}] has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} (MAX_PROMPT_CHARS): "
                     f"{prompt[:60]!r}..."
                 )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not len(prompts):
             return RewardOutput(torch.empty(0), torch.empty(0))
         was_training = self.training
@@ -273,7 +351,8 @@ class SpatialScore(nn.Module):
 
         The base checkpoint is referenced by path; a tiny base built offline is copied to ``directory/base``
         so that the folder is self-contained. ``state``: weights already gathered by
-        :meth:`trainable_state_dict` (distributed runs gather on all ranks and save on one).
+        :meth:`trainable_state_dict` (distributed runs gather on all ranks and save on one). The config records
+        the SHA-256 of the weights file (``weights_sha256``), which :meth:`from_pretrained` checks.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -281,24 +360,64 @@ class SpatialScore(nn.Module):
         if config.backbone.path is None:
             shutil.copytree(resolve_backbone_path(config.backbone), directory / "base", dirs_exist_ok=True)
             config.backbone.path = "base"
-        (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
-        save_file(state if state is not None else self.trainable_state_dict(), str(directory / WEIGHTS_NAME))
+        weights = directory / WEIGHTS_NAME
+        save_file(state if state is not None else self.trainable_state_dict(), str(weights))
+        record = {**config.to_dict(), SHA256_KEY: _sha256(weights)}
+        (directory / CONFIG_NAME).write_text(json.dumps(record, indent=2))
         self.processor.tokenizer.save_pretrained(str(directory))
         self.processor.image_processor.save_pretrained(str(directory))
+
+    @staticmethod
+    def read_config(directory: str | Path) -> tuple[SpatialScoreConfig, str | None]:
+        """The config of a folder written by :meth:`save_pretrained` and the weights' recorded SHA-256 (None for
+        folders written before it was recorded); a missing, malformed or tampered file is an error naming it
+        and, for a bad field, the field."""
+        config_file = Path(directory) / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a SpatialScore folder")
+        try:
+            raw = json.loads(config_file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{config_file}: not UTF-8 text ({error})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file}: invalid JSON ({error})") from None
+        except RecursionError:
+            raise ValueError(f"{config_file}: invalid JSON (nested too deeply)") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{config_file}: must hold a JSON object, got {type(raw).__name__}")
+        raw = dict(raw)
+        sha = raw.pop(SHA256_KEY, None)
+        if sha is not None and not (
+            isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
+        ):
+            raise ValueError(f"{config_file}: field {SHA256_KEY!r} must be 64 lowercase hex digits, got {sha!r:.80}")
+        try:
+            SpatialScoreConfig.check_dict(raw)
+            config = SpatialScoreConfig.from_dict(raw)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{config_file}: {error}") from None
+        return config, sha
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, *, base_path: str | None = None, device: str | torch.device = "cpu"
     ) -> SpatialScore:
-        """Load a model saved by :meth:`save_pretrained`, offline.
+        """Load a model saved by :meth:`save_pretrained`, offline; only JSON and safetensors are read.
 
         ``base_path`` overrides where the Qwen2.5-VL base checkpoint lives (it is not copied into ``directory``).
+        A weights file whose SHA-256 differs from the one recorded in the config (corrupted or modified after
+        export) is refused, naming the file, before anything is built.
         """
         directory = Path(directory)
-        config_file = directory / CONFIG_NAME
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} not found: not a SpatialScore folder")
-        config = SpatialScoreConfig.from_dict(json.loads(config_file.read_text()))
+        config, sha = cls.read_config(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: the SpatialScore folder has no weights")
+        if sha is not None and (actual := _sha256(weights)) != sha:
+            raise ValueError(
+                f"{weights}: SHA-256 {actual} differs from {sha} recorded in {directory / CONFIG_NAME}: the weights "
+                "file is corrupt or was modified after export; export the model again"
+            )
         if base_path is not None:
             config.backbone.path = base_path
         elif config.backbone.path is not None and not Path(config.backbone.path).is_absolute():
@@ -308,12 +427,15 @@ class SpatialScore(nn.Module):
         if REWARD_TOKEN not in processor.tokenizer.get_vocab():
             raise ValueError(f"{directory}: tokenizer lacks {REWARD_TOKEN}")
         model = cls(backbone, processor, config)
-        state = load_file(str(directory / WEIGHTS_NAME))
+        try:
+            state = load_file(str(weights))
+        except Exception as error:  # safetensors' SafetensorError (header or data unreadable)
+            raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
-            raise ValueError(f"{directory / WEIGHTS_NAME}: unexpected weights {result.unexpected_keys[:5]}")
+            raise ValueError(f"{weights}: unexpected weights {result.unexpected_keys[:5]}")
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         missing = [k for k in result.missing_keys if k in trainable]
         if missing:
-            raise ValueError(f"{directory / WEIGHTS_NAME}: missing weights {missing[:5]}")
+            raise ValueError(f"{weights}: missing weights {missing[:5]}")
         return model.to(device).eval()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -346,6 +347,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.check_images = check_images
         self.encoder: RewardInputEncoder | None = None
         self.manifests: dict[str, Manifest] = {}
+        self._resume_problem: str | None = None  # set by load_state_dict, raised when training resumes
 
     def manifest_path(self, split: str) -> Path | None:
         """The manifest used for ``split``: the explicit one, else the synthetic one, else None."""
@@ -356,12 +358,24 @@ class PreferenceDataModule(L.LightningDataModule):
         return None
 
     def prepare_data(self) -> None:
-        """Generate the procedural pairs once (rank 0), if configured and not yet on disk."""
+        """Generate the procedural pairs once (rank 0), if configured and not yet on disk.
+
+        Only the splits without an explicit manifest come from ``synthetic``; when every split has one (or the
+        others have no pairs), nothing is generated, checked or written, and ``synthetic.directory`` may not exist.
+        """
         if self.synthetic is None:
             return
         from spatialscore.data.synthetic import write_synthetic_dataset
 
         spec = self.synthetic
+        sizes = {"train": spec.train_pairs, "val": spec.val_pairs, "test": spec.test_pairs}
+        synthetic_splits = [
+            split
+            for split in SPLITS
+            if self.paths[split] is None and (sizes[split] > 0 or self.manifest_path(split).exists())
+        ]
+        if not synthetic_splits:
+            return
         record = Path(spec.directory) / "synthetic_spec.json"
         wanted = json.loads(json.dumps(asdict(spec)))
         if record.exists() and json.loads(record.read_text()) != wanted:
@@ -369,7 +383,6 @@ class PreferenceDataModule(L.LightningDataModule):
                 f"{spec.directory} holds procedural data generated with {record.read_text().strip()}, but this run "
                 f"asks for {json.dumps(wanted)}: delete the folder or set data.synthetic.directory to another one"
             )
-        sizes = {"train": spec.train_pairs, "val": spec.val_pairs, "test": spec.test_pairs}
         for offset, split in enumerate(SPLITS):
             path = self.manifest_path(split)
             if self.paths[split] is not None or path.exists() or sizes[split] == 0:
@@ -383,6 +396,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 stages=tuple(stages),
                 split=split,
             )
+        record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(wanted))
 
     def load(self, split: str) -> Manifest | None:
@@ -405,6 +419,8 @@ class PreferenceDataModule(L.LightningDataModule):
             self.load(split)
         if stage == "fit" and "train" not in self.manifests:
             raise ValueError("no training data: give `train` (a manifest path) or `synthetic`")
+        if stage == "fit":
+            self._refuse_mismatched_resume()
 
     def set_encoder(self, encoder: RewardInputEncoder) -> None:
         """Set the model's input encoder used by collation."""
@@ -437,6 +453,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return self._collator()
 
     def train_dataloader(self) -> DataLoader:
+        self._refuse_mismatched_resume()
         manifest = self.manifests["train"]
         records = manifest.records
         groups = mirror_groups(records) if self.mirrored_batches and self.view == "pairs" else None
@@ -519,9 +536,32 @@ class PreferenceDataModule(L.LightningDataModule):
         return {"seed": self.seed, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Refuse to resume with a different seed or batch size, which would silently change the data order."""
-        for key in ("seed", "batch_size"):
-            if state.get(key, getattr(self, key)) != getattr(self, key):
-                raise ValueError(
-                    f"checkpoint was trained with data {key}={state[key]}, this run has {getattr(self, key)}"
-                )
+        """Refuse to resume training with a different seed or batch size, which would silently change the data
+        order (and the saved loader position, counted in batches, would point elsewhere).
+
+        Only resuming training depends on them: ``validate``/``test``/``predict`` from a checkpoint read the
+        evaluation splits in file order, so any batch size or seed is fine there. Under a trainer that is
+        fitting the mismatch is refused at once; otherwise it is remembered and refused by ``setup("fit")`` and
+        :meth:`train_dataloader`.
+        """
+        problems = [
+            f"data.{key}={state[key]}"
+            for key in ("seed", "batch_size")
+            if state.get(key, getattr(self, key)) != getattr(self, key)
+        ]
+        self._resume_problem = None
+        if problems:
+            now = ", ".join(f"data.{key}={getattr(self, key)}" for key in ("seed", "batch_size"))
+            self._resume_problem = (
+                f"cannot resume training: the checkpoint was trained with {', '.join(problems)}, this run has "
+                f"{now}; resume with the checkpoint's settings (validate/test accept any)"
+            )
+        if self._fitting():
+            self._refuse_mismatched_resume()
+
+    def _fitting(self) -> bool:
+        return self._has_trainer() and self.trainer.state.fn == TrainerFn.FITTING
+
+    def _refuse_mismatched_resume(self) -> None:
+        if self._resume_problem is not None:
+            raise ValueError(self._resume_problem)

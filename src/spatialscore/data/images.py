@@ -41,8 +41,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """The image file at ``path`` as 8-bit RGB (see :func:`to_rgb`); a refused image names the file."""
+    """The image file at ``path`` as 8-bit RGB (see :func:`to_rgb`); a refused image names the file.
+
+    A file whose pixel data cannot be decoded (truncated or corrupt after a valid header) raises ``OSError``
+    naming the file, as Pillow does for a file it cannot identify at all.
+    """
     with Image.open(path) as image:
+        try:
+            image.load()
+        except Exception as error:  # Pillow raises OSError, SyntaxError, zlib/struct errors on broken data
+            raise OSError(f"{path}: cannot decode the image, the file is truncated or corrupt ({error})") from None
         try:
             return to_rgb(image)
         except ValueError as error:

@@ -14,6 +14,11 @@ the file, line and field. Images must decode and have an aspect ratio of at most
 refuses more); 16-bit greyscale is accepted and scaled to 8 bit when loaded
 (:mod:`spatialscore.data.images`). ``prompt`` and ``perturbed_prompt`` hold at most :data:`MAX_PROMPT_CHARS`
 characters: a batch is padded to its longest sequence, so one 100 KB prompt made step 0 allocate gigabytes.
+
+Decoding every image is the slow part (minutes for 10,000 pairs), so the images that passed are remembered in
+``.NAME.validated.json`` beside the manifest (under the project cache folder when that folder is not writable),
+each by its absolute path, size, mtime and ctime, with the checks' settings and :data:`VALIDATION_CACHE_VERSION`:
+a later read re-decodes only the images that changed, were added or failed before. Rows are always re-parsed.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from __future__ import annotations
 import difflib
 import fcntl
 import functools
+import hashlib
 import json
 import os
+import stat
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import PIL
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from spatialscore.data.images import aspect_ratio_problem, to_rgb
+from spatialscore.data.images import MAX_ASPECT_RATIO, aspect_ratio_problem, to_rgb
 
 __all__ = [
     "ALLOWED_FIELDS",
@@ -48,6 +57,7 @@ __all__ = [
     "ManifestWarning",
     "PairRecord",
     "PromptRecord",
+    "VALIDATION_CACHE_VERSION",
     "atomic_write",
     "check_settings",
     "exclusive_lock",
@@ -70,6 +80,15 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _MAX_LISTED_ERRORS = 20
 _MAX_WARNED_SOURCES = 5
 _IMAGE_FIELDS = ("chosen", "rejected")
+
+# Bump whenever _check_image could judge an unchanged file differently (a new check, another limit): every
+# remembered verdict is then dropped and every image decoded again.
+VALIDATION_CACHE_VERSION = 1
+# Images changed (ctime) less than this before a check are checked again next time rather than remembered: file
+# timestamps tick coarsely (a jiffy on Linux, up to 2 s on some file systems), so a same-size rewrite right after
+# the check could leave size, mtime and ctime all unchanged.
+_SETTLED_NS = 2_000_000_000
+_CACHE_SUFFIX = ".validated.json"
 
 # (field or None, reason) pairs collected while validating one row.
 _Problems = list[tuple[str | None, str]]
@@ -198,6 +217,7 @@ def read_manifest(
     check_images: bool = True,
     show_progress: bool = False,
     num_workers: int = 4,
+    cache: bool = True,
 ) -> Manifest:
     """Read and validate a JSON Lines (or ``.parquet``) pair manifest.
 
@@ -207,6 +227,11 @@ def read_manifest(
     they raise one ``ManifestValidationError``. With ``skip_invalid`` the bad rows
     are dropped, listed in ``Manifest.skipped`` and a ``ManifestWarning`` is issued.
     File-level problems and a manifest without valid rows always raise.
+
+    With ``cache`` an image that passed an earlier read and is unchanged since (same size, mtime and ctime) is not
+    decoded again; failures are never remembered. The cache is ``.NAME.validated.json`` beside the manifest, or
+    under the project cache folder when the manifest's folder is not writable; a cache that cannot be read or
+    written is ignored.
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -231,7 +256,8 @@ def read_manifest(
         parsed.append(row)
     _assign_ids(parsed, Path(display).stem)
     if check_images:
-        _check_row_images(parsed, show_progress=show_progress, num_workers=num_workers)
+        cache_file = _ValidationCache(Path(os.path.abspath(display))) if cache else None
+        _check_row_images(parsed, show_progress=show_progress, num_workers=num_workers, cache=cache_file)
 
     records: list[PairRecord] = []
     errors: list[ManifestError] = []
@@ -583,18 +609,44 @@ def _assign_ids(parsed: list[_Row], stem: str) -> None:
             first_use[record_id] = (row.line, generated)
 
 
-def _check_row_images(parsed: list[_Row], *, show_progress: bool, num_workers: int) -> None:
-    """Check every distinct image once, in a thread pool, and add problems to the rows."""
+def _check_row_images(
+    parsed: list[_Row], *, show_progress: bool, num_workers: int, cache: _ValidationCache | None = None
+) -> None:
+    """Check every distinct image once, in a thread pool, and add problems to the rows.
+
+    With ``cache``, images it remembers as passing with their current size and timestamps are not decoded, and
+    the images that pass now (and had settled before the check) are remembered for the next read."""
     unique = list(dict.fromkeys(image for row in parsed for image in row.images.values()))
     results: dict[Path, tuple[str, str] | None] = {}
     pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="manifest-image-check")
     try:
-        with tqdm(total=len(unique), desc="Checking images", unit="img", disable=not show_progress) as bar:
-            for image, result in zip(unique, pool.map(_check_image, unique), strict=True):
+        started = time.time_ns()
+        keys = dict(zip(unique, pool.map(_stat_key, unique), strict=True)) if cache is not None else {}
+        remembered = cache.load() if cache is not None else {}
+        passed: dict[str, list[int]] = {}
+        todo = []
+        for image in unique:
+            key = keys.get(image)
+            if key is not None and remembered.get(str(image)) == key:
+                results[image] = None
+                passed[str(image)] = key
+            else:
+                todo.append(image)
+        postfix = f"{len(unique) - len(todo)} unchanged since checked" if len(todo) < len(unique) else None
+        with tqdm(
+            total=len(todo), desc="Checking images", unit="img", disable=not show_progress, postfix=postfix
+        ) as bar:
+            for image, result in zip(todo, pool.map(_check_image, todo), strict=True):
                 results[image] = result
+                key = keys.get(image)
+                settled = key is not None and key[2] < started - _SETTLED_NS  # last changed (ctime) well before
+                if result is None and settled and _stat_key(image) == key:  # and not while it was checked
+                    passed[str(image)] = key
                 bar.update(1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if cache is not None and passed != remembered:
+        cache.save(passed)
     for row in parsed:
         for name, image in row.images.items():
             result = results[image]
@@ -647,6 +699,95 @@ def _mode_problem(image: Image.Image) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns]`` of a regular file (any write, ``touch``, ``chmod`` or rename over it changes
+    it), else None."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _folder_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+class _ValidationCache:
+    """The images of one manifest that passed :func:`_check_image`, by absolute path, with their
+    :func:`_stat_key` when they passed. Stored as JSON beside the manifest (``.NAME.validated.json``), or under
+    ``tiny_cache_dir()/manifest-validation/`` when the manifest's folder is not writable. Never raises: a
+    missing, unreadable, corrupt or outdated cache is empty, and one that cannot be written is not written."""
+
+    def __init__(self, manifest: Path) -> None:
+        self.manifest = manifest
+        self.beside = manifest.with_name(f".{manifest.name}{_CACHE_SUFFIX}")
+
+    @staticmethod
+    def settings() -> dict[str, Any]:
+        """What the verdicts depend on besides the file: the checks' version, limits and decoder."""
+        return {
+            "version": VALIDATION_CACHE_VERSION,
+            "pillow": PIL.__version__,
+            "max_aspect_ratio": MAX_ASPECT_RATIO,
+            "max_image_pixels": Image.MAX_IMAGE_PIXELS,
+        }
+
+    def fallback(self) -> Path:
+        from spatialscore.backbone import tiny_cache_dir  # lazily: it imports torch and transformers
+
+        digest = hashlib.sha256(os.fsencode(self.manifest)).hexdigest()[:16]
+        return tiny_cache_dir() / "manifest-validation" / f"{self.manifest.name}-{digest}{_CACHE_SUFFIX}"
+
+    def paths(self) -> list[Path]:
+        """Where the cache is read (later ones win) and written (the last one)."""
+        if _folder_writable(self.beside.parent):
+            return [self.beside]
+        try:
+            return [self.beside, self.fallback()]
+        except Exception:  # no usable cache folder (e.g. no home directory): then only the manifest's
+            return [self.beside]
+
+    def load(self) -> dict[str, list[int]]:
+        images: dict[str, list[int]] = {}
+        for path in self.paths():
+            images.update(self._read(path))
+        return images
+
+    def _read(self, path: Path) -> dict[str, list[int]]:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(data, dict) or data.get("settings") != self.settings():
+            return {}
+        images = data.get("images")
+        if not isinstance(images, dict):
+            return {}
+        return {
+            name: key
+            for name, key in images.items()
+            if isinstance(key, list) and len(key) == 3 and all(type(v) is int for v in key)
+        }
+
+    def save(self, images: dict[str, list[int]]) -> None:
+        manifest = _stat_key(self.manifest) or [None, None]
+        data = {
+            "settings": self.settings(),
+            "manifest": {"path": str(self.manifest), "size": manifest[0], "mtime_ns": manifest[1]},
+            "images": images,
+        }
+        payload = (json.dumps(data, indent=0) + "\n").encode("utf-8")
+        try:
+            target = self.paths()[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, lambda fh: fh.write(payload))
+        except Exception:  # a cache that cannot be written only makes the next read slower
+            pass
 
 
 # --------------------------------------------------------------------------- writing
