@@ -12,7 +12,7 @@ from toy_rewards import LeftRed
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import ppo_clip_loss
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimSpec, SamplingSpec
+from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimizerConfig, SamplingSpec
 from spatialrl.rewards import NonFiniteRewardError, Reward, StrictReward, WeightedReward
 from spatialrl.rollout import sample_seed
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
@@ -33,7 +33,7 @@ def make_module(reward: Reward | None = None, **grpo) -> FluxGRPOModule:
         lora=LoraSpec(rank=4),
         sampling=SamplingSpec(height=32, width=32, num_steps=3, noise_level=0.9, rollout_batch=5),
         grpo=GRPOSpec(**settings),
-        optim=OptimSpec(lr=1e-2),
+        optimizer=OptimizerConfig(lr=1e-2),
         eval=EvalSpec(num_steps=3, at_start=False),
         seed=0,
     )
@@ -153,10 +153,11 @@ def test_bad_settings(settings, message):
 @pytest.mark.parametrize(
     ("specs", "message"),
     [
-        ({"optim": {"lr": -1e-3}}, r"optim.lr must be finite and >= 0, got -0.001"),
-        ({"optim": {"lr": math.nan}}, r"optim.lr must be finite"),
-        ({"optim": {"lr": math.inf}}, r"optim.lr must be finite"),
+        ({"optimizer": {"lr": -1e-3}}, r"optimizer.lr must be finite and >= 0, got -0.001"),
+        ({"optimizer": {"lr": math.nan}}, r"optimizer.lr must be finite"),
+        ({"optimizer": {"lr": math.inf}}, r"optimizer.lr must be finite"),
         ({"grpo": {"kl_beta": -0.01}}, r"grpo.kl_beta must be finite and >= 0, got -0.01"),
+        ({"lora": {"rank": 4, "dropout": 0.1}}, r"lora.dropout must be 0 for GRPO, got 0.1"),
         ({"grpo": {"kl_beta": math.nan}}, r"grpo.kl_beta must be finite"),
         ({"grpo": {"k": 0}}, r"grpo.k must be >= 1 with filter 'topk'.*filter: none"),
         ({"grpo": {"k": -1, "filter": "maxvar"}}, r"grpo.k must be >= 1 with filter 'maxvar'"),
@@ -176,10 +177,10 @@ def test_bad_settings(settings, message):
     ],
 )
 def test_settings_that_train_nothing_or_fail_later_are_refused_by_name(specs, message):
-    kinds = {"grpo": GRPOSpec, "sampling": SamplingSpec, "optim": OptimSpec}
-    kwargs = {name: kinds[name](**values) for name, values in specs.items()}
+    kinds = {"grpo": GRPOSpec, "sampling": SamplingSpec, "optimizer": OptimizerConfig, "lora": LoraSpec}
     with pytest.raises(ValueError, match=message):
-        FluxGRPOModule(reward=LeftRed(), lora=LoraSpec(rank=4), **kwargs)
+        kwargs = {"lora": LoraSpec(rank=4)} | {name: kinds[name](**values) for name, values in specs.items()}
+        FluxGRPOModule(reward=LeftRed(), **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +194,7 @@ def test_settings_that_train_nothing_or_fail_later_are_refused_by_name(specs, me
 )
 def test_settings_that_train_a_step_are_accepted(sampling):
     FluxGRPOModule(reward=LeftRed(), lora=LoraSpec(rank=4), sampling=SamplingSpec(**sampling),
-                   grpo=GRPOSpec(kl_beta=0.0, filter="none", k=0), optim=OptimSpec(lr=0.0))
+                   grpo=GRPOSpec(kl_beta=0.0, filter="none", k=0), optimizer=OptimizerConfig(lr=0.0))
 
 
 def test_single_step_sampling_trained_nothing(prompt_data):

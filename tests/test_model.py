@@ -200,9 +200,9 @@ def test_qlora_trains_on_cpu_with_evaluation_between_steps(quantization):
     [
         ({"lr": -1e-4}, r"optimizer.lr must be finite and >= 0, got -0.0001"),
         ({"lr": float("nan")}, r"optimizer.lr must be finite"),
-        ({"head_lr": float("inf")}, r"optimizer.head_lr must be finite"),
-        ({"token_lr": -1.0}, r"optimizer.token_lr must be finite and >= 0"),
-        ({"vision_lr": -1.0}, r"optimizer.vision_lr must be finite and >= 0"),
+        ({"group_lr": {"head": float("inf")}}, r"optimizer.group_lr.head must be finite"),
+        ({"group_lr": {"token": -1.0}}, r"optimizer.group_lr.token must be finite and >= 0"),
+        ({"group_lr": {"vision": -1.0}}, r"optimizer.group_lr.vision must be finite and >= 0"),
     ],
 )
 def test_module_refuses_bad_learning_rates_by_name(optimizer, message):
@@ -210,6 +210,8 @@ def test_module_refuses_bad_learning_rates_by_name(optimizer, message):
 
     with pytest.raises(ValueError, match=message):
         SpatialScoreModule(optimizer=OptimizerConfig(**optimizer))
+    with pytest.raises(ValueError, match=message):  # as read back from a checkpoint's hyper-parameters
+        SpatialScoreModule(optimizer=optimizer)
 
 
 def test_module_trains_in_train_mode():

@@ -330,3 +330,116 @@ def test_cli_bad_perturber_and_missing_file(tmp_path: Path, capsys: pytest.Captu
     assert "module:Class" in capsys.readouterr().err
     assert cli_main(["--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- issue 13 kinds
+def offered(text: str) -> set[tuple[str, str, str]]:
+    return {(e.kind, e.before, e.after) for e in RULES.candidates(text)}
+
+
+@pytest.mark.parametrize(
+    "text, edit",
+    [
+        ("a lantern right of a bench", ("swap", "a lantern right of a bench", "a bench right of a lantern")),
+        ("a lantern right of a bench", ("flip", "right", "left")),
+        ("a goat near a tractor", ("predicate", "near", "behind")),
+        ("a kettle next to a toaster", ("predicate", "next to", "above")),
+        ("a spoon on side of a bowl", ("predicate", "on side of", "in front of")),
+        ("a chair hidden by a curtain", ("flip", "hidden by", "in front of")),
+        (
+            "a chair hidden by a curtain",
+            ("swap", "a chair hidden by a curtain", "a curtain hidden by a chair"),
+        ),
+        ("Below, a red canoe drifts past the dock.", ("flip", "Below", "Above")),
+        ("A lamp stands between the armchairs.", ("predicate", "between", "behind")),
+        ("The mug sits below and to the right of the clock.", ("flip", "below", "above")),
+        ("The mug sits below and to the right of the clock.", ("flip", "right", "left")),
+        (
+            "The mug sits below and to the right of the clock.",
+            (
+                "swap",
+                "The mug sits below and to the right of the clock",
+                "The clock sits below and to the right of the mug",
+            ),
+        ),
+        ("a toaster below a traffic light", ("flip", "below", "above")),
+        ("An easel occupies the midground.", ("anchor", "midground", "foreground")),
+        ("In the distance, a windmill turns slowly.", ("flip", "In the distance", "In the foreground")),
+        ("The background is filled with pine trees.", ("flip", "background", "foreground")),
+        ("A delivery van is parked on the gravel shore.", ("predicate", "on", "behind")),
+    ],
+)
+def test_relations_the_finder_used_to_miss(text: str, edit: tuple[str, str, str]) -> None:
+    assert edit in offered(text)
+
+
+def test_swaps_keep_whole_noun_phrases() -> None:
+    framed = offered("a picture of a kettle left of a lamp")
+    assert ("swap", "a kettle left of a lamp", "a lamp left of a kettle") in framed
+    assert not any(kind == "swap" and "picture" in before for kind, before, _ in framed)
+    # an object whose description starts like framing text moves whole when a verb follows it
+    hung = offered("A painting of a ship hangs above a desk.")
+    assert (
+        "swap",
+        "A painting of a ship hangs above a desk",
+        "A desk hangs above a painting of a ship",
+    ) in hung
+    assert not offered("The poster shows the contrast between a white mug and a black kettle.")
+    verb = offered("A girl holding a kite stands left of a tree.")
+    assert not any(kind == "swap" for kind, _, _ in verb)  # "holding" would be cut
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The branch bends under the weight of the snow.",
+        "A tractor rolls away, leaving behind a trail of mud.",
+        "A bear rears up and stands on its hind legs.",
+        "A brooch glints under the morning sunlight.",
+        "A drummer pauses in the middle of a routine.",
+        "The floor beneath the table is covered in crumbs.",
+        "The sky above is streaked with pink.",
+        "Above, the sky is streaked with pink.",
+        "The only part left of the castle is a tower.",
+        "The sun dips below the horizon behind a red barn.",
+        "A tent is pitched on the verge of the lane.",
+        "A hawk, towering above it all, circles the valley.",
+        "A kiosk stands on the busy waterfront.",
+        "The scene is framed from a vantage point atop a hill.",
+        "Shadows fall on the stone terrace beneath them.",
+    ],
+)
+def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:
+    assert not offered(text)
+
+
+def test_no_op_flips_stale_mentions_and_corners() -> None:
+    twins = offered("a phone in front of a phone")
+    assert twins and not any(kind in {"flip", "swap"} for kind, _, _ in twins)
+    stale = offered("A fox sits to the left of a hare. The hare on the right nibbles clover.")
+    assert ("flip", "left", "right") not in stale
+    assert ("flip", "left of a hare. The hare on the right", "right of a hare. The hare on the left") in stale
+    corners = offered("A map hangs in the top-left corner and a clock hangs in the top-right corner.")
+    assert ("anchor", "right", "left") not in corners and ("anchor", "left", "right") not in corners
+    assert ("anchor", "top", "bottom") in corners
+
+
+def test_every_result_passes_the_validity_rules() -> None:
+    from spatialscore.data.perturb_validity import check_perturbation
+
+    texts = [r["prompt"] for r in RECORDS] + [
+        "A fox sits to the left of a hare. The hare on the right nibbles clover.",
+        "a picture of a kettle left of a lamp",
+        "The mug sits below and to the right of the clock, and a candle stands in front of the mug.",
+    ]
+    for num in ("1", "2-3"):
+        for seed in range(3):
+            results, _ = perturb_prompts(texts, num=num, seed=seed)
+            for res in results:
+                assert check_perturbation(res.prompt, res.perturbed_prompt, res.edits) == [], res
+
+
+def test_unverified_rules_offer_more_than_verified() -> None:
+    text = "A fox sits to the left of a hare. The hare on the right nibbles clover."
+    raw = {(e.kind, e.before, e.after) for e in RulePerturber(verify=False).candidates(text)}
+    assert ("flip", "left", "right") in raw and ("flip", "left", "right") not in offered(text)

@@ -15,8 +15,10 @@ from cli_runner import TESTS, run_module
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # What the commands printed before: bitsandbytes' kernel-hub lookup, transformers' torchvision fallbacks,
 # Lightning's litlogger / litmodels tips and its ModelCheckpoint warning (with a code sample) under manual
-# optimisation.
-NOISE = ("gemm_4bit", "trust_remote_code", "torchvision", "💡 Tip", "litlogger", "litmodels", "manual optimization")
+# optimisation; the FutureWarning of Lightning's own use of torch's deprecated LeafSpec; Lightning's warning
+# that the GRPO transformer was in eval mode.
+NOISE = ("gemm_4bit", "trust_remote_code", "torchvision", "💡 Tip", "litlogger", "litmodels", "manual optimization",
+         "LeafSpec", "in eval mode at the start of training")
 
 # Run in a fresh interpreter: records every attempt to resolve a host name (the kernel hub lookup starts there).
 NETWORK_PROBE = """
@@ -97,20 +99,53 @@ def test_shipped_tensorboard_loggers_have_no_hp_metric_placeholder():
     assert [name for name, hp_metric in loggers if hp_metric is not False] == []
 
 
-def test_shipped_grpo_configs_checkpoint_without_every_n_train_steps():
-    """GRPO optimises manually, and ModelCheckpoint(every_n_train_steps) then warns (with a code sample) on every
-    save; the configs checkpoint after each validation instead."""
+def test_shipped_configs_checkpoint_after_validation_not_every_n_train_steps():
+    """Checkpoints written after each validation: a run killed during a validation resumes from the one before
+    and re-runs it (with every_n_train_steps the checkpoint of that step is written before its validation, and
+    Lightning never runs that validation after a resume: test_a_validation_killed_midway_is_rerun_on_resume). For
+    GRPO also: it optimises manually, and ModelCheckpoint(every_n_train_steps) then warns on every save."""
     checked = 0
-    for path in sorted(CONFIGS.glob("spatialrl/*.yaml")):
-        config = yaml.safe_load(path.read_text())
-        if (config.get("model") or {}).get("class_path") != "spatialrl.module.FluxGRPOModule":
-            continue
-        trainer = config["trainer"]
-        callbacks = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
-        assert callbacks and all("every_n_train_steps" not in c["init_args"] for c in callbacks), path.name
-        assert trainer["val_check_interval"] and trainer["check_val_every_n_epoch"] is None
-        checked += 1
-    assert checked == 2
+    for path in sorted(CONFIGS.glob("*/*.yaml")):
+        trainer = yaml.safe_load(path.read_text()).get("trainer") or {}
+        callbacks = [c for c in trainer.get("callbacks") or [] if c["class_path"].endswith("ModelCheckpoint")]
+        for callback in callbacks:
+            assert "every_n_train_steps" not in callback["init_args"], path.name
+            assert trainer["val_check_interval"], path.name
+            checked += 1
+    assert checked == 6
+
+
+@pytest.mark.parametrize("every_n_train_steps", [None, 10])
+def test_a_validation_killed_midway_is_rerun_on_resume(tmp_path, every_n_train_steps):
+    """Lightning's behaviour the shipped configs rely on, checked: killed in the validation of step 20, a run that
+    checkpoints after validations re-runs it on resume; one checkpointing every 10 steps skips it."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    validated: list[int] = []
+
+    class Model(BoringModel):
+        def on_validation_epoch_end(self) -> None:
+            validated.append(self.global_step)
+
+    class KillInValidation(L.Callback):
+        def on_validation_start(self, trainer, pl_module) -> None:
+            if trainer.global_step == 20:
+                raise SystemExit(17)
+
+    def fit(*callbacks: L.Callback, ckpt_path: str | None = None) -> None:
+        checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=every_n_train_steps)
+        trainer = L.Trainer(max_steps=30, val_check_interval=10, check_val_every_n_epoch=None, limit_val_batches=1,
+                            callbacks=[checkpoint, *callbacks], logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(Model(), ckpt_path=ckpt_path)
+
+    with pytest.raises(SystemExit):
+        fit(KillInValidation())
+    assert validated == [10]
+    fit(ckpt_path=str(tmp_path / "last.ckpt"))
+    assert validated == ([10, 20, 30] if every_n_train_steps is None else [10, 30])
 
 
 def grpo_config(tmp: Path) -> Path:

@@ -121,3 +121,53 @@ def test_score_refuses_modified_weights(capsys, export, image, tmp_path):
     weights.write_bytes(bytes(data))
     code, _, err = score(capsys, "--model", folder, "--prompt", PROMPT, image)
     assert_user_error(code, err, f"{weights}: SHA-256 ", "corrupt or was modified")
+
+
+def test_score_a_manifest_writes_one_line_per_pair_and_the_accuracy(capsys, export, tmp_path):
+    from spatialscore.data.manifest import write_manifest
+    from spatialscore.model import SpatialScore
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(paths[-1])
+    prompts = [PROMPT, "a blue square above a red circle", "a green triangle below a blue square"]
+    rows = [{"id": f"p{i}", "prompt": prompts[i], "chosen": paths[2 * i].name, "rejected": paths[2 * i + 1].name}
+            for i in range(3)]
+    write_manifest(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "scores.jsonl"
+    code, stdout, err = score(capsys, "--model", export, "--manifest", tmp_path / "pairs.jsonl", "--out", out,
+                              "--batch-size", "4", "--no-progress")
+    assert code == 0, err
+    assert stdout == ""
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    model = SpatialScore.from_pretrained(export)
+    expected = model.score(prompts=[p for p in prompts for _ in (0, 1)], images=[str(p) for p in paths])
+    assert [line["id"] for line in lines] == ["p0", "p1", "p2"]
+    np.testing.assert_allclose([[x["chosen_score"], x["rejected_score"]] for x in lines],
+                               expected.mu.reshape(3, 2).numpy(), rtol=1e-5, atol=1e-6)
+    assert [x["chosen_wins"] for x in lines] == [x["chosen_score"] > x["rejected_score"] for x in lines]
+    accuracy = sum(x["chosen_wins"] for x in lines) / 3
+    assert f"pairwise accuracy {accuracy:.4f} over 3 pairs" in err
+
+
+def test_score_a_prompt_image_list_keeps_extra_keys_and_names_a_bad_line(capsys, export, image, tmp_path):
+    listing = tmp_path / "list.jsonl"
+    shutil.copy(image, tmp_path / "a.png")
+    listing.write_text(json.dumps({"prompt": PROMPT, "image": "a.png", "tag": 7}) + "\n"
+                       + json.dumps({"prompt": "a blue square above a red circle", "image": str(image)}) + "\n")
+    code, out, err = score(capsys, "--model", export, "--list", listing, "--no-progress")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["prompt"], r.get("tag"), r["image"]) for r in rows] == [
+        (PROMPT, 7, str(tmp_path / "a.png")), ("a blue square above a red circle", None, str(image))]
+    assert rows[0]["score"] != rows[1]["score"]
+    listing.write_text(json.dumps({"prompt": PROMPT, "image": "a.png"}) + "\n" + '{"prompt": 3, "image": "a.png"}\n')
+    code, _, err = score(capsys, "--model", export, "--list", listing)
+    assert_user_error(code, err, f"{listing}:2", 'string "prompt" and "image"')
+
+
+def test_predict_is_not_offered_and_points_to_score(capsys):
+    assert main(["predict"]) == 2
+    assert "spatialscore score --help" in capsys.readouterr().err

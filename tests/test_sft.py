@@ -21,6 +21,7 @@ from spatialrl.lora import LoraSpec
 from spatialrl.rewards import PresenceReward
 from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import BACKGROUND, RuleChecker, generate_pair, render_scene
+from spatialscore.optim import OptimizerConfig
 
 SIZE = 32
 # 3 VAE levels: 32 px -> 8x8 latents -> 4x4 packed tokens
@@ -93,7 +94,7 @@ def test_full_fit_lowers_loss_and_logs_samples(tmp_path: Path) -> None:
     module = FlowMatchingModule(
         policy=_source(),
         lora=LoraSpec(rank=0),
-        lr=3e-3,
+        optimizer=OptimizerConfig(lr=3e-3),
         val_samples=4,
         val_steps=3,
         timesteps=TimestepSampling(shift=3.0),
@@ -138,7 +139,7 @@ def test_trainable_parameters_rank0_vs_lora() -> None:
 def test_lora_export_round_trip(tmp_path: Path) -> None:
     images, prompts = _scenes(2, seed=0)
     L.seed_everything(0)
-    module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=4), lr=1e-2)
+    module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=4), optimizer=OptimizerConfig(lr=1e-2))
     export = tmp_path / "policy"
     trainer = _trainer(max_steps=4, limit_val_batches=0, callbacks=[ExportPolicy(str(export))])
     trainer.fit(module, _loader(images, prompts))
@@ -167,6 +168,36 @@ def test_lora_export_round_trip(tmp_path: Path) -> None:
     assert not torch.allclose(untouched, ours, atol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["t5", "both"])
+def test_trained_text_encoders_learn_and_are_exported(tmp_path: Path, which: str) -> None:
+    images, prompts = _scenes(2, seed=0)
+    L.seed_everything(0)
+    module = FlowMatchingModule(policy=_source(), text_encoders=which, optimizer=OptimizerConfig(lr=1e-2))
+    module.configure_model()
+    before = {name: {n: p.detach().clone() for n, p in getattr(module.policy, name).named_parameters()}
+              for name in ("text_encoder", "text_encoder_2")}
+    export = tmp_path / "policy"
+    _trainer(max_steps=3, limit_val_batches=0, callbacks=[ExportPolicy(str(export))]).fit(module, _loader(images, prompts))
+    trained = {"text_encoder_2"} | ({"text_encoder"} if which == "both" else set())
+    for name, old in before.items():
+        moved = any(not torch.equal(p, old[n]) for n, p in getattr(module.policy, name).named_parameters())
+        assert moved == (name in trained), name
+    (group,) = [g for g in module.optimizers().param_groups if g["name"] == "text_encoder"]
+    assert {id(p) for p in group["params"]} == {
+        id(p) for name in trained for p in getattr(module.policy, name).parameters()
+    }
+    module.eval()  # no dropout
+    with torch.no_grad():  # the export carries the trained encoders: the same encodings after loading
+        ours = module.policy.encode_prompts(prompts, cache=False)
+        theirs = FluxSource(path=str(export)).load().encode_prompts(prompts)
+        untrained = _source().load().encode_prompts(prompts)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert not torch.allclose(untrained[0], ours[0], atol=1e-4)
+    with pytest.raises(ValueError, match="text_encoders must be one of frozen, t5, clip, both"):
+        FlowMatchingModule(policy=_source(), text_encoders="all")
+
+
 def test_validation_on_prompts_view_samples_and_scores() -> None:
     _, prompts = _scenes(2, seed=3)
     loader = DataLoader(
@@ -189,8 +220,8 @@ def test_images_of_the_wrong_size_are_refused() -> None:
 
 @pytest.mark.parametrize("lr", [-1e-4, float("nan"), float("inf")])
 def test_bad_learning_rate_is_refused_at_construction(lr: float) -> None:
-    with pytest.raises(ValueError, match="lr must be finite and >= 0"):
-        FlowMatchingModule(policy=_source(), lr=lr)
+    with pytest.raises(ValueError, match="optimizer.lr must be finite and >= 0"):
+        FlowMatchingModule(policy=_source(), optimizer=OptimizerConfig(lr=lr))
 
 
 def test_presence_reward() -> None:

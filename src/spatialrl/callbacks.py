@@ -34,6 +34,10 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(module.transformer, options=options)
+    encoders = {
+        name: get_model_state_dict(getattr(module.policy, name), options=options)
+        for name in getattr(module, "trained_text_encoder_names", ())
+    }
     if not is_global_zero:
         return
     directory = Path(directory)
@@ -41,6 +45,8 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     if has_lora(module.transformer):
         add_lora(policy.transformer, module.lora)
     policy.transformer.load_state_dict({k: v.to(policy.dtype) for k, v in state.items()})
+    for name, encoder_state in encoders.items():  # text encoders the module trained (FlowMatchingModule)
+        getattr(policy, name).load_state_dict(encoder_state)
     merged = FluxPolicy(
         transformer=merged_copy(policy.transformer),
         vae=policy.vae,
@@ -73,7 +79,12 @@ def sampling_settings(module: L.LightningModule) -> dict[str, int]:
 
 
 class ExportPolicy(L.Callback):
-    """At the end of ``fit``, write the trained policy with :func:`export_policy` (loadable without Lightning)."""
+    """At the end of ``fit``, write the trained policy with :func:`export_policy` (loadable without Lightning).
+
+    Args:
+        directory: folder the exported policy is written to (a diffusers FLUX folder, plus the LoRA adapter
+            and the sampling settings; see :func:`export_policy`).
+    """
 
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
@@ -107,11 +118,18 @@ class RewardDivergence(L.Callback):
     """Log the training reward next to a held-out judge at every validation; flag (and optionally stop on) divergence.
 
     After each validation this logs ``val/diverged`` (1.0 once :func:`diverged` holds for the validations so far);
-    with ``stop=True`` it also ends training there, with a warning naming both values. ``reward`` and ``judge`` are
-    keys of the validation metrics (the training reward on held-out prompts is ``val/reward``; the strict judge's
-    accuracy is ``val/strict_correct`` when ``StrictReward`` is an eval metric). When the module evaluated the
-    initial policy before training (``FluxGRPOModule``'s ``eval.at_start``, kept in its ``start_metrics``), that
+    with ``stop=True`` it also ends training there, with a warning naming both values. When the module evaluated
+    the initial policy before training (``FluxGRPOModule``'s ``eval.at_start``, kept in its ``start_metrics``), that
     evaluation is the first point of the history, so a judge that falls from the start is seen.
+
+    Args:
+        reward: validation metric of the training reward (on held-out prompts: ``val/reward``).
+        judge: validation metric of the held-out judge (the strict judge's accuracy is ``val/strict_correct``
+            when ``StrictReward`` is an eval metric).
+        tolerance: how far below its best so far the judge must sit to count as fallen (>= 0).
+        patience: number of consecutive validations the judge must stay fallen while the reward stands above
+            its value at the judge's best (>= 1).
+        stop: also end training once diverged (with a warning naming both values).
     """
 
     def __init__(

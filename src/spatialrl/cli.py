@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
 
-COMMANDS = ("fit", "validate")
+COMMANDS = ("fit", "validate")  # no test/predict: `spatialrl evaluate` judges policies; exports load in diffusers
 
 
 def evaluate_main(argv: list[str]) -> int:
@@ -44,18 +44,16 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "pape
 def lightning_main(args: list[str] | None) -> LightningCLI:
     """LightningCLI over any LightningModule / LightningDataModule named by class path in the config."""
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
 
-    from spatialscore.cli import quiet_lightning_advertisements
+    from spatialscore.cli import lightning_cli
 
-    quiet_lightning_advertisements()
-    return LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
+    return lightning_cli(
+        commands=COMMANDS,
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        save_config_kwargs={"overwrite": True},
     )
 
 
@@ -70,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"extra commands: {', '.join(TOOLS)} (spatialrl COMMAND --help)\n")
         lightning_main(None if from_command_line else argv)
         return 0
-    print(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS + tuple(TOOLS))}", file=sys.stderr)
+    hints = {
+        "test": " (judge policies on held-out prompts: spatialrl evaluate --help)",
+        "predict": " (exported policies are diffusers FLUX folders: sample them with FluxPipeline.from_pretrained)",
+    }
+    commands = ", ".join(COMMANDS + tuple(TOOLS))
+    print(f"unknown command {argv[0]!r}{hints.get(argv[0], '')}; commands: {commands}", file=sys.stderr)
     return 2
 
 

@@ -499,11 +499,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     recorded = f"default: what the policy folders recorded in {SETTINGS_FILE} at export, else"
     parser.add_argument("--steps", type=int, default=None, help=f"ODE steps ({recorded} {EvalSpec.num_steps})")
-    parser.add_argument("--samples-per-prompt", type=int, default=EvalSpec.samples_per_prompt)
+    parser.add_argument("--samples-per-prompt", type=int, default=EvalSpec.samples_per_prompt,
+                        help=f"samples of each prompt per policy (default {EvalSpec.samples_per_prompt})")
     parser.add_argument("--height", type=int, default=None, help=f"image height ({recorded} {SamplingSpec.height})")
     parser.add_argument("--width", type=int, default=None, help=f"image width ({recorded} {SamplingSpec.width})")
     parser.add_argument("--seed", type=int, default=EvalSpec.seed, help="initial-noise seed (as eval.seed)")
-    parser.add_argument("--guidance", type=float, default=SamplingSpec.guidance)
+    parser.add_argument("--guidance", type=float, default=SamplingSpec.guidance,
+                        help=f"FLUX guidance scale (default {SamplingSpec.guidance}, as sampling.guidance)")
     parser.add_argument("--batch-size", type=int, default=SamplingSpec.rollout_batch, help="images per sampling pass")
     parser.add_argument("--reward-batch-size", type=int, default=16, help="images per SpatialScore forward")
     parser.add_argument("--device", default=None, help="default: cuda if available")

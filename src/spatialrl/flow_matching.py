@@ -27,7 +27,16 @@ _EPS = 1e-6  # keeps uniform draws inside the open interval (0, 1)
 
 @dataclass
 class TimestepSampling:
-    """How training sigmas are drawn, as a config block (the keyword arguments of :func:`sample_timesteps`)."""
+    """How training sigmas are drawn, as a config block (the keyword arguments of :func:`sample_timesteps`).
+
+    Args:
+        kind: ``logit_normal`` (SD3/FLUX practice): ``sigmoid(mean + std * n)``, ``n ~ N(0, 1)``, which spends
+            the training signal on intermediate noise levels; ``uniform``: ``U(0, 1)``.
+        mean: the logit-normal's mean (``logit_normal`` only).
+        std: the logit-normal's standard deviation (> 0; ``logit_normal`` only).
+        shift: apply SD3's time shift ``s u / (1 + (s - 1) u)`` with this ``s`` afterwards (> 1 moves sigmas
+            towards noise); null: no shift.
+    """
 
     kind: TimestepKind = "logit_normal"
     mean: float = 0.0

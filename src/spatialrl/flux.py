@@ -45,10 +45,22 @@ _TINY_CHARS = sorted(set(string.ascii_lowercase + string.digits + ".,;:-!?'()"))
 class TinyFluxConfig:
     """Sizes of a random toy FLUX; the defaults: an 82 K-parameter transformer, 32px in milliseconds.
 
-    ``vae_channels`` has one entry per VAE level: 4 levels downsample 8x as in FLUX.1 (at 32 px that leaves
-    2x2 packed tokens; 3 levels give 4x4). With ``vae_pretrain_steps > 0`` the VAE is trained as an autoencoder
-    on procedural ``vae_pretrain_image_size`` scenes (see :mod:`spatialrl.autoencoder`) so that it decodes the
-    palette colours, and its ``shift_factor``/``scaling_factor`` are measured; otherwise it stays random.
+    Args:
+        layers: double-stream (joint text-image) transformer blocks.
+        single_layers: single-stream transformer blocks.
+        heads: attention heads of the transformer.
+        head_dim: size of each attention head.
+        axes_dims_rope: rotary dimensions per position axis (summing to ``head_dim``).
+        latent_channels: VAE latent channels (the transformer sees 4x as many, packed 2x2).
+        vae_channels: VAE block widths, one entry per level: 4 levels downsample 8x as in FLUX.1 (at 32 px
+            that leaves 2x2 packed tokens; 3 levels give 4x4).
+        t5_dim: hidden size of the tiny T5 text encoder (the transformer's text input).
+        clip_dim: hidden size of the tiny CLIP text encoder (the pooled text input).
+        guidance_embeds: the transformer takes a guidance-scale embedding, as FLUX.1-dev.
+        vae_pretrain_steps: > 0 trains the VAE as an autoencoder for this many steps on procedural scenes (see
+            :mod:`spatialrl.autoencoder`) so that it decodes the palette colours, and measures its
+            ``shift_factor``/``scaling_factor``; 0 leaves it random.
+        vae_pretrain_image_size: side in pixels of the VAE pretraining scenes.
     """
 
     layers: int = 1
@@ -182,11 +194,17 @@ def resolve_tiny_flux(*, seed: int = 0, config: TinyFluxConfig | None = None) ->
 
 @dataclass
 class FluxSource:
-    """Where a policy comes from, as a config block: a local diffusers FLUX folder (``path``), else a tiny random
-    FLUX built offline from ``tiny`` with ``tiny_seed`` (cached). ``dtype`` is the transformer's and the frozen
-    components' dtype; ``max_sequence_length`` the T5 length; None: the length the folder was trained with (recorded
-    in ``spatialrl.json`` by :class:`~spatialrl.callbacks.ExportPolicy`; prompts padded to another length condition
-    the model differently), else 512 as FLUX.1-dev.
+    """Where a policy comes from, as a config block: a local diffusers FLUX folder, else a tiny random FLUX.
+
+    Args:
+        path: a local diffusers FLUX folder (FLUX.1-dev layout, or one written by
+            :class:`~spatialrl.callbacks.ExportPolicy`); null: the tiny FLUX.
+        tiny: sizes of the tiny random FLUX built offline (cached) when ``path`` is null.
+        tiny_seed: seed of the tiny FLUX's random weights.
+        dtype: dtype of the transformer and the frozen components (``float32``, ``bfloat16`` or ``float16``).
+        max_sequence_length: the T5 prompt length; null: the length the folder was trained with (recorded in
+            ``spatialrl.json`` by :class:`~spatialrl.callbacks.ExportPolicy`; prompts padded to another length
+            condition the model differently), else 512 as FLUX.1-dev.
     """
 
     path: str | None = None
@@ -353,9 +371,9 @@ class FluxPolicy:
             transformer=self.transformer,
         )
 
-    @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """T5 hidden states (padded to ``max_sequence_length``, no mask) and CLIP pooled output, as FluxPipeline."""
+        """T5 hidden states (padded to ``max_sequence_length``, no mask) and CLIP pooled output, as FluxPipeline
+        (with autograd as the caller has it: trained text encoders get gradients)."""
         clip_ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -376,14 +394,20 @@ class FluxPolicy:
         embeds = self.text_encoder_2(t5_ids.to(self.text_encoder_2.device), output_hidden_states=False)[0]
         return embeds, pooled
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """``(prompt_embeds (B, L, D_t5), pooled (B, D_clip))``; prompts seen before are not re-encoded."""
+    def encode_prompts(self, prompts: list[str], *, cache: bool = True) -> tuple[Tensor, Tensor]:
+        """``(prompt_embeds (B, L, D_t5), pooled (B, D_clip))``; prompts seen before are not re-encoded.
+
+        ``cache=False`` encodes every prompt afresh, with gradients when autograd is on: for text encoders that
+        are being trained (``FlowMatchingModule(text_encoders=...)``), whose encodings change every step.
+        """
+        if not cache:
+            return self._encode_uncached(list(prompts))
         length = self.max_sequence_length
         missing = list(dict.fromkeys(p for p in prompts if (p, length) not in self._prompt_cache))
         if missing:
             # never cache inference tensors (Lightning validates under inference_mode): autograd could not save
             # them for the backward pass of a later training step that reuses the encoding
-            with torch.inference_mode(False):
+            with torch.inference_mode(False), torch.no_grad():
                 embeds, pooled = self._encode_uncached(missing)
             for i, prompt in enumerate(missing):
                 self._prompt_cache[(prompt, length)] = (embeds[i], pooled[i])

@@ -54,9 +54,13 @@ FLUX_LORA_TARGETS: tuple[str, ...] = (
 
 @dataclass
 class LoraSpec:
-    """LoRA settings as a config block. ``rank: 0`` trains the whole transformer instead (no adapter).
+    """LoRA settings as a config block (a fresh adapter, B = 0, fp32 weights; only its weights train).
 
-    ``alpha`` defaults to ``rank`` (scale 1); ``targets`` are module-name suffixes.
+    Args:
+        rank: LoRA rank; 0 trains the whole transformer instead (no adapter).
+        alpha: LoRA scaling numerator: the update is scaled by ``alpha / rank``; null: ``rank`` (scale 1).
+        dropout: dropout on the LoRA branch's input during training.
+        targets: the transformer's modules that get an adapter, as module-name suffixes (each must match).
     """
 
     rank: int = 32

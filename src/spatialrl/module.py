@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from spatialrl.grpo import (
     select_groups,
 )
 from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
+from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, reward_components
 from spatialrl.rollout import (
     Trajectory,
@@ -50,26 +51,37 @@ from spatialrl.rollout import (
 )
 from spatialrl.sde import NOISE_LEVELS, SDEKind, check_noise_level
 from spatialscore.backbone import DTYPES
-from spatialscore.schedules import warmup_schedule
+from spatialscore.optim import OptimizerConfig, configure_adamw
 from spatialscore.strategies import fp32_master_weights, fsdp2_shard
 from spatialscore.visualize import image_grid, log_picture
 
-__all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimSpec", "SamplingSpec"]
+__all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimizerConfig", "SamplingSpec"]
 
 
 @dataclass
 class SamplingSpec:
-    """Training rollouts. ``sde_steps``: which of the ``num_steps`` steps are stochastic and trained (None: all
-    but the last, Flow-GRPO); ``sde_fraction``: instead, a random fraction drawn anew each training step
-    (DanceGRPO). ``shared_initial_noise``: the G samples of a group start from the same noise and differ only
-    by the SDE noise. ``rollout_batch``: samples per sampling forward pass (memory, not math). Settings without
-    a trained step are refused (``num_steps: 1`` with ``sde_steps`` unset: its one step is the last, an ODE step).
+    """Training rollouts. Settings without a trained step are refused (``num_steps: 1`` with ``sde_steps`` unset:
+    its one step is the last, an ODE step).
 
-    ``noise_level`` (finite, > 0) means something else per ``kind`` (:mod:`spatialrl.sde`): ``"sde"``,
-    Flow-GRPO's a in ``g = a sqrt(s / (1 - s))`` (0.7 on SD3.5, 0.9 on FLUX); ``"dance"``, DanceGRPO's constant
-    eta (0.3; the default 0.9 would be three times DanceGRPO's noise); ``"cps"``, a in (0, 1] with
-    ``sin(a pi / 2)`` the fraction of ``sigma_next`` that is fresh noise (0.8 in Flow-GRPO's CPS recipes, with
-    a PPO clip range ~1e-5; 0.9 re-noises almost fully)."""
+    Args:
+        height: image height in pixels, of training rollouts and validation samples.
+        width: image width in pixels, of training rollouts and validation samples.
+        num_steps: sampling steps of a training rollout.
+        noise_level: the SDE's noise (finite, > 0); it means something else per ``kind`` (:mod:`spatialrl.sde`):
+            ``sde``, Flow-GRPO's a in ``g = a sqrt(s / (1 - s))`` (0.7 on SD3.5, 0.9 on FLUX); ``dance``,
+            DanceGRPO's constant eta (0.3; the default 0.9 would be three times DanceGRPO's noise); ``cps``, a in
+            (0, 1] with ``sin(a pi / 2)`` the fraction of ``sigma_next`` that is fresh noise (0.8 in Flow-GRPO's
+            CPS recipes, with a PPO clip range ~1e-5; 0.9 re-noises almost fully).
+        kind: the stochastic sampler: ``sde`` (Flow-GRPO), ``dance`` (DanceGRPO) or ``cps``
+            (coefficient-preserving).
+        sde_steps: which of the ``num_steps`` steps (indices from 0) are stochastic and trained; null: all but
+            the last (Flow-GRPO).
+        sde_fraction: instead of ``sde_steps``, a random fraction of the steps before the last, drawn anew each
+            training step (DanceGRPO); in (0, 1].
+        guidance: FLUX's guidance scale, for training rollouts and validation samples.
+        shared_initial_noise: the G samples of a group start from the same noise and differ only by the SDE noise.
+        rollout_batch: samples per sampling forward pass (memory, not math).
+    """
 
     height: int = 512
     width: int = 512
@@ -85,24 +97,35 @@ class SamplingSpec:
 
 @dataclass
 class GRPOSpec:
-    """The GRPO objective. ``k``: top-k and bottom-k kept per group (``filter``: "topk", "maxvar" = the
-    2k-subset of maximal variance, "none" = keep all G, k ignored). ``std_mode``: advantage normalisation
-    ("group", "global" over the gathered batch, "none"). ``micro_batch``: samples per training
-    forward/backward. ``groups_across_ranks``: every rank samples G/W of every prompt of the global batch
-    (rewards all-gathered) instead of whole groups of its own prompts.
+    """The GRPO objective.
 
-    ``ppo_epochs``: passes over the kept samples per batch, one optimiser step each. The first pass replays the
-    rollout with the weights that sampled it, so its PPO ratio is exactly 1: ``train/approx_kl`` and
-    ``train/clip_fraction`` are averaged over the later passes only, and not logged at all with
-    ``ppo_epochs: 1`` (they could not move).
-
-    ``kl_beta``: weight of the KL to the reference (the transformer with the LoRA adapter disabled), per
-    element, normalised as ``kl_convention`` says (``kl_to_reference``): ``"exact"`` divides by ``2 std^2`` of
-    the transition (``std = g sqrt(h)``): the exact Gaussian KL and the paper's ``2 g^2 h``, for which the
-    paper's beta 0.01 is meant. ``"flow_grpo"`` divides by ``2 g^2`` as Flow-GRPO's code: the exact KL times
-    the step size h (0.10-0.21 at 512 px and 6 steps, so the same beta acts 5-10x weaker than under "exact");
-    Flow-GRPO's published betas carry over (0.04 GenEval/OCR and 0.01 PickScore on SD3.5; its FLUX recipes
-    use 0). Both agree for ``sampling.kind: cps``."""
+    Args:
+        group_size: G, the images sampled per prompt (>= 2).
+        k: top-k and bottom-k kept per group (ignored with ``filter: none``).
+        filter: which samples of a group train: ``topk`` (the k best and k worst), ``maxvar`` (the 2k-subset
+            of maximal reward variance) or ``none`` (all G).
+        std_mode: advantage normalisation: ``group`` (each group's std), ``global`` (the std over the gathered
+            batch) or ``none`` (no division).
+        advantage_clip: advantages are clipped to ``[-advantage_clip, advantage_clip]``; null: no clipping.
+        clip_range: PPO's eps: the probability ratio is clipped to ``[1 - eps, 1 + eps]`` (finite, > 0).
+        kl_beta: weight of the KL to the reference (the transformer with the LoRA adapter disabled), per
+            element, normalised as ``kl_convention`` says; > 0 needs a LoRA adapter.
+        kl_convention: ``exact`` divides by ``2 std^2`` of the transition (``std = g sqrt(h)``): the exact
+            Gaussian KL and the paper's ``2 g^2 h``, for which the paper's beta 0.01 is meant. ``flow_grpo``
+            divides by ``2 g^2`` as Flow-GRPO's code: the exact KL times the step size h (0.10-0.21 at 512 px and
+            6 steps, so the same beta acts 5-10x weaker than under ``exact``); Flow-GRPO's published betas carry
+            over (0.04 GenEval/OCR and 0.01 PickScore on SD3.5; its FLUX recipes use 0). Both agree for
+            ``sampling.kind: cps``.
+        ppo_epochs: passes over the kept samples per batch, one optimiser step each. The first pass replays the
+            rollout with the weights that sampled it, so its PPO ratio is exactly 1: ``train/approx_kl`` and
+            ``train/clip_fraction`` are averaged over the later passes only, and not logged at all with
+            ``ppo_epochs: 1`` (they could not move).
+        micro_batch: samples per training forward/backward (gradients accumulate over micro-batches).
+        max_grad_norm: gradient-norm clipping before each optimiser step; null: no clipping (the norm is
+            still logged).
+        groups_across_ranks: every rank samples G/W of every prompt of the global batch (rewards all-gathered)
+            instead of whole groups of its own prompts (needs ``group_size`` divisible by the world size).
+    """
 
     group_size: int = 24
     k: int = 6
@@ -119,23 +142,19 @@ class GRPOSpec:
 
 
 @dataclass
-class OptimSpec:
-    """AdamW over the trainable weights (LoRA, or the whole transformer), linear warm-up, then constant."""
-
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    ema_decay: float | None = None
-
-
-@dataclass
 class EvalSpec:
-    """Validation: ``samples_per_prompt`` ODE samples (``num_steps`` Euler steps) of every validation prompt,
-    initial noise seeded by ``(seed, prompt text, sample index)``; the reward and every ``metrics`` reward are
-    averaged; a grid of the first ``grid_prompts`` prompts (with their text) goes to every logger that takes
-    images. ``at_start`` also evaluates
-    before the first training step (logged at step 0)."""
+    """Validation: ODE samples of every validation prompt at ``sampling``'s size and guidance; the reward and every
+    ``eval_metrics`` reward are averaged.
+
+    Args:
+        num_steps: Euler steps of each validation sample.
+        samples_per_prompt: ODE samples of each validation prompt.
+        seed: the initial noise is seeded by ``(seed, prompt text, sample index)``, the same at every validation.
+        grid_prompts: a grid of the first this many prompts' samples (with their text) goes to every logger
+            that takes images.
+        at_start: also evaluate the initial policy before the first training step (logged at step 0).
+        use_ema: evaluate with the EMA weights when the module keeps them (``ema_decay`` set).
+    """
 
     num_steps: int = 28
     samples_per_prompt: int = 2
@@ -148,9 +167,29 @@ class EvalSpec:
 class FluxGRPOModule(L.LightningModule):
     """GRPO with Top-k group filtering for a :class:`~spatialrl.flux.FluxPolicy` (manual optimisation).
 
-    ``reward`` is any :class:`~spatialrl.rewards.Reward`; ``eval_metrics`` are extra rewards only logged at
-    validation (e.g. the binary relation score). Batches come from ``PreferenceDataModule(view="prompts")``.
-    ``seed`` (default: the ``seed_everything`` seed) drives the LoRA initialisation and all sampling noise.
+    Batches come from ``PreferenceDataModule(view="prompts")``.
+
+    Args:
+        policy: the FLUX model to train (a diffusers folder, or a tiny random one); default: the tiny one.
+        reward: the training reward, any :class:`~spatialrl.rewards.Reward`.
+        lora: the LoRA adapter on the transformer (``rank: 0``: train the full transformer).
+        sampling: training rollouts: image size, steps, the SDE and which steps it trains.
+        grpo: the GRPO objective: group size, filtering, advantages, PPO clipping, KL, micro-batches.
+        optimizer: AdamW and its learning-rate schedule (default here: lr 3e-4, weight decay 1e-4).
+        ema_decay: keep an exponential moving average of the trained weights with this decay (in [0, 1));
+            null: none.
+        eval: validation sampling and what it logs.
+        eval_metrics: extra rewards only computed and logged at validation (e.g. the strict judge), each under
+            its own ``name``.
+        activation_checkpointing: recompute the transformer's activations in the backward pass (less memory,
+            slower steps).
+        overlap_reward: score each rollout chunk (``sampling.rollout_batch`` samples) in a background thread
+            while the next chunk samples (:mod:`spatialrl.overlap`), so a reward that waits on a server or
+            another device hides behind the rollout. The rewards are those of scoring the whole rollout
+            afterwards, bit for bit, for any reward whose value for an image does not depend on the other images
+            of the call (the rule rewards, the strict judge); a neural reward scored in batches (in-process or
+            served) may differ in the last bits, as its batches differ.
+        seed: drives the LoRA initialisation and all sampling noise; null: the ``seed_everything`` seed.
     """
 
     def __init__(
@@ -161,10 +200,12 @@ class FluxGRPOModule(L.LightningModule):
         lora: LoraSpec | None = None,
         sampling: SamplingSpec | None = None,
         grpo: GRPOSpec | None = None,
-        optim: OptimSpec | None = None,
+        optimizer: OptimizerConfig | None = None,
+        ema_decay: float | None = None,
         eval: EvalSpec | None = None,
         eval_metrics: Sequence[Reward] = (),
         activation_checkpointing: bool = False,
+        overlap_reward: bool = False,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -175,10 +216,12 @@ class FluxGRPOModule(L.LightningModule):
         self.lora = lora or LoraSpec()
         self.sampling = sampling or SamplingSpec()
         self.grpo = grpo or GRPOSpec()
-        self.optim = optim or OptimSpec()
+        self.optimizer_config = optimizer or OptimizerConfig(lr=3e-4, weight_decay=1e-4)
+        self.ema_decay = ema_decay
         self.eval_spec = eval or EvalSpec()
         self.eval_metrics = list(eval_metrics)
         self.activation_checkpointing = activation_checkpointing
+        self.overlap_reward = overlap_reward
         self.seed = torch.initial_seed() if seed is None else seed  # None: follow seed_everything
         self.policy: FluxPolicy | None = None
         self.ema: ParameterEMA | None = None
@@ -220,9 +263,12 @@ class FluxGRPOModule(L.LightningModule):
             raise ValueError(f"grpo.kl_beta must be finite and >= 0, got {g.kl_beta}")
         if not math.isfinite(g.clip_range) or g.clip_range <= 0:
             raise ValueError(f"grpo.clip_range must be finite and > 0, got {g.clip_range}")
-        if not math.isfinite(self.optim.lr) or self.optim.lr < 0:
-            raise ValueError(f"optim.lr must be finite and >= 0, got {self.optim.lr}")
         self._check_trained_steps()
+        if self.lora.dropout != 0:
+            raise ValueError(
+                f"lora.dropout must be 0 for GRPO, got {self.lora.dropout}: a rollout and its replay must be the same "
+                "function, or the PPO ratio measures dropout noise"
+            )
         if g.kl_beta > 0 and self.lora.rank == 0:
             raise ValueError("grpo.kl_beta > 0 needs a LoRA adapter (the reference is the adapter disabled)")
         if s.sde_fraction is not None and not 0 < s.sde_fraction <= 1:
@@ -280,7 +326,10 @@ class FluxGRPOModule(L.LightningModule):
             add_lora(transformer, self.lora)
         if self.activation_checkpointing:
             transformer.enable_gradient_checkpointing()
-        self.transformer = transformer  # registered: Lightning moves, shards and checkpoints it
+        # registered: Lightning moves, shards and checkpoints it. Train mode changes nothing here (no dropout: FLUX
+        # has none and lora.dropout > 0 is refused), so rollouts and their replays are one function either way;
+        # it only keeps Lightning from warning that modules are in eval mode at the start of training.
+        self.transformer = transformer.train()
         if self._device_mesh is not None:
             dtype = DTYPES[self.source.dtype]
             fp32_master_weights(transformer)
@@ -291,19 +340,19 @@ class FluxGRPOModule(L.LightningModule):
                 param_dtype=None if dtype == torch.float32 else dtype,
             )
         self.policy = policy
-        if self.optim.ema_decay is not None:
-            self.ema = ParameterEMA(self._trainable(), decay=self.optim.ema_decay)
+        if self.ema_decay is not None:
+            self.ema = ParameterEMA(self._trainable(), decay=self.ema_decay)
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim
-        optimizer = torch.optim.AdamW(
-            self._trainable(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        return configure_adamw(
+            groups={"transformer": self._trainable()},
+            known_groups=("transformer",),
+            config=self.optimizer_config,
+            total_steps=lambda: self.trainer.estimated_stepping_batches,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(warmup_steps=cfg.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------------
     # rollouts
@@ -316,9 +365,17 @@ class FluxGRPOModule(L.LightningModule):
         seed = sample_seed(self.seed, self.global_step, 1)
         return sde_mask_random(s.num_steps, fraction=s.sde_fraction, seed=seed).nonzero().reshape(-1).tolist()
 
-    @torch.no_grad()
     def _rollout(self, prompts: list[str], *, positions: list[int], columns: list[int]) -> Trajectory:
         """Sample ``prompts[i]`` as sample ``columns[i]`` of the group at global ``positions[i]``."""
+        chunks = self._rollout_chunks(prompts, positions=positions, columns=columns)
+        return Trajectory.concat([part for _, part in chunks])
+
+    @torch.no_grad()
+    def _rollout_chunks(
+        self, prompts: list[str], *, positions: list[int], columns: list[int]
+    ) -> Iterator[tuple[slice, Trajectory]]:
+        """:meth:`_rollout` one chunk of ``sampling.rollout_batch`` samples at a time, sampled when asked for: the
+        rows of ``prompts`` each covers and its trajectory."""
         s, step = self.sampling, self.global_step
         seeds = [sample_seed(self.seed, step, p, c, 2) for p, c in zip(positions, columns, strict=True)]
         init_seeds = [
@@ -328,25 +385,21 @@ class FluxGRPOModule(L.LightningModule):
         initial = seeded_noise(self.policy, seeds=init_seeds, height=s.height, width=s.width)
         step_noise = seeded_noise(self.policy, seeds=seeds, height=s.height, width=s.width, steps=s.num_steps)
         sde_steps = self._trained_steps()
-        parts = []
         for start in range(0, len(prompts), s.rollout_batch):
             chunk = slice(start, start + s.rollout_batch)
-            parts.append(
-                sample(
-                    self.policy,
-                    prompts=prompts[chunk],
-                    height=s.height,
-                    width=s.width,
-                    num_steps=s.num_steps,
-                    noise_level=s.noise_level,
-                    kind=s.kind,
-                    sde_steps=sde_steps,
-                    initial_noise=initial[chunk],
-                    step_noise=step_noise[chunk],
-                    guidance=s.guidance,
-                )
+            yield chunk, sample(
+                self.policy,
+                prompts=prompts[chunk],
+                height=s.height,
+                width=s.width,
+                num_steps=s.num_steps,
+                noise_level=s.noise_level,
+                kind=s.kind,
+                sde_steps=sde_steps,
+                initial_noise=initial[chunk],
+                step_noise=step_noise[chunk],
+                guidance=s.guidance,
             )
-        return Trajectory.concat(parts)
 
     def _global_prompts(self, batch: dict[str, Any]) -> tuple[list[str], list[dict], list[int]]:
         """This rank's prompts and their positions in the global batch (rank r's i-th prompt is i*W + r, the
@@ -411,6 +464,32 @@ class FluxGRPOModule(L.LightningModule):
         parts = {name: value.detach() for name, value in parts.items()}
         return parts.pop(self.reward.name), parts
 
+    def _sample_and_score(
+        self, prompts: list[str], metadata: list[dict], *, positions: list[int], columns: list[int], clock: list[float]
+    ) -> tuple[Trajectory, Tensor, dict[str, Tensor]]:
+        """Roll out ``prompts`` and reward the images: after the rollout, or with ``overlap_reward`` each chunk while
+        the next samples. Appends to ``clock`` when the sampling ended and when the last score came."""
+        chunks = self._rollout_chunks(prompts, positions=positions, columns=columns)
+        if not self.overlap_reward:
+            traj = Trajectory.concat([part for _, part in chunks])
+            clock.append(time.perf_counter())
+            rewards, parts = self._rewards(traj.images, prompts, metadata)
+            clock.append(time.perf_counter())
+            return traj, rewards, parts
+
+        def timed() -> Iterator[tuple[slice, Trajectory]]:
+            yield from chunks
+            clock.append(time.perf_counter())
+
+        def score(item: tuple[slice, Trajectory]) -> tuple[Tensor, dict[str, Tensor]]:
+            rows, part = item
+            return self._rewards(part.images, prompts[rows], metadata[rows])
+
+        sampled, scores = score_while_sampling(timed(), score)
+        clock.append(time.perf_counter())
+        parts = {name: torch.cat([p[name] for _, p in scores]) for name in scores[0][1]}
+        return Trajectory.concat([part for _, part in sampled]), torch.cat([r for r, _ in scores]), parts
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         g = self.grpo
         prompts, metadata, positions = self._global_prompts(batch)
@@ -419,15 +498,14 @@ class FluxGRPOModule(L.LightningModule):
         flat_prompts = [p for p in prompts for _ in columns]
         flat_meta = [m for m in metadata for _ in columns]
         clock = [time.perf_counter()]
-        traj = self._rollout(
+        traj, rewards_local, parts = self._sample_and_score(
             flat_prompts,
+            flat_meta,
             positions=[pos for pos in positions for _ in columns],
             columns=[c for _ in positions for c in columns],
+            clock=clock,
         )
-        clock.append(time.perf_counter())
-        rewards_local, parts = self._rewards(traj.images, flat_prompts, flat_meta)
         rewards_local = rewards_local.reshape(-1, n_cols)
-        clock.append(time.perf_counter())
         rewards = self._gather_rewards(rewards_local)
         keep = select_groups(rewards, g.k, method=g.filter)
         advantages = group_advantages(rewards, mask=keep, std_mode=g.std_mode, clip=g.advantage_clip)
@@ -662,5 +740,5 @@ class FluxGRPOModule(L.LightningModule):
             checkpoint["state_dict"] = {**self.state_dict(), **state}
         if "ema" in checkpoint:
             if self.ema is None:
-                raise ValueError("the checkpoint has EMA weights but optim.ema_decay is not set")
+                raise ValueError("the checkpoint has EMA weights but ema_decay is not set")
             self.ema.load_state_dict(checkpoint["ema"])

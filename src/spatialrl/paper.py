@@ -429,7 +429,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name), help="base config")
     parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt,
                         help="pairs rendered per training prompt (one seed each)")
-    parser.add_argument("--heldout-images-per-prompt", type=int, default=defaults.heldout_images_per_prompt)
+    parser.add_argument("--heldout-images-per-prompt", type=int, default=defaults.heldout_images_per_prompt,
+                        help="pairs rendered per held-out prompt (the reward model's validation pairs)")
     parser.add_argument("--rejected", choices=("violates", "faithful"), default=defaults.rejected,
                         help="filter-pairs' check of the rejected image")
     parser.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=defaults.hard_negatives,
@@ -438,7 +439,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=defaults.rounds,
                         help="hardening rounds: probe RL, its renders as negatives, reward model retrained")
     parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
-    parser.add_argument("--probe-images-per-prompt", type=int, default=defaults.probe_images_per_prompt)
+    parser.add_argument("--probe-images-per-prompt", type=int, default=defaults.probe_images_per_prompt,
+                        help="pairs rendered per training prompt by each hardening round's probe policy")
     parser.add_argument("--compare-rule", action="store_true", help="also run GRPO with the strict rule reward")
     parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="samples per held-out prompt")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage (sft, prompts, pairs, filter, ...)")

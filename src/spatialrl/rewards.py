@@ -20,13 +20,21 @@ base class parse as ordinary ``class_path``/``init_args`` entries, also inside `
 from __future__ import annotations
 
 import abc
+import base64
+import io
 import math
+import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
+from spatialscore.data.encode import to_uint8_rgb
 from spatialscore.data.strict import Judgement, StrictChecker
 from spatialscore.data.synthetic import RuleChecker, detect_objects, image_list, parse_prompt
 from spatialscore.model import SpatialScore
@@ -35,6 +43,8 @@ __all__ = [
     "NonFiniteRewardError",
     "Reward",
     "PresenceReward",
+    "RemoteReward",
+    "RemoteRewardError",
     "RuleReward",
     "SpatialScoreReward",
     "StrictReward",
@@ -157,7 +167,11 @@ class RuleReward(Reward):
 
     Binary for a one-relation prompt. Objects are found by colour, so this only judges images of the synthetic
     scene grammar (see :mod:`spatialscore.data.synthetic`); a prompt outside that grammar is a ValueError.
-    ``tolerance`` (RGB distance) and ``min_pixels`` are :class:`~spatialscore.data.synthetic.RuleChecker`'s.
+
+    Args:
+        tolerance: a pixel belongs to the nearest palette colour within this RGB distance (0-255 scale).
+        min_pixels: fewer pixels of a colour count as absent; null: 0.2% of the image (at least 4).
+        name: the reward's label in logs and error messages.
     """
 
     def __init__(self, *, tolerance: float = 60.0, min_pixels: int | None = None, name: str = "rule") -> None:
@@ -187,6 +201,11 @@ class PresenceReward(RuleReward):
 
     Logged beside :class:`RuleReward` it separates "draws the objects" from "places them right": the rule
     reward is at most the presence rate, and ``rule / presence`` is the relation accuracy among complete images.
+
+    Args:
+        tolerance: a pixel belongs to the nearest palette colour within this RGB distance (0-255 scale).
+        min_pixels: fewer pixels of a colour count as absent; null: 0.2% of the image (at least 4).
+        name: the reward's label in logs and error messages.
     """
 
     def __init__(self, *, tolerance: float = 60.0, min_pixels: int | None = None, name: str = "presence") -> None:
@@ -217,9 +236,15 @@ class StrictReward(Reward):
     diagnostic only), so validation logs the shares of images with extra and missing objects. Prompts must be
     of the procedural grammar (:func:`~spatialscore.data.synthetic.parse_prompt`).
 
-    ``clean_credit`` (in [0, 1), default 0) is the reward of a *clean* image whose layout is wrong: exactly the
-    named objects, each once, nothing else, right shapes, but a relation fails. It still gives nothing for
-    duplicates, extras or missing objects, and a correct image always earns more than a clean one.
+    Args:
+        tolerance: a pixel belongs to the nearest palette colour within this RGB distance (0-255 scale).
+        min_pixels: smaller components are specks and dropped; null: 0.2% of the image (at least 4).
+        shape_min_side: an object's shape is judged only when its bounding box is at least this many pixels on
+            both sides (smaller shapes cannot be told apart).
+        clean_credit: in [0, 1): the reward of a *clean* image whose layout is wrong: exactly the named
+            objects, each once, nothing else, right shapes, but a relation fails. It still gives nothing for
+            duplicates, extras or missing objects, and a correct image always earns more than a clean one.
+        name: the reward's label in logs and error messages, and the prefix of its components.
     """
 
     def __init__(
@@ -277,7 +302,15 @@ class SpatialScoreReward(Reward):
     The model is loaded on the first call, so a config can name a checkpoint without loading it at parse time,
     onto ``device`` or else the device of that first call's images; it stays there, and rewards are returned on
     the images' device. It is a plain attribute, not a registered submodule, so a LightningModule holding this
-    reward neither trains, checkpoints nor moves it. Images are scored in chunks of ``batch_size``.
+    reward neither trains, checkpoints nor moves it.
+
+    Args:
+        path: the SpatialScore folder (written by ``save_pretrained``, e.g. by ``ExportSpatialScore``).
+        batch_size: images scored per forward pass (>= 1).
+        device: device to load the model onto (``cuda:1``, ``cpu``, ...); null: the device of the first
+            call's images.
+        uncertainty_penalty: the reward is ``mu - uncertainty_penalty * sigma`` (finite, >= 0).
+        name: the reward's label in logs and error messages.
     """
 
     def __init__(
@@ -320,6 +353,11 @@ class WeightedReward(Reward):
     """``sum_i weights[i] * rewards[i]``; :meth:`components` also returns each term for logging.
 
     Every component goes through :func:`compute_reward`, so a NaN is reported under the component's name.
+
+    Args:
+        rewards: the component rewards (at least one; their names and components' names unique).
+        weights: one finite weight per component reward.
+        name: the total's label in logs and error messages.
     """
 
     def __init__(
@@ -361,3 +399,159 @@ class WeightedReward(Reward):
     ) -> Tensor:
         """The weighted total, float32 (B,) on the images' device."""
         return self.components(images=images, prompts=prompts, metadata=metadata)[self.name]
+
+
+class RemoteRewardError(RuntimeError):
+    """A reward server could not score a request: unreachable, timing out or failing after the retries, refusing
+    the request, or answering something that is not one finite score per image."""
+
+
+class RemoteReward(Reward):
+    """A SpatialScore served by ``spatialscore serve`` (:mod:`spatialscore.serve`) as a reward.
+
+    reward = mu - uncertainty_penalty * sigma, as :class:`SpatialScoreReward`. Images are rounded to uint8 as
+    in-process scoring rounds them and sent losslessly (PNG), ``batch_size`` per request, at most ``concurrency``
+    requests in flight (the server coalesces concurrent requests into its batches). A request that cannot
+    connect, takes over ``timeout`` seconds, or is answered 429 or 5xx is retried up to ``retries`` times after
+    ``backoff * 2**attempt`` seconds; after that, or at once for any other refusal (4xx) or a malformed answer,
+    :class:`RemoteRewardError` names the URL, the prompt of the request's first image and the last error. A
+    failure is never a zero or NaN reward.
+
+    Args:
+        url: the server's base URL (``http://host:8000``); requests go to ``{url}/predict``.
+        batch_size: images per request (>= 1).
+        concurrency: at most this many requests in flight (>= 1).
+        timeout: seconds to wait for an answer before retrying (finite, > 0).
+        retries: retries of a request that cannot connect, times out, or is answered 429 or 5xx (>= 0).
+        backoff: seconds before the first retry, doubled at each further one (finite, >= 0).
+        uncertainty_penalty: the reward is ``mu - uncertainty_penalty * sigma`` (finite, >= 0).
+        token_env: environment variable holding the bearer token, if any, read at each call (never from the
+            config).
+        name: the reward's label in logs, error messages and the sampling threads' names.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 8,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        uncertainty_penalty: float = 0.0,
+        token_env: str = "SPATIALSCORE_SERVE_TOKEN",
+        name: str = "remote",
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        for label, value in (("batch_size", batch_size), ("concurrency", concurrency)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be finite and > 0, got {timeout}")
+        if not (math.isfinite(backoff) and backoff >= 0):
+            raise ValueError(f"backoff must be finite and >= 0, got {backoff}")
+        if not (math.isfinite(uncertainty_penalty) and uncertainty_penalty >= 0):
+            raise ValueError(f"uncertainty_penalty must be finite and >= 0, got {uncertainty_penalty}")
+        self.url = url.rstrip("/")
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.uncertainty_penalty = uncertainty_penalty
+        self.token_env = token_env
+        self.name = name
+
+    def __call__(
+        self, *, images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> Tensor:
+        """Float32 (B,) rewards on the images' device; ``metadata`` is ignored. Raises :class:`RemoteRewardError`."""
+        import requests
+
+        prompts = list(prompts)
+        host = images.detach().to("cpu", torch.float32).unbind(0)
+        starts = range(0, len(prompts), self.batch_size)
+        chunks = [range(s, min(s + self.batch_size, len(prompts))) for s in starts]
+        token = os.environ.get(self.token_env)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        local, sessions = threading.local(), []
+
+        def score(rows: range) -> tuple[list[float], list[float]]:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+                sessions.append(local.session)
+            body = {"prompts": [prompts[i] for i in rows], "images": [_png_base64(host[i]) for i in rows]}
+            return self._post(local.session, body, headers)
+
+        mu, sigma = torch.empty(len(prompts)), torch.empty(len(prompts))
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, max(len(chunks), 1)), thread_name_prefix=self.name)
+        try:
+            futures = {pool.submit(score, rows): rows for rows in chunks}
+            for future in as_completed(futures):
+                rows = futures[future]
+                mu[rows.start : rows.stop], sigma[rows.start : rows.stop] = map(torch.tensor, future.result())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # after an error: no more requests for this call
+            for session in sessions:
+                session.close()
+        rewards = mu - self.uncertainty_penalty * sigma if self.uncertainty_penalty else mu
+        return rewards.to(device=images.device, dtype=torch.float32)
+
+    def _post(self, session: Any, body: dict[str, list[str]], headers: dict[str, str]) -> tuple[list, list]:
+        """``(mu, sigma)`` of one request, retried as the class docstring says."""
+        import requests
+
+        endpoint = f"{self.url}/predict"
+        count = len(body["prompts"])
+        where = f"POST {endpoint} (prompt {body['prompts'][0]!r}" + (f" and {count - 1} more)" if count > 1 else ")")
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = session.post(endpoint, json=body, headers=headers, timeout=self.timeout)
+            except requests.Timeout:
+                problem = f"no answer within {self.timeout} s"
+                continue
+            except requests.ConnectionError as error:
+                problem = f"cannot connect ({type(error).__name__}: {error})"
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                continue
+            if response.status_code != 200:
+                raise RemoteRewardError(
+                    f"reward {self.name!r}: {where} refused with HTTP {response.status_code}: {response.text[:500]}"
+                )
+            return self._parse(response, count, where)
+        raise RemoteRewardError(f"reward {self.name!r}: {where} failed after {self.retries + 1} attempts: {problem}")
+
+    def _parse(self, response: Any, count: int, where: str) -> tuple[list, list]:
+        """The answer's ``mu`` and ``sigma``, checked: ``count`` finite numbers each."""
+        try:
+            answer = response.json()
+            mu, sigma = answer["mu"], answer["sigma"]
+            ok = all(len(v) == count and all(_is_number(x) and math.isfinite(x) for x in v) for v in (mu, sigma))
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise RemoteRewardError(
+                f"reward {self.name!r}: {where} answered something other than {count} finite mu and sigma values: "
+                f"{response.text[:300]}"
+            )
+        return mu, sigma
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _png_base64(image: Tensor) -> str:
+    """A float (3, H, W) image in [0, 1] as base64 PNG of its uint8 rounding (as in-process scoring rounds it)."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8_rgb(image)).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -8,7 +8,6 @@ judge (:class:`spatialrl.rewards.StrictReward`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -22,10 +21,18 @@ from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.lora import LoraSpec, add_lora
 from spatialrl.rewards import StrictReward, reward_components
 from spatialrl.rollout import sample
-from spatialscore.schedules import warmup_schedule
+from spatialscore.optim import OptimizerConfig, configure_adamw
 from spatialscore.visualize import image_grid, log_picture
 
-__all__ = ["FlowMatchingModule"]
+__all__ = ["TEXT_ENCODERS", "FlowMatchingModule"]
+
+# what ``text_encoders`` trains: CLIP is the policy's ``text_encoder``, T5 its ``text_encoder_2``
+TEXT_ENCODERS: dict[str, tuple[str, ...]] = {
+    "frozen": (),
+    "t5": ("text_encoder_2",),
+    "clip": ("text_encoder",),
+    "both": ("text_encoder", "text_encoder_2"),
+}
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -33,19 +40,34 @@ class FlowMatchingModule(L.LightningModule):
 
     Training batches: ``{"images": (B, 3, height, width) float in [0, 1], "prompts": [...], "ids": [...]}``.
     Validation batches: the same (for ``val/loss`` with fixed noise) or ``{"prompts": [...], "metadata": [...]}``.
-    At the end of each validation, ``val_samples`` images are drawn with the deterministic ODE sampler
-    (``val_steps`` steps, seed ``val_seed``) for ``val_prompts`` or, when None, the first ``val_samples``
-    validation prompts (procedural manifests list each record beside its mirror, so an even count is balanced
-    in relation). They are judged strictly (:class:`~spatialrl.rewards.StrictReward`, the names GRPO validation uses:
-    ``val/strict_correct``, ``val/strict_extra``, ``val/strict_missing``; the lenient centroid score as
-    ``val/strict_lenient``) and drawn, with their prompts, for every logger that takes images.
-
-    ``timesteps``: how training sigmas are drawn. ``noise_seed`` seeds each training step's sigmas and noise
-    from (global step, batch index, rank), so a resumed run draws the same ones, and validation's from the
-    batch index alone. Optimizer: AdamW over the trainable parameters, linear warm-up over ``warmup_steps``,
-    then constant or cosine decay to ``min_lr_ratio * lr``. The module has the ``source``, ``lora`` and
+    At the end of each validation, sample images are drawn with the deterministic ODE sampler, judged strictly
+    (:class:`~spatialrl.rewards.StrictReward`, the names GRPO validation uses: ``val/strict_correct``,
+    ``val/strict_extra``, ``val/strict_missing``; the lenient centroid score as ``val/strict_lenient``) and drawn,
+    with their prompts, for every logger that takes images. The module has the ``source``, ``lora`` and
     ``transformer`` attributes :class:`spatialrl.callbacks.ExportPolicy` reads, so that callback writes the
     fine-tuned policy as a diffusers FLUX folder (LoRA merged).
+
+    Args:
+        policy: the FLUX model to fine-tune (a diffusers folder, or a tiny random one); default: the tiny one.
+        lora: the LoRA adapter on the transformer (``rank: 0``: train the full transformer).
+        height: image height in pixels; training images must have it (set the data module's ``image_size``).
+        width: image width in pixels; training images must have it.
+        optimizer: the shared block (:class:`spatialscore.optim.OptimizerConfig`: AdamW and a ``transformers``
+            schedule; parameter groups ``transformer`` and ``text_encoder``).
+        text_encoders: also train the T5 (``t5``), CLIP (``clip``) or both text encoders, fully, with the
+            flow-matching loss (their prompts are then encoded afresh each step): a random or weak text encoder
+            that does not separate "a red circle left of a blue square" from "a blue square left of a red
+            circle" learns to; the export carries them, and GRPO loads them frozen. ``frozen``: train neither.
+        timesteps: how training sigmas are drawn.
+        guidance: FLUX's guidance scale, in training and in the validation samples.
+        noise_seed: seeds each training step's sigmas and noise from (global step, batch index, rank), so a
+            resumed run draws the same ones, and validation's from the batch index alone.
+        val_prompts: prompts of the validation samples; null: the first ``val_samples`` distinct validation
+            prompts (procedural manifests list each record beside its mirror, so an even count is balanced in
+            relation).
+        val_samples: number of validation samples, one per prompt (the first this many of ``val_prompts``).
+        val_steps: ODE steps of each validation sample.
+        val_seed: seed of the validation samples' initial noise.
     """
 
     def __init__(
@@ -55,11 +77,8 @@ class FlowMatchingModule(L.LightningModule):
         lora: LoraSpec | None = None,
         height: int = 32,
         width: int = 32,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        schedule: Literal["constant", "cosine"] = "constant",
-        min_lr_ratio: float = 0.1,
+        optimizer: OptimizerConfig | None = None,
+        text_encoders: Literal["frozen", "t5", "clip", "both"] = "frozen",
         timesteps: TimestepSampling | None = None,
         guidance: float = 3.5,
         noise_seed: int = 0,
@@ -69,15 +88,15 @@ class FlowMatchingModule(L.LightningModule):
         val_seed: int = 0,
     ) -> None:
         super().__init__()
-        if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr must be finite and >= 0, got {lr}")
         self.save_hyperparameters()
         self.source = policy or FluxSource()
         self.lora = lora or LoraSpec()
         self.timesteps = timesteps or TimestepSampling()
         self.height, self.width = height, width
-        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.schedule, self.min_lr_ratio = schedule, min_lr_ratio
+        self.optimizer_config = optimizer or OptimizerConfig()
+        if text_encoders not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoders must be one of {', '.join(TEXT_ENCODERS)}, got {text_encoders!r}")
+        self.text_encoders = text_encoders
         self.guidance, self.noise_seed = guidance, noise_seed
         self.val_prompts = list(val_prompts) if val_prompts is not None else None
         self.val_samples, self.val_steps, self.val_seed = val_samples, val_steps, val_seed
@@ -95,6 +114,16 @@ class FlowMatchingModule(L.LightningModule):
         self.policy = policy
         # a registered submodule: Lightning moves, trains and checkpoints it; the frozen parts stay plain attributes
         self.transformer = policy.transformer.train()
+        # trained text encoders are registered submodules too (moved, trained, checkpointed and, through the
+        # policy they belong to, exported); GRPO later loads them frozen from the export
+        self.trained_text_encoders = torch.nn.ModuleList(
+            getattr(policy, name).train().requires_grad_(True) for name in self.trained_text_encoder_names
+        )
+
+    @property
+    def trained_text_encoder_names(self) -> tuple[str, ...]:
+        """The policy's text encoders this module trains (read by :func:`spatialrl.callbacks.export_policy`)."""
+        return TEXT_ENCODERS[self.text_encoders]
 
     def _frozen_to_device(self) -> FluxPolicy:
         """The policy, with its frozen parts (not submodules, so not in checkpoints) on the transformer's device."""
@@ -137,7 +166,8 @@ class FlowMatchingModule(L.LightningModule):
         sigma = sample_timesteps(latents.shape[0], generator=generator, **asdict(self.timesteps)).to(
             latents.device
         )
-        prompt_embeds, pooled = policy.encode_prompts(list(batch["prompts"]))
+        # trained encoders change every step: encode afresh, with gradients
+        prompt_embeds, pooled = policy.encode_prompts(list(batch["prompts"]), cache=self.text_encoders == "frozen")
         velocity = policy.velocity(
             latents=noisy_latents(latents=latents, noise=noise, sigma=sigma),
             sigma=sigma,
@@ -167,6 +197,8 @@ class FlowMatchingModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, prompts: list[str], *, seed: int, num_steps: int) -> Tensor:
         """Images ``(B, 3, height, width)`` in [0, 1] from the deterministic ODE sampler (one per prompt)."""
+        if self.text_encoders != "frozen":
+            self.policy.clear_prompt_cache()  # encodings cached before the last training steps are stale
         trajectory = sample(
             self._frozen_to_device(),
             prompts=prompts,
@@ -208,11 +240,12 @@ class FlowMatchingModule(L.LightningModule):
             log_picture(self.loggers, "val/samples", grid, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.schedule == "cosine" else 0
-        factor = warmup_schedule(
-            warmup_steps=self.warmup_steps, schedule=self.schedule, total_steps=total, min_lr_ratio=self.min_lr_ratio
+        return configure_adamw(
+            groups={
+                "transformer": [p for p in self.transformer.parameters() if p.requires_grad],
+                "text_encoder": list(self.trained_text_encoders.parameters()),
+            },
+            known_groups=("transformer", "text_encoder"),
+            config=self.optimizer_config,
+            total_steps=lambda: self.trainer.estimated_stepping_batches,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

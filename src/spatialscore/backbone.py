@@ -69,15 +69,33 @@ class SpatialProcessor(Qwen2_5_VLProcessor):
 
 @dataclass
 class TinyBackboneConfig:
-    """Sizes of a tiny randomly initialised Qwen2.5-VL (same architecture as the real one)."""
+    """Sizes of a tiny randomly initialised Qwen2.5-VL (same architecture as the real one).
+
+    Built offline once per set of values and cached (``$SPATIALREWARD_CACHE``, else ~/.cache/spatialreward).
+
+    Args:
+        text_hidden_size: the language model's hidden size (also the vision tower's output size).
+        text_layers: number of language-model decoder layers.
+        text_heads: attention heads of the language model (``text_hidden_size / text_heads`` must be even).
+        text_kv_heads: key/value heads of the language model (grouped-query attention).
+        text_intermediate_size: the language model's MLP width.
+        text_rope_theta: the language model's rotary base. Tiny models see a 4x4 grid of merged image tokens
+            and have 2 rotary frequencies per spatial axis; at Qwen's theta (1e6) or even 1e4 those turn by
+            < 0.02 rad per grid step, so left and right look the same.
+        vision_hidden_size: the vision tower's hidden size (a multiple of ``vision_heads``).
+        vision_depth: number of vision transformer blocks.
+        vision_heads: attention heads of the vision tower.
+        vision_intermediate_size: the vision tower's MLP width.
+        patch_size: vision patch size in pixels.
+        image_size: the tiny image processor's pixel budget is ``image_size**2`` pixels per image (min and max).
+        seed: seed of the random initial weights.
+    """
 
     text_hidden_size: int = 64
     text_layers: int = 2
     text_heads: int = 4
     text_kv_heads: int = 2
     text_intermediate_size: int = 128
-    # Tiny models see a 4x4 grid of merged image tokens and have 2 rotary frequencies per spatial axis; at
-    # Qwen's theta (1e6) or even 1e4 those turn by < 0.02 rad per grid step, so left and right look the same.
     text_rope_theta: float = 10.0
     vision_hidden_size: int = 64
     vision_depth: int = 2
@@ -92,10 +110,16 @@ class TinyBackboneConfig:
 class BackboneConfig:
     """Where the backbone comes from and how it is loaded.
 
-    ``path``: a local Qwen2.5-VL checkpoint folder (3B/7B/32B); when None, ``tiny`` is built offline.
-    ``quantization``: "4bit" or "8bit" loads base linear layers through bitsandbytes (QLoRA).
-    ``min_pixels``/``max_pixels``: the image processor's pixel budget (HPSv3 fixes 256 visual tokens:
-    both 256*28*28). None keeps the checkpoint's setting.
+    Args:
+        path: a local Qwen2.5-VL checkpoint folder (3B/7B/32B; safetensors only); null builds ``tiny`` offline.
+        tiny: sizes of the tiny random backbone used when ``path`` is null.
+        dtype: dtype the backbone's weights are loaded in.
+        quantization: ``4bit`` (NF4) or ``8bit`` loads the language model's linear layers through bitsandbytes
+            (QLoRA); the vision tower stays unquantized. Null: no quantization.
+        attn_implementation: the transformers attention kernel.
+        min_pixels: the image processor's lower pixel budget per image (HPSv3 fixes 256 visual tokens: both
+            ``256*28*28``); null keeps the checkpoint's setting.
+        max_pixels: the image processor's upper pixel budget per image; null keeps the checkpoint's setting.
     """
 
     path: str | None = None

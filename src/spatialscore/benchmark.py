@@ -9,15 +9,22 @@ the chosen image scores higher (ties count half). Scorer specs (optionally ``NAM
 - ``spatialscore:PATH``: a folder written by ``SpatialScore.save_pretrained`` (scores are ``mu``);
 - ``rule``: the procedural scenes' :class:`~spatialscore.data.synthetic.RuleChecker`;
 - ``constant``: always 0 (all ties, accuracy 0.5); ``random[:SEED]``: uniform random scores;
+- ``judge:pointwise,model=M,base_url=URL[,key=value...]`` and ``judge:pairwise,...``: a VLM judge behind any
+  OpenAI-compatible chat endpoint (:mod:`spatialscore.judges`; the options are the fields of its
+  :class:`~spatialscore.chat.EndpointConfig` and ``attempts``, an unknown one refused by name);
 - ``module:Class`` or ``module:function``: a plug-in implementing :class:`Scorer` (a class is instantiated
-  without arguments; the current directory is importable).
+  without arguments; the current directory is importable), or :class:`PairwiseScorer`.
+
+A :class:`PairwiseScorer` (a pairwise judge) sees each pair at once instead of each image: its preference ``p``
+for the chosen image becomes the scores ``(p, 1 - p)``, so ``p = 0.5`` is a tie.
 
 A pair whose score difference is undefined (a NaN score, or both images at the same infinity, as from a scorer
 that fails) has no outcome: rather than count it as a loss, the run fails (:class:`UndefinedScoresError`, exit
 status 1 from the command line) naming each such scorer and its number of pairs, and writes nothing.
 
-Images are decoded once and shared by all scorers. Writes ``results.json``, ``table.md`` (rows: subsets and
-overall; columns: scorers), ``categories.md``, ``scores.jsonl`` (per-pair scores) and ``accuracy.png``.
+Images are decoded once and shared by all pointwise scorers (a pairwise scorer decodes each batch of pairs).
+Writes ``results.json``, ``table.md`` (rows: subsets and overall; columns: scorers), ``categories.md``,
+``scores.jsonl`` (per-pair scores) and ``accuracy.png``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,6 +56,7 @@ from spatialscore.metrics import PairwiseAccuracy
 __all__ = [
     "SCORER_FORMS",
     "ConstantScorer",
+    "PairwiseScorer",
     "RandomScorer",
     "Scorer",
     "ScorerSpec",
@@ -68,6 +76,7 @@ SCORER_FORMS = (
     "rule (RuleChecker)",
     "constant (always 0)",
     "random or random:SEED (uniform random scores)",
+    "judge:pointwise|pairwise,model=M,base_url=URL[,key=value...] (a VLM judge on an OpenAI-compatible endpoint)",
     "module:Class or module:function (a plug-in scorer)",
     "any of these as NAME=SPEC to set the display name",
 )
@@ -98,6 +107,15 @@ class Scorer(Protocol):
     """A batched spatial scorer: one float per (prompt, image); higher means more spatially correct."""
 
     def __call__(self, *, prompts: list[str], images: list[Image.Image]) -> Sequence[float]: ...
+
+
+@runtime_checkable
+class PairwiseScorer(Protocol):
+    """A batched pairwise scorer: the preference in [0, 1] for ``first[i]`` over ``second[i]`` given ``prompts[i]``."""
+
+    def compare(
+        self, *, prompts: Sequence[str], first: Sequence[Image.Image], second: Sequence[Image.Image]
+    ) -> Sequence[float]: ...
 
 
 class ScorerSpecError(ValueError):
@@ -189,6 +207,14 @@ def parse_scorer_spec(spec: str) -> ScorerSpec:
         raise _unknown(spec, f"nothing after {head + ':'!r}")
     if head == "spatialscore":
         return ScorerSpec(name, "spatialscore", tail)
+    if head == "judge":
+        from spatialscore.judges import parse_judge_spec
+
+        try:
+            mode, options = parse_judge_spec(tail)
+        except ValueError as error:
+            raise _unknown(spec, str(error)) from None
+        return ScorerSpec(f"{mode}:{options['model']}" if name == body else name, "judge", tail)
     if head == "random":
         try:
             int(tail)
@@ -216,6 +242,13 @@ def build_scorer(
         try:
             return SpatialScoreScorer(spec.target, batch_size=batch_size, device=device)
         except FileNotFoundError as error:
+            raise ScorerSpecError(f"scorer {spec.name!r}: {error}") from error
+    if spec.kind == "judge":
+        from spatialscore.judges import build_judge, parse_judge_spec
+
+        try:
+            return build_judge(*parse_judge_spec(spec.target))
+        except ValueError as error:
             raise ScorerSpecError(f"scorer {spec.name!r}: {error}") from error
     if spec.kind == "plugin":
         return _load_plugin(spec)
@@ -306,6 +339,29 @@ def _score_all(
     return scores, seconds
 
 
+def _compare_all(
+    records: Sequence[PairRecord], name: str, scorer: PairwiseScorer, *, batch_size: int, show_progress: bool
+) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """A pairwise scorer's ``(chosen, rejected)`` scores ``(p, 1 - p)`` of every pair, and its seconds."""
+    preference = np.empty(len(records))
+    seconds = 0.0
+    with tqdm(total=len(records), desc=f"comparing {name}", unit="pair", disable=not show_progress) as bar:
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            paths = dict.fromkeys(p for r in batch for p in (r.chosen, r.rejected))
+            loaded = {path: _load_rgb(path) for path in paths}
+            begin = time.perf_counter()
+            raw = scorer.compare(
+                prompts=[r.prompt for r in batch],
+                first=[loaded[r.chosen] for r in batch],
+                second=[loaded[r.rejected] for r in batch],
+            )
+            seconds += time.perf_counter() - begin
+            preference[start : start + len(batch)] = _as_scores(name, raw, len(batch))
+            bar.update(len(batch))
+    return (preference, 1.0 - preference), seconds
+
+
 def _load_rgb(path: Path) -> Image.Image:
     return open_rgb(path)
 
@@ -368,7 +424,13 @@ def run_benchmark(
     index = {query: i for i, query in enumerate(queries)}
     chosen_rows = [index[(r.prompt, r.chosen)] for r in records]
     rejected_rows = [index[(r.prompt, r.rejected)] for r in records]
-    scores, seconds = _score_all(queries, scorers, batch_size=batch_size, show_progress=show_progress)
+    pairwise = {name: s for name, s in scorers.items() if isinstance(s, PairwiseScorer)}
+    pointwise = {name: s for name, s in scorers.items() if name not in pairwise}
+    scores, seconds = (
+        _score_all(queries, pointwise, batch_size=batch_size, show_progress=show_progress)
+        if pointwise
+        else ({}, {})
+    )
 
     results: dict[str, Any] = {
         "command": list(sys.argv if command is None else command),
@@ -385,7 +447,12 @@ def run_benchmark(
         "categories": category_names,
         "scorers": {},
     }
-    pair_scores = {name: (scores[name][chosen_rows], scores[name][rejected_rows]) for name in scorers}
+    pair_scores = {name: (scores[name][chosen_rows], scores[name][rejected_rows]) for name in pointwise}
+    for name, scorer in pairwise.items():
+        pair_scores[name], seconds[name] = _compare_all(
+            records, name, scorer, batch_size=batch_size, show_progress=show_progress
+        )
+    pair_scores = {name: pair_scores[name] for name in scorers}
     undefined: dict[str, int] = {}
     examples: dict[str, PairRecord] = {}
     for name, (chosen, rejected) in pair_scores.items():
@@ -593,7 +660,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", required=True, help="pair manifest (JSON Lines or Parquet)")
     parser.add_argument("--scorer", required=True, action="append", help="scorer spec (repeatable)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images (pairs, for pairwise scorers) per scorer call (>= 1)"
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed and default seed of random")
     parser.add_argument(

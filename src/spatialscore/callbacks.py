@@ -8,7 +8,12 @@ import lightning as L
 
 
 class ExportSpatialScore(L.Callback):
-    """At the end of ``fit``, write the trained model with ``save_pretrained`` (loadable without Lightning)."""
+    """At the end of ``fit``, write the trained model with ``save_pretrained`` (loadable without Lightning).
+
+    Args:
+        directory: folder the trained model is written to (read back by ``SpatialScore.from_pretrained``,
+            ``spatialscore score`` and ``SpatialScoreReward``).
+    """
 
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)

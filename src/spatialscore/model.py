@@ -51,7 +51,14 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass
 class LoraSettings:
-    """LoRA on the language model's linear layers. ``rank=0`` disables LoRA (full fine-tuning of the LM)."""
+    """LoRA on the language model's linear layers (peft), never on the vision tower's.
+
+    Args:
+        rank: LoRA rank; 0 disables LoRA (full fine-tuning of the LM, its input embeddings frozen).
+        alpha: LoRA scaling numerator: the update is scaled by ``alpha / rank``.
+        dropout: dropout on the LoRA branch's input during training.
+        targets: names of the LM's linear layers that get an adapter (matched inside ``language_model`` only).
+    """
 
     rank: int = 16
     alpha: float = 32.0
@@ -61,7 +68,18 @@ class LoraSettings:
 
 @dataclass
 class SpatialScoreConfig:
-    """Everything needed to rebuild a SpatialScore around its weights."""
+    """Everything needed to rebuild a SpatialScore around its weights.
+
+    Args:
+        backbone: which Qwen2.5-VL (a checkpoint, or a tiny random one) and how it is loaded.
+        lora: the LoRA on the language model.
+        template: the chat text around the prompt and the image.
+        head_hidden_size: width of the MLP head from the reward token's hidden state to ``(mu, log_sigma)``.
+        train_vision_merger: also train the vision tower's patch merger (full weights, not LoRA).
+        train_vision_tower: also train the whole vision tower, merger included (full weights).
+        activation_checkpointing: recompute the backbone's activations in the backward pass (less memory,
+            slower steps).
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -16,29 +14,14 @@ from spatialscore.data.encode import RewardInputEncoder
 from spatialscore.losses import bradley_terry_loss, expected_bt_loss
 from spatialscore.metrics import PairwiseAccuracy
 from spatialscore.model import RewardOutput, SpatialScore, SpatialScoreConfig
-from spatialscore.schedules import warmup_schedule
+from spatialscore.optim import OptimizerConfig, configure_adamw
 from spatialscore.strategies import fp32_master_weights, fsdp2_shard
 from spatialscore.visualize import log_picture, pair_grid
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 
 
-@dataclass
-class OptimizerConfig:
-    """AdamW with one learning rate per parameter group (None: use ``lr``) and linear warm-up.
-
-    ``schedule``: "constant" after warm-up, or "cosine" decay to ``min_lr_ratio * lr`` at the last step.
-    """
-
-    lr: float = 1e-4
-    head_lr: float | None = None
-    token_lr: float | None = None
-    vision_lr: float | None = None
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
-    min_lr_ratio: float = 0.1
+PARAMETER_GROUPS = ("lm", "head", "token", "vision")
 
 
 def parameter_group(name: str) -> str:
@@ -56,7 +39,14 @@ class SpatialScoreModule(L.LightningModule):
     """Pairwise Bradley-Terry training of :class:`SpatialScore`.
 
     Each batch holds B pairs encoded as 2B sequences (chosen first), scored in one forward pass.
-    ``loss``: "bt" (Bradley-Terry on mu) or "uncertainty" (expected BT over the (mu, sigma) Gaussians, HPSv3).
+
+    Args:
+        model: the reward model to build and train: backbone, LoRA, prompt template, head (default: the tiny one).
+        optimizer: AdamW and its learning-rate schedule (see :class:`~spatialscore.optim.OptimizerConfig`).
+        loss: ``bt`` (Bradley-Terry on mu) or ``uncertainty`` (expected BT over the (mu, sigma) Gaussians, HPSv3).
+        margin: the chosen score must beat the rejected one by this much before the loss flattens out.
+        num_logged_pairs: validation pairs drawn with their scores into the ``val/pairs`` picture each
+            validation epoch (0: none).
     """
 
     def __init__(
@@ -73,13 +63,9 @@ class SpatialScoreModule(L.LightningModule):
         if isinstance(model, dict):  # hyper-parameters read back from a checkpoint
             model = SpatialScoreConfig.from_dict(model)
         if isinstance(optimizer, dict):
-            optimizer = OptimizerConfig(**optimizer)
+            optimizer = OptimizerConfig.from_dict(optimizer)
         self.model_config = model or SpatialScoreConfig()
         self.optimizer_config = optimizer or OptimizerConfig()
-        for name in ("lr", "head_lr", "token_lr", "vision_lr"):
-            value = getattr(self.optimizer_config, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f"optimizer.{name} must be finite and >= 0, got {value}")
         self.loss_kind = loss
         self.margin = margin
         self.num_logged_pairs = num_logged_pairs
@@ -201,20 +187,13 @@ class SpatialScoreModule(L.LightningModule):
         log_picture(self.loggers, "val/pairs", grid, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optimizer_config
-        rates = {"lm": cfg.lr, "head": cfg.head_lr, "token": cfg.token_lr, "vision": cfg.vision_lr}
         groups: dict[str, list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 groups.setdefault(parameter_group(name), []).append(param)
-        param_groups = [
-            {"params": params, "lr": rates[group] if rates[group] is not None else cfg.lr, "name": group}
-            for group, params in groups.items()
-        ]
-        optimizer = torch.optim.AdamW(param_groups, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if cfg.schedule == "cosine" else 0
-        factor = warmup_schedule(
-            warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, total_steps=total, min_lr_ratio=cfg.min_lr_ratio
+        return configure_adamw(
+            groups=groups,
+            known_groups=PARAMETER_GROUPS,
+            config=self.optimizer_config,
+            total_steps=lambda: self.trainer.estimated_stepping_batches,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -32,9 +32,19 @@ SPLITS = ("train", "val", "test")
 class SyntheticData:
     """Procedural pairs written to ``directory`` on first use (see ``spatialscore synth``).
 
-    ``stages``: curriculum stages (0 = red/blue warm-up ... 4 = two objects of all colours ... 6 = the full task,
-    see ``spatialscore synth``) spread evenly over the training pairs (a stage listed k times gets k shares);
-    validation and test pairs use ``eval_stages``.
+    A folder generated with other settings is refused (its ``synthetic_spec.json`` records them).
+
+    Args:
+        directory: folder of the generated ``train``/``val``/``test.jsonl`` manifests and their images.
+        train_pairs: number of training pairs.
+        val_pairs: number of validation pairs.
+        test_pairs: number of test pairs.
+        image_size: side in pixels of the square images.
+        stages: curriculum stages of the training pairs (0 = red/blue warm-up ... 4 = two objects of all
+            colours ... 6 = the full task, see ``spatialscore synth``), spread evenly over the pairs (a stage
+            listed k times gets k shares).
+        eval_stages: curriculum stages of the validation and test pairs.
+        seed: seed of the generation (each split gets its own stream from it).
     """
 
     directory: str = "data/synthetic"
@@ -51,10 +61,14 @@ class SyntheticData:
 class CurriculumSchedule:
     """Which curriculum stages a training step draws from, as a function of training progress.
 
-    ``boundaries[i]`` is the fraction of the run (with a curriculum, one sampler epoch spans ``max_steps``) at which
-    the ``i + 1``-th stage present in the data enters; each new stage then gets
-    ``new_stage_weight`` of the draws while earlier stages share the rest. Records without a ``stage`` in their
-    ``meta`` count as the last stage. Empty ``boundaries``: uniform sampling over all records.
+    Records without a ``stage`` in their ``meta`` count as the last stage.
+
+    Args:
+        boundaries: ``boundaries[i]`` is the fraction of the run (with a curriculum, one sampler epoch spans
+            ``max_steps``) at which the ``i + 1``-th stage present in the data enters. Empty: uniform sampling
+            over all records.
+        new_stage_weight: the share of the draws that the newest entered stage gets; earlier stages share the
+            rest.
     """
 
     boundaries: Sequence[float] = field(default_factory=list)
@@ -298,16 +312,32 @@ class ResumableDataLoader(DataLoader):
 class PreferenceDataModule(L.LightningDataModule):
     """Preference pairs for SpatialScore, prompts for Spatial-RL, image-prompt pairs for flow-matching fine-tuning.
 
-    ``view`` picks what the loaders yield: ``pairs`` (encoded chosen+rejected batches for the reward model; needs
-    the model's encoder), ``prompts`` (``{"prompts", "metadata"}`` over the unique perfect prompts, each next to
-    its mirror when ``mirrored_batches``; for GRPO) or ``images`` (``{"images", "prompts", "ids"}``: each pair's
-    chosen image with its prompt, resized to ``image_size``; for supervised fine-tuning of a generator).
-    ``holdout_eval_prompts`` (prompts view) drops from training every prompt that val/test use.
+    Give manifests (``train``/``val``/``test``) or ``synthetic`` to generate procedural pairs on first use
+    (explicit manifests win, split by split). In the ``pairs`` view an encoder (the model's, set by
+    ``SpatialScoreModule``) turns pairs into model inputs.
 
-    Give manifests (``train``/``val``/``test``: JSONL or Parquet paths) or ``synthetic`` to generate procedural
-    pairs on first use (explicit manifests win). An encoder (the model's, set by ``SpatialScoreModule``) turns
-    pairs into model inputs. ``mirrored_batches`` keeps each pair next to its mirror (same images, other prompt,
-    flipped preference) in training batches. ``skip_invalid`` drops bad rows and reports them instead of failing.
+    Args:
+        train: training manifest (JSONL or Parquet path); null: the synthetic one, if ``synthetic`` is set.
+        val: validation manifest (JSONL or Parquet path); null: the synthetic one, or no validation.
+        test: test manifest (JSONL or Parquet path); null: the synthetic one, or no test set.
+        synthetic: procedural pairs generated into a folder on first use, for the splits without a manifest.
+        batch_size: training batch size per device: pairs (``pairs`` view), prompts (``prompts``) or images
+            (``images``).
+        eval_batch_size: validation/test batch size; null: ``batch_size``.
+        num_workers: data-loader worker processes (0: load in the main process).
+        seed: seed of the training order (the sampler's permutation and curriculum draws).
+        curriculum: which curriculum stages training draws from as training progresses; null: uniform.
+        mirrored_batches: keep each pair next to its mirror (same images, other prompt, flipped preference)
+            in training batches; in the ``prompts`` view, each prompt next to its mirror prompt.
+        skip_invalid: drop bad manifest rows and report them instead of failing.
+        check_images: check that every image of the manifests exists and decodes before training starts.
+        view: what the loaders yield: ``pairs`` (encoded chosen+rejected batches for the reward model),
+            ``prompts`` (``{"prompts", "metadata"}`` over the unique perfect prompts; for GRPO) or ``images``
+            (``{"images", "prompts", "ids"}``: each pair's chosen image with its prompt; for supervised
+            fine-tuning of a generator).
+        image_size: ``images`` view: resize (bicubic) every image to this square side; null keeps the files'
+            sizes, which must then agree within a batch.
+        holdout_eval_prompts: ``prompts`` view: drop from training every prompt (and mirror) that val/test use.
     """
 
     def __init__(

@@ -32,7 +32,9 @@ IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 class PromptTemplate:
     """How a (prompt, image) pair becomes one chat-formatted sequence ending in the reward token.
 
-    ``system``: the system turn (None leaves it out); ``instruction``: text put before the scene prompt.
+    Args:
+        system: the system turn (null leaves it out).
+        instruction: text put between the image and the scene prompt in the user turn.
     """
 
     system: str | None = "You are a helpful assistant."

@@ -535,8 +535,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)"
     )
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
     parser.add_argument(
         "--seed", type=int, default=0, help="base seed; each pair's seed is derived from it and its id"
     )
@@ -544,7 +544,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--images-per-prompt", type=int, default=1, help="pairs per prompt, each with its own seed"
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device to run the pipeline on (cpu, cuda, cuda:1, ...)")
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),

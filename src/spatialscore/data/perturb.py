@@ -19,7 +19,8 @@ Kinds, after the examples in the SpatialReward paper:
     the identities in an ordered row are permuted ("from left to right: a mug, a bowl, a jar").
 
 :class:`RulePerturber` finds these with word-boundary regular expressions and conservative context checks
-(it skips a phrase rather than risk ungrammatical text). :func:`perturb_prompts` runs any perturber over many
+(it skips a phrase rather than risk ungrammatical text), and keeps only edits that pass the automatic
+validity rules of :mod:`spatialscore.data.perturb_validity`. :func:`perturb_prompts` runs any perturber over many
 prompts deterministically; :func:`cli_main` is the ``spatialscore perturb`` command.
 
 Plugging in another perturber (e.g. an LLM rewriter)
@@ -36,7 +37,10 @@ Use it as ``perturb_prompts(prompts, num="1", seed=0, perturber=MyLLMRewriter())
 with ``--perturber mypackage.rewriters:MyLLMRewriter`` (imported with :mod:`importlib`, instantiated without
 arguments; the current directory is importable). Raise :class:`PerturbationError` with a ``reason`` to skip a
 prompt. Every result is checked (its edits must turn ``prompt`` into ``perturbed_prompt``); a result that
-fails the check is reported as skipped with the reason, never silently dropped.
+fails the check is reported as skipped with the reason, never silently dropped. ``--perturber-option KEY=VALUE``
+passes keyword arguments to the class. A perturber with a ``map(function, items)`` method runs the prompts
+through it (concurrently). ``--perturber llm`` is the shipped LLM perturber
+(:class:`spatialscore.data.llm_perturb.LLMPerturber`, every reply verified).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "KINDS",
+    "NON_SPATIAL_IDIOM",
+    "PERTURBER_ALIASES",
     "Edit",
     "PerturbationError",
     "PerturbationResult",
@@ -255,7 +261,7 @@ _NONFINITE = set(
     "displayed been being".split()
 )
 _PLACE_VERBS = set(
-    "sits sit sat sitting rests rest resting lies lie lay lying stands stand stood standing placed perched "
+    "sits sit sat sitting rests rest resting lies lie lay lying stands stand stood standing placed perched parked "
     "balanced stacked set positioned laid propped piled arranged displayed tucked nestled sleeps sleeping "
     "curled lounges lounging".split()
 )
@@ -301,6 +307,36 @@ _LANDMARKS = set(
     "stage field lawn yard garden kitchen corner edge side center centre middle top bottom front back left "
     "right viewer camera river sea ocean lake hills mountains".split()
 )
+_NON_OBJECT = set(
+    # abstract nouns, light and weather, events: nothing a spatial relation can place
+    "contrast difference relationship relation distance gap balance interplay harmony transition choice tension "
+    "juxtaposition dance blend connection bond dialogue conversation routine performance game match speech "
+    "ritual process journey battle argument meeting ceremony celebration show concert session lesson story "
+    "moment time day night season weight pressure influence guidance care supervision command spell gaze eye "
+    "eyes watch attention light lights sunlight moonlight starlight lamplight candlelight daylight glow rays "
+    "ray sunshine sunset sunrise twilight dusk dawn shade shadow shadows haze fog mist rain weather atmosphere "
+    "mood ambience air breeze wind storm silence noise sound music lens focus hue hues color colors colour "
+    "colours tones palette".split()
+)
+_SKY = set("sky skies ceiling sun moon stars clouds cloud heavens roof rooftop canopy treetops".split())
+_GROUND_LEVEL = set(
+    "floor ground road street streets sidewalk pavement lawn grass sand beach shore shores soil earth water "
+    "river lake sea ocean bay canal pond".split()
+)
+_FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
+_VIEWPOINT = set("vantage viewpoint perspective angle".split())
+_OBJECT_LIGHTS = set(
+    "traffic street string fairy ceiling pendant tail head brake porch desk reading flood neon night".split()
+)
+_FRAMING = set(
+    "photo photograph picture image painting drawing illustration rendering render shot snapshot sketch "
+    "depiction view scene portrait close-up closeup artwork poster still".split()
+)
+_REMAINDER = set(
+    "part parts piece pieces bit bits thing things remains remainder rest much little nothing all what "
+    "anything something everything none some one".split()
+)
+_RIGHT_OF_NON_SPATIAL = set("way passage appeal reply entry abode access first self".split())
 _RIGHT_NON_SPATIAL = set(
     "answer answers choice choices amount amounts moment time times way ways place size sizes tool tools "
     "balance mix angle angles note notes tone touch fit thing things word words kind kinds person people idea "
@@ -327,6 +363,8 @@ _ROW_NOUNS = set(
     "lane column cushion hook slot bin basket".split()
 )
 _ON_BLOCK = set(
+    "waterfront shoreline coast coastline hillside riverbank bank banks verge roadside shoulder curb kerb "
+    "promenade boardwalk outskirts "
     "floor ground grass wall walls ceiling left right far top bottom side sides other edge surface street "
     "sidewalk pavement road sand beach water lawn field horizon screen page display front back opposite same "
     "way".split()
@@ -394,6 +432,40 @@ _SPATIAL_LEFT = re.compile(
     re.I,
 )
 _SENTENCE = re.compile(r"[^.!?]+[.!?]*")
+_LIGHT = (
+    r"(?:sun|sunlight|sunshine|moonlight|starlight|light|lights|glow|rays|spotlight|spotlights|lamplight|"
+    r"candlelight|daylight|sky|skies|stars|moon|sunset|sunrise|gaze|eye|eyes)"
+)
+_EVENT = (
+    r"(?:routine|conversation|performance|dance|game|match|speech|ritual|process|journey|battle|argument|"
+    r"meeting|ceremony|celebration|show|concert|session|lesson|class|story|song|sentence|thought|task|"
+    r"meal|workout|transformation|storm|chaos|crisis|festival|party|race|fight|war|debate|act|scene)"
+)
+NON_SPATIAL_IDIOM = re.compile(
+    r"(?<![\w'’-])(?:"
+    r"(?:under|beneath|below|underneath) (?:the |a |an )?(?:weight|pressure|influence|guidance|care|"
+    r"supervision|command|spell|watch|watchful eye|cover|protection|direction|leadership|banner|guise|"
+    r"impression|assumption|threat|strain|burden|name|auspices|tutelage|radar)\b"
+    r"|(?:under|beneath|below|underneath|in|bathed in) (?:the |a |an )?"
+    r"(?!(?:[\w'’-]+ ){0,2}(?:traffic|street|string|fairy|ceiling|pendant|tail|head|brake|porch|desk|"
+    r"reading|flood|neon|christmas|night|hanging) (?:light|lights|lamp)\b)(?:[\w'’-]+ ){0,3}?"
+    + _LIGHT
+    + r"(?![\w'’-])"
+    r"|(?:leave|leaves|leaving|left|lag|lags|lagging|lagged|fall|falls|falling|fell|stay|stays|staying|"
+    r"stayed|remain|remains|remained|get|gets|got|put|puts) behind\b"
+    r"|on (?:its|his|her|their|one's|all) (?:(?:two|four|hind|front|back|bare) )?(?:legs|feet|knees|back|"
+    r"side|belly|stomach|toes|tiptoes|haunches|paws|fours|hands)\b"
+    r"|in the (?:very )?(?:middle|midst|centre|center|heart) of (?:a |an |the |his |her |their |its )?"
+    r"(?:[\w'’-]+ ){0,2}?" + _EVENT + r"\b"
+    r"|(?:dips?|dipping|sinks?|sinking|sets?|setting|slips?|slipping|falls?|falling|disappears?|rises?|"
+    r"rising|peeks?|peeking) (?:below|beneath|under|above|over|behind) the horizon\b"
+    r"|on the verge of\b|above (?:it all|the fray)\b"
+    r"|on top of (?:the world|things|everything|it all)\b|behind the scenes\b|over (?:the years|time)\b"
+    r"|over the moon\b|head over heels\b|above all\b|under (?:way|construction|control|arrest|fire|review)\b"
+    r"|on (?:display|fire|sale|duty|air|hold|time|purpose|foot|horseback|board|guard|edge|the go|the way)\b"
+    r")",
+    re.I,
+)
 
 
 # --------------------------------------------------------------------------------------------- text helpers
@@ -514,7 +586,14 @@ _FROM_TO = re.compile(
     r"(?<![\w-])from (left|right|top|bottom|front|back) to (left|right|top|bottom|front|back)\b", re.I
 )
 _VD_ADJ = re.compile(r"(?<![\w'’-])(upper|lower|top|bottom|front|back|rear)(?![\w-])", re.I)
-_GROUND = re.compile(r"(?<![\w-])(?:in|into|toward|towards|at) the (foreground|background)\b", re.I)
+_GROUND = re.compile(
+    r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing) the (foreground|background)\b"
+    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:is|was|shows|features|includes|holds|contains|"
+    r"reveals|elements|details|objects)\b))",
+    re.I,
+)
+_DISTANCE = re.compile(r"(?<![\w-])in the (?:far )?distance\b", re.I)
+_MIDGROUND = re.compile(r"(?<![\w-])(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b", re.I)
 _CENTER = re.compile(r"(?<![\w-])(?:in|at) the (?:very )?(?:center|centre|middle)\b" + _NIGHT, re.I)
 _CENTERED = re.compile(
     r"(?<![\w-])(?:centered|centred)(?= (?:on|under|above|below|between|in|within|beneath|over|along)\b)",
@@ -522,7 +601,9 @@ _CENTERED = re.compile(
 )
 _REL = re.compile(
     r"""(?<![\w'’-])(?:
-      (?P<h>to\ the\ (?:(?:immediate|far|extreme)\ )?(?:left|right)\ of)
+      (?P<comp>(?:above|below|behind|in\ front\ of)\ and\ (?:to\ the\ )?(?:left|right)\ of)
+    | (?P<hidden>(?:(?:partly|partially|half)\ )?(?:hidden|obscured|occluded)\ (?:by|behind))
+    | (?P<h>to\ the\ (?:(?:immediate|far|extreme)\ )?(?:left|right)\ of)
     | (?P<hb>(?:left|right)\ of)
     | (?P<front>in\ front\ of)
     | (?P<frontb>in\ front)
@@ -531,8 +612,9 @@ _REL = re.compile(
     | (?P<top>on\ top\ of|atop)
     | (?P<under>beneath|underneath|under)
     | (?P<over>over)
+    | (?P<side>on\ side\ of)
     | (?P<on>on)
-    | (?P<adj>next\ to|beside)
+    | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
     | (?P<between>between)
     | (?P<aligned>(?:(?:vertically|horizontally)\ )?aligned\ with)
     )(?![\w-])""",
@@ -560,10 +642,29 @@ _POLE_WORD = re.compile(r"\b(" + "|".join(_POLES) + r")\b", re.I)
 
 
 def _bare_of_ok(text: str, start: int) -> bool:
-    """Whether "left of"/"right of" at ``start`` is spatial ("placed left of") and not "what is left of"."""
+    """Whether "left of"/"right of" at ``start`` is spatial: after a verb ("placed left of") or straight after
+    a noun phrase ("a dog left of a cat"), not "what is left of", "the only part left of", "the right of way"."""
     p3, p2, p1 = _prev_tokens(text, start, 3)
-    after_ok = p1 in _BARE_OF_PREV or not p1 or not p1[0].isalnum()
-    return after_ok and not {p1, p2, p3} & _NON_SPATIAL_LEFT_OF
+    if {p1, p2, p3} & _NON_SPATIAL_LEFT_OF:
+        return False
+    if p1 in _BARE_OF_PREV or not p1 or not p1[0].isalnum():
+        return True
+    of = re.compile(r"(?:left|right)\s+of\s+", re.I).match(text, start)
+    if of is None or _next_token(text, of.end()) not in _SWAP_DETS:
+        return False
+    after = _TOKEN.findall(text, of.end(), of.end() + 40)
+    if text[start].lower() == "r" and len(after) > 1 and after[1].lower() in _RIGHT_OF_NON_SPATIAL:
+        return False
+    left = _left_np(text, start)
+    return left is not None and not left.has_verbs and _head(left.words).lower() not in _REMAINDER
+
+
+def _idiom_spans(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in NON_SPATIAL_IDIOM.finditer(text)]
+
+
+def _in_spans(spans: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    return any(s < end and start < e for s, e in spans)
 
 
 def _lr_sites(text: str) -> list[_Candidate]:
@@ -638,7 +739,13 @@ def _vd_sites(text: str) -> list[_Candidate]:
             kind = "anchor" if nxt in _ANCHOR_NOUNS else "flip"
             out.append(_single(text, kind, m.start(1), m.end(1), _OPPOSITE[word]))
     for m in _GROUND.finditer(text):
-        out.append(_single(text, "flip", m.start(1), m.end(1), _OPPOSITE[m.group(1).lower()]))
+        group = 1 if m.group(1) else 2
+        out.append(_single(text, "flip", m.start(group), m.end(group), _OPPOSITE[m.group(group).lower()]))
+    for m in _DISTANCE.finditer(text):
+        out.append(_single(text, "flip", m.start(), m.end(), "in the foreground"))
+    for m in _MIDGROUND.finditer(text):
+        alternatives = [[(m.start(1), m.end(1), word)] for word in ("foreground", "background")]
+        out.append(_candidate(text, "anchor", alternatives))
     for m in _CENTER.finditer(text):
         if any(
             _slot_position(s.group(2)) != 1 for s in _SLOT.finditer(text, *_sentence_span(text, m.start()))
@@ -656,12 +763,38 @@ def _vd_sites(text: str) -> list[_Candidate]:
     return out
 
 
+def _placeable(words: Sequence[str]) -> bool:
+    """Whether a noun phrase names something a spatial relation can place: not an abstract noun, light or
+    weather ("the contrast", "the morning sunlight"); "a traffic light" and "the string lights" are objects."""
+    lows = [w.lower() for w in words]
+    head = _head(lows) if len(lows) > 1 else lows[0]
+    if set(lows) & _VIEWPOINT:
+        return False  # "a vantage point atop a hill": where the camera is, not an object in the image
+    if head not in _NON_OBJECT:
+        return True
+    k = lows.index(head)
+    return head in {"light", "lights"} and k > 0 and lows[k - 1] in _OBJECT_LIGHTS
+
+
+def _np_key(words: Sequence[str]) -> str:
+    return " ".join("a" if w.lower() == "an" else w.lower() for w in words)
+
+
 def _relation_sites(text: str) -> list[_Candidate]:
-    """Relation prepositions with an object: flips, predicate changes and object swaps."""
+    """Relation prepositions with an object: flips, predicate changes and object swaps.
+
+    Skipped: relations inside non-spatial idioms ("under the weight of", "leaving behind"), relations whose
+    arguments are not placeable objects ("the contrast between ...", "under the morning sunlight"), vertical
+    relations of fixed landmarks ("the floor beneath the table", "the sky above the city") and flips between
+    two identical objects ("a phone in front of a phone").
+    """
     out = []
+    idioms = _idiom_spans(text)
     for m in _REL.finditer(text):
         group = m.lastgroup
         start, end = m.start(), m.end()
+        if _in_spans(idioms, start, end):
+            continue
         p2, p1 = _prev_tokens(text, start, 2)
         has_object = bool(_OBJECT.match(text, end))
         if group == "frontb":
@@ -670,16 +803,39 @@ def _relation_sites(text: str) -> list[_Candidate]:
                 out.append(_single(text, "flip", start, end, "behind"))
             continue
         if not has_object:
+            if group in {"ab", "under"} and text.startswith(",", end) and p1 in {"", ".", ";", ":", "!", "?"}:
+                out.append(_adverbial(text, m))
             continue
+        left = _left_np(text, start)
+        right = _right_np(text, end, between=False)
+        if (left and not _placeable(left.words)) or (right and not _placeable(right[2])):
+            continue
+        if left is None and _abstract_of_before(text, start):
+            continue  # "dozes in the shade of an old tree near the fence": the shade is not placed
+        subj_head = _head(left.words).lower() if left else p1  # "on the wooden deck beneath them"
+        obj_head = _head(right[2]).lower() if right else ""
+        floor_subject = subj_head in _FLOOR_LIKE and obj_head not in _FLOOR_LIKE  # "the deck beneath them"
+        if {subj_head, obj_head} & {"horizon", "skyline"}:
+            continue  # "the horizon behind the barn" cannot come in front of it
+        landmark = {subj_head, obj_head} & (_SKY | _GROUND_LEVEL) if group in _VERTICAL_GROUPS else set()
+        if landmark or (floor_subject and group in _VERTICAL_GROUPS):
+            # "the floor beneath the table", "the sky above the town": not movable; "a van parked on the
+            # shore" may still move beside it (a predicate change), never under it
+            if not (group == "on" and obj_head in _GROUND_LEVEL and subj_head not in _GROUND_LEVEL):
+                continue
+        same = bool(left and right) and _np_key(left.words) == _np_key(right[2])
         flip = axis = None
+        if group == "comp":
+            out += _compound_relation(text, m, same=same)
+            continue
         if group == "h":
             axis = "horizontal"
         elif group == "hb":
             if not _bare_of_ok(text, start):
                 continue
             axis = "horizontal"
-        elif group in {"front", "behind"}:
-            flip, axis = ("behind" if group == "front" else "in front of"), "depth"
+        elif group in {"front", "behind", "hidden"}:
+            flip, axis = ("in front of" if group != "front" else "behind"), "depth"
         elif group == "ab":
             flip, axis = _OPPOSITE[m.group(group).lower()], "vertical"
         elif group == "top":
@@ -689,16 +845,21 @@ def _relation_sites(text: str) -> list[_Candidate]:
                 continue
             flip, axis = "on top of", "vertical"
         elif group == "over":
-            if not (p1 in _HANG_VERBS or (p1 in _ADVERBS and p2 in _HANG_VERBS)):
+            if not (p1 in _HANG_VERBS or ((p1 in _ADVERBS or p1.endswith("ly")) and p2 in _HANG_VERBS)):
                 continue
             flip, axis = "below", "vertical"
         elif group == "on":
             noun = _next_token(text, _OBJECT.match(text, end).end())
-            if not (p1 in _PLACE_VERBS or (p1 in _ADVERBS and p2 in _PLACE_VERBS)) or noun in _ON_BLOCK:
-                continue
+            placed = p1 in _PLACE_VERBS or (p1 in _ADVERBS and p2 in _PLACE_VERBS)
+            if not placed or {noun, obj_head} & _ON_BLOCK:
+                continue  # "sits on the floor", "positioned on the busy waterfront": a place, not a support
             flip, axis = "under", "support"
-        elif group == "adj":
+        elif group in {"adj", "side"}:
             axis = "adjacent"
+        elif group == "between":
+            if _between_object(text, end):
+                targets = ("in front of", "behind")
+                out.append(_candidate(text, "predicate", [[(start, end, t)] for t in targets]))
         elif group == "aligned":
             phrase = m.group(group).lower()
             if phrase.startswith(("vertically", "horizontally")):
@@ -708,13 +869,55 @@ def _relation_sites(text: str) -> list[_Candidate]:
             else:
                 out.append(_single(text, "predicate", start, end, "offset from"))
             continue
-        if flip:
+        if flip and not same and not landmark:
             out.append(_single(text, "flip", start, end, flip))
         if axis and p1 != "right":
             out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _PREDICATE_TARGETS[axis]]))
-        if group in {"h", "hb", "front", "behind", "ab", "top", "under", "between"}:
-            out.append(_swap(text, start, end, bare=group == "hb", between=group == "between"))
+        if group in {"h", "hb", "front", "behind", "hidden", "ab", "top", "under", "between"}:
+            out.append(_swap(text, start, end, between=group == "between"))
     return out
+
+
+_VERTICAL_GROUPS = {"comp", "ab", "top", "under", "over", "on", "between"}
+_VERTICAL_WORDS = {"above": "below", "below": "above", "behind": "in front of", "in front of": "behind"}
+
+
+def _abstract_of_before(text: str, pos: int) -> bool:
+    """Whether the words just before ``pos`` (in its clause) hold an abstract "X of" ("the shade of a tree")."""
+    toks = [t.lower() for t in _TOKEN.findall(text, max(0, pos - 80), pos)]
+    cut = max((i for i, t in enumerate(toks) if not t[0].isalnum() or t in _CLAUSE_WORDS), default=-1)
+    clause = toks[cut + 1 :]
+    return any(a in _NON_OBJECT and b == "of" for a, b in itertools.pairwise(clause))
+
+
+def _compound_relation(text: str, m: re.Match[str], *, same: bool) -> list[_Candidate | None]:
+    """Compounds such as "below and to the right of": flip either part, or swap the two objects."""
+    phrase = m.group()
+    first = next(w for w in _VERTICAL_WORDS if phrase.lower().startswith(w))
+    side = re.search(r"(left|right) of$", phrase, re.I)
+    flips = [
+        [(m.start(), m.start() + len(first), _VERTICAL_WORDS[first])],
+        [(m.start() + side.start(1), m.start() + side.end(1), _OPPOSITE[side.group(1).lower()])],
+    ]
+    out = [] if same else [_candidate(text, "flip", flips)]
+    return [*out, _swap(text, m.start(), m.end(), between=False)]
+
+
+def _adverbial(text: str, m: re.Match[str]) -> _Candidate | None:
+    """A clause-initial "Below, ..." / "Above, ..." flipped, unless its clause is about the sky or ground."""
+    subject = [t.lower() for t in _TOKEN.findall(text, m.end() + 1, m.end() + 60)[:5]]
+    if set(subject) & (_SKY | _GROUND_LEVEL | _NON_OBJECT | {"city", "valley", "town"}):
+        return None
+    word = m.group().lower()
+    return _single(text, "flip", m.start(), m.end(), "above" if word != "above" else "below")
+
+
+def _between_object(text: str, pos: int) -> bool:
+    """Whether "between" has two noun phrases ("the sofa and the lamp") or one plural one ("two chairs")."""
+    if _right_np(text, pos, between=True) is not None:
+        return True
+    right = _right_np(text, pos, between=False)
+    return right is not None and _is_plural(right[2])
 
 
 def _label(text: str, site: _Candidate) -> tuple[str, str, str, int] | None:
@@ -806,11 +1009,13 @@ def _left_np(text: str, pos: int) -> _LeftNP | None:
     while i >= 0 and len(verbs) < 4 and toks[i].group().lower() in _SKIPPABLE:
         verbs.append(toks[i])
         i -= 1
-    j, words = i, []
+    j, words, framing = i, [], False
     while j >= 0 and len(words) <= 7:
         low = toks[j].group().lower()
-        if low in _SWAP_DETS and words and not (j and toks[j - 1].group().lower() == "of"):
-            break
+        after_of = j > 0 and toks[j - 1].group().lower() == "of"
+        framing = after_of and not verbs and j > 1 and toks[j - 2].group().lower() in _FRAMING
+        if low in _SWAP_DETS and words and (not after_of or framing):
+            break  # "a photo of | a fork above ...": the framing text is not part of the object
         if not low[0].isalnum() or low in _NP_STOP:
             return None
         words.append(toks[j].group())
@@ -818,7 +1023,7 @@ def _left_np(text: str, pos: int) -> _LeftNP | None:
     else:
         return None
     before = [t.lower() for t in _TOKEN.findall(text, max(0, toks[j].start() - 40), toks[j].start())]
-    if before and before[-1] in _PREPOSITIONS:
+    if before and before[-1] in _PREPOSITIONS and not framing:
         return None
     existential = len(before) >= 2 and before[-2] == "there" and before[-1] in {"is", "are", "was", "were"}
     finite = [v for v in verbs if v.group().lower() in _AGREE]
@@ -857,11 +1062,11 @@ def _right_np(text: str, pos: int, *, between: bool) -> tuple[int, int, list[str
     return words[0].start(), words[-1].end(), [w.group() for w in words]
 
 
-def _swap(text: str, start: int, end: int, *, bare: bool, between: bool) -> _Candidate | None:
+def _swap(text: str, start: int, end: int, *, between: bool) -> _Candidate | None:
     """Swap the noun phrases on both sides of a relation, fixing verb agreement when numbers differ."""
     right = _right_np(text, end, between=between)
     left = _left_np(text, start)
-    if right is None or left is None or (bare and not left.has_verbs):
+    if right is None or left is None:
         return None
     rs, re_, rwords = right
     for words in (left.words, rwords):
@@ -1015,18 +1220,69 @@ def _max_disjoint(cands: Sequence[_Candidate]) -> int:
     return count
 
 
+def _combined_problems(result: PerturbationResult) -> list[str]:
+    from spatialscore.data.perturb_validity import check_perturbation  # imports this module
+
+    return check_perturbation(result.prompt, result.perturbed_prompt, result.edits)
+
+
+_SIDE_LABEL = re.compile(
+    r"(?<![\w'’-])(?:the|a|an|its|their)\s+(?P<noun1>[^\W\d_][\w'’-]*)\s+(?:\w+\s+){0,2}?(?:on|at|to)\s+the\s+"
+    r"(?:far\s+)?(?P<side1>left|right)\b(?!\s+of\b)"
+    r"|(?<![\w'’-])the\s+(?P<side2>left|right)\s+(?P<noun2>[^\W\d_][\w'’-]*)",
+    re.I,
+)
+
+
+def _with_labels(prompt: str, edit: Edit) -> Edit | None:
+    """``edit`` plus flips of the other mentions that place its objects left or right ("The hare on the right
+    ..." after "a fox to the left of a hare" became "... to the right of ..."), or ``None`` if there are none."""
+    nouns = {w.lower() for w in _TOKEN.findall(prompt, *_sentence_span(prompt, edit.start))}
+    subs = [(edit.start, edit.end, edit.after)]
+    for m in _SIDE_LABEL.finditer(prompt):
+        side = "side1" if m.group("side1") else "side2"
+        noun = m.group("noun1") or m.group("noun2")
+        if noun.lower() in nouns and not (edit.start < m.end() and m.start() < edit.end):
+            subs.append((m.start(side), m.end(side), _OPPOSITE[m.group(side).lower()]))
+    if len(subs) == 1:
+        return None
+    return _compose(prompt, edit.kind, subs)
+
+
+def _verified(prompt: str, cand: _Candidate) -> _Candidate | None:
+    """``cand`` with only the edits that pass the validity rules (an edit that leaves a later left/right
+    mention stale is extended to flip it too), or ``None`` if none does."""
+    from spatialscore.data.perturb_validity import check_perturbation  # imports this module
+
+    def ok(edit: Edit | None) -> bool:
+        return edit is not None and not check_perturbation(prompt, apply_edits(prompt, [edit]), [edit])
+
+    edits: list[Edit] = []
+    for edit in cand.edits:
+        fixed = edit if ok(edit) else _with_labels(prompt, edit)
+        if ok(fixed) and fixed not in edits:
+            edits.append(fixed)
+    if not edits:
+        return None
+    start, end = min(cand.start, *(e.start for e in edits)), max(cand.end, *(e.end for e in edits))
+    return _Candidate(cand.kind, start, end, tuple(edits))
+
+
 class RulePerturber:
     """Rule-based spatial perturber (regular expressions, no NLP dependencies).
 
-    ``kinds`` restricts the perturbation kinds it may use (default: all of :data:`KINDS`).
+    ``kinds`` restricts the perturbation kinds it may use (default: all of :data:`KINDS`). With ``verify``
+    (the default) every candidate edit, and every combination of 2-3 edits, must also pass
+    :func:`spatialscore.data.perturb_validity.check_perturbation`; ``verify=False`` gives the rules alone.
     """
 
-    def __init__(self, *, kinds: Iterable[str] = KINDS, max_tries: int = 20) -> None:
+    def __init__(self, *, kinds: Iterable[str] = KINDS, max_tries: int = 20, verify: bool = True) -> None:
         self.kinds = tuple(kinds)
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown perturbation kinds {sorted(unknown)}; choose from {KINDS}")
         self.max_tries = max_tries
+        self.verify = verify
 
     def _candidates(self, prompt: str) -> list[_Candidate]:
         words = [c for c in _lr_sites(prompt) + _compound_sites(prompt) + _vd_sites(prompt) if c]
@@ -1034,10 +1290,13 @@ class RulePerturber:
         sites += [c for c in _relation_sites(prompt) + _row_sites(prompt) if c]
         sites += [c for c in _attribute_sites(prompt, words) if c]
         unique = {(c.kind, c.edits): c for c in sites if c.kind in self.kinds}
-        return sorted(
+        cands = sorted(
             unique.values(),
             key=lambda c: (c.start, c.end, c.kind, [(e.start, e.end, e.after) for e in c.edits]),
         )
+        if self.verify:
+            cands = [v for v in (_verified(prompt, c) for c in cands) if v is not None]
+        return cands
 
     def candidates(self, prompt: str) -> list[Edit]:
         """Every single edit this perturber could make to ``prompt`` (for inspection and tests)."""
@@ -1055,9 +1314,12 @@ class RulePerturber:
             raise PerturbationError(
                 f"only {available} perturbable phrase{plural}, {num} requested", available=available
             )
-        chosen = self._choose(cands, num, rng)
-        edits = [rng.choice(c.edits) for c in chosen]
-        return PerturbationResult.from_edits(prompt, edits, num_perturbations=num)
+        for _ in range(self.max_tries):
+            edits = [rng.choice(c.edits) for c in self._choose(cands, num, rng)]
+            result = PerturbationResult.from_edits(prompt, edits, num_perturbations=num)
+            if num == 1 or not self.verify or not _combined_problems(result):
+                return result
+        raise PerturbationError(f"no consistent set of {num} perturbations found", available=num - 1)
 
     def _choose(self, cands: list[_Candidate], num: int, rng: random.Random) -> list[_Candidate]:
         """Pick ``num`` non-overlapping candidates: a random kind first, then a site of that kind."""
@@ -1131,14 +1393,17 @@ def _run(
     if num not in NUM_CHOICES:
         raise ValueError(f"num must be one of {NUM_CHOICES}, got {num!r}")
     perturber = RulePerturber() if perturber is None else perturber
-    out: list[PerturbationResult | SkippedPrompt] = []
-    for index, prompt in enumerate(prompts):
-        rng = random.Random(f"{seed}:{index}")
+
+    def one(item: tuple[int, str]) -> PerturbationResult | SkippedPrompt:
+        index, prompt = item
         try:
-            out.append(_perturb_one(prompt, num=num, rng=rng, perturber=perturber))
+            return _perturb_one(prompt, num=num, rng=random.Random(f"{seed}:{index}"), perturber=perturber)
         except PerturbationError as exc:
-            out.append(SkippedPrompt(index, prompt, exc.reason))
-    return out
+            return SkippedPrompt(index, prompt, exc.reason)
+
+    # a perturber with a map(function, items) method (the LLM perturber) runs the prompts concurrently
+    run_all = getattr(perturber, "map", None) or (lambda function, items: [function(i) for i in items])
+    return run_all(one, list(enumerate(prompts)))
 
 
 def perturb_prompts(
@@ -1159,8 +1424,15 @@ def perturb_prompts(
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def load_perturber(spec: str) -> Perturber:
-    """Import ``"module:Class"`` and return an instance (or the object itself if it is not a class)."""
+PERTURBER_ALIASES = {"llm": "spatialscore.data.llm_perturb:LLMPerturber"}
+
+
+def load_perturber(spec: str, options: dict[str, Any] | None = None) -> Perturber:
+    """Import ``"module:Class"`` (or an alias of :data:`PERTURBER_ALIASES`) and return an instance made with
+    keyword ``options`` (or the object itself if it is not a class and there are no options). A class with a
+    ``from_options(options)`` classmethod reads the flat options itself (the LLM perturber builds its
+    :class:`~spatialscore.chat.EndpointConfig` from them)."""
+    spec = PERTURBER_ALIASES.get(spec, spec)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--perturber must look like 'module:Class', got {spec!r}")
@@ -1168,7 +1440,15 @@ def load_perturber(spec: str) -> Perturber:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load perturber {spec!r}: {exc}") from exc
-    perturber = obj() if isinstance(obj, type) else obj
+    if options and not isinstance(obj, type):
+        raise ValueError(f"perturber {spec!r} is not a class and takes no options")
+    try:
+        if isinstance(obj, type) and callable(getattr(obj, "from_options", None)):
+            perturber = obj.from_options(options or {})
+        else:
+            perturber = obj(**(options or {})) if isinstance(obj, type) else obj
+    except TypeError as exc:
+        raise ValueError(f"cannot create perturber {spec!r}: {exc}") from exc
     if not callable(perturber):
         raise ValueError(f"perturber {spec!r} is not callable")
     return perturber
@@ -1218,26 +1498,51 @@ def cli_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output JSONL")
     parser.add_argument("--num", choices=NUM_CHOICES, default="1", help="perturbations per prompt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; prompt i draws from (seed, i), so the output is reproducible"
+    )
     parser.add_argument(
         "--perturber",
         default=None,
         metavar="MODULE:CLASS",
-        help="custom perturber class (default: the built-in rule perturber)",
+        help="custom perturber class, or 'llm' (the LLM perturber; default: the built-in rule perturber)",
+    )
+    parser.add_argument(
+        "--perturber-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the perturber (repeatable; JSON values parsed): a keyword argument of its class; for "
+        "'llm' an endpoint setting (base_url=URL, model=M, concurrency=N, timeout=S, ...), kinds or attempts",
     )
     args = parser.parse_args(argv)
+    fatal: tuple[type[Exception], ...] = ()  # perturber errors that stop the run (an endpoint that is down)
     try:
         records = read_prompts(args.prompts)
         if args.perturber:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
-            perturber = load_perturber(args.perturber)
+            from spatialscore.chat import ChatEndpointError, parse_options
+
+            fatal = (ChatEndpointError,)
+            perturber = load_perturber(
+                args.perturber, parse_options(args.perturber_option, what="--perturber-option")
+            )
+        elif args.perturber_option:
+            raise ValueError("--perturber-option needs --perturber")
         else:
             perturber = RulePerturber()
     except (OSError, ValueError) as exc:
         print(f"spatialscore perturb: error: {exc}", file=sys.stderr)
         return 2
-    done = _run([p for _, p in records], num=args.num, seed=args.seed, perturber=perturber)
+    try:
+        done = _run([p for _, p in records], num=args.num, seed=args.seed, perturber=perturber)
+    except fatal as exc:
+        print(
+            f"spatialscore perturb: error: {exc} (replies received are cached; rerun to resume)",
+            file=sys.stderr,
+        )
+        return 1
     skipped_path = _skipped_path(args.out)
     reasons: Counter[str] = Counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1323,9 +1323,17 @@ def cli_main(argv: list[str] | None = None) -> int:
         help="output folder; rerunning with the same settings writes nothing, other settings are refused",
     )
     parser.add_argument("--num-pairs", required=True, type=int, help="scene pairs (two records each)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--stages", type=int, nargs="+", default=[FULL_STAGE], choices=sorted(_STAGES))
+    parser.add_argument("--seed", type=int, default=0, help="generation seed; the output is byte-identical for a seed")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels (default: 64)")
+    parser.add_argument(
+        "--stages",
+        type=int,
+        nargs="+",
+        default=[FULL_STAGE],
+        choices=sorted(_STAGES),
+        help=f"curriculum stages, spread evenly over the pairs (0 = red/blue warm-up ... 4 = two objects of all "
+        f"colours ... {FULL_STAGE} = the full task, the default; a stage listed k times gets k shares)",
+    )
     parser.add_argument("--split", default="train", help="manifest name: OUT/SPLIT.jsonl")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)

@@ -1,0 +1,546 @@
+"""Automatic validity rules for spatially perturbed prompts (from any perturber: rules, an LLM, a person).
+
+:func:`check_perturbation` returns human-readable problems (an empty list means valid). The rules:
+
+1. **Consistent edits**: applying the edits to the prompt gives the perturbed prompt; something changed.
+2. **Only relation words or whole object phrases touched**: outside relation phrases ("to the left of",
+   "behind", "on top of", ...) and position labels ("the *left* lantern", "the *upper-left* corner"), the
+   words are the same multiset (case, "a"/"an" and verb agreement such as "sits"/"sit" aside); no edit
+   touches a non-spatial idiom ("under the weight of", "leaving behind", "on its hind legs", ...).
+3. **Same objects**: the multiset of noun phrases is unchanged, so whole phrases moved, not parts of them.
+4. **Grammatical noun phrases**: verbs, commas, clause words and sentence-opening framing text ("a photo
+   of" in a sentence without a verb) keep their order; only noun phrases and relation phrases move or
+   change. Relation arguments are things that can be placed (not "the contrast", "the morning sunlight", "a
+   routine", a camera "vantage point"); "between" keeps two arguments.
+5. **Arrangement actually different**: the relation facts differ after mapping converses together ("A left
+   of B" equals "B right of A"; "a phone in front of a phone" flipped is a no-op).
+6. **No detectable self-contradiction**: no object newly placed both left and right (a stale later "on the
+   right" after a flip or swap), no two mentions turned into the same corner or the same contrasting label
+   ("the left lantern ..., the left one"), no implausible flip of a fixed landmark ("the floor above the
+   table", "the sky below", "the rug above the table").
+
+The rules are heuristics over word lists and regular expressions (no parser): they reject some valid
+rewrites (e.g. a participle clause that moves across a relation) rather than let broken ones through.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spatialscore.data.perturb import (
+    _AGREE,
+    _COLOURS,
+    _FLOOR_LIKE,
+    _FRAMING,
+    _GROUND_LEVEL,
+    _HANG_VERBS,
+    _ING_NOUNS,
+    _MATERIALS,
+    _NONFINITE,
+    _ORIENT_VERBS,
+    _OTHER_VERBS,
+    _PLACE_VERBS,
+    _RIGHT_NON_SPATIAL,
+    _SKY,
+    NON_SPATIAL_IDIOM,
+    Edit,
+    _placeable,
+    apply_edits,
+)
+
+__all__ = ["check_perturbation"]
+
+# Relation phrases, longest first; each maps to a relation key for the arrangement facts.
+_REL_PATTERNS: list[tuple[str, str]] = [
+    (r"from (?:left|right|top|bottom|front|back) to (?:left|right|top|bottom|front|back)", "row"),
+    (r"to the (?:(?:immediate|far|extreme) )?left(?: side| hand side)? of", "left"),
+    (r"to the (?:(?:immediate|far|extreme) )?right(?: side| hand side)? of", "right"),
+    (r"(?:on|at) the (?:(?:immediate|far|extreme) )?left(?:(?:-hand| hand)? side)? of", "left"),
+    (r"(?:on|at) the (?:(?:immediate|far|extreme) )?right(?:(?:-hand| hand)? side)? of", "right"),
+    (r"(?:at|on|in|to) the (?:(?:far|extreme|very) )?left(?: side| end| half| edge|-hand side)?", "on-left"),
+    (
+        r"(?:at|on|in|to) the (?:(?:far|extreme|very) )?right(?: side| end| half| edge|-hand side)?",
+        "on-right",
+    ),
+    (r"(?:at|on|in) the (?:very )?(?:top|upper part|upper half)(?: of)?", "on-top"),
+    (r"(?:at|on|in) the (?:very )?(?:bottom|lower part|lower half)(?: of)?", "on-bottom"),
+    (r"(?:at|in|to) the (?:front)(?: of)?", "on-front"),
+    (r"(?:at|in|to) the (?:back|rear)(?: of)?", "on-back"),
+    (r"(?:in|into|toward|towards|at) the foreground(?: of)?", "on-front"),
+    (r"(?:in|into|toward|towards|at) the background(?: of)?", "on-back"),
+    (r"(?:in|into|toward|towards) the (?:far |misty )?distance", "on-back"),
+    (r"in the midground", "on-mid"),
+    (r"(?:in|at) the (?:very )?(?:center|centre|middle)(?: of)?", "center"),
+    (r"on (?:the )?side of", "near"),
+    (r"left of", "left"),
+    (r"right of", "right"),
+    (r"in front of", "front"),
+    (r"in front", "on-front"),
+    (r"on top of", "above"),
+    (r"(?:(?:partly|partially|half) )?(?:hidden|obscured|occluded|blocked) (?:by|behind)", "behind-of"),
+    (r"next to|close to|adjacent to|alongside|beside|besides|near(?:by)?", "near"),
+    (r"(?:(?:vertically|horizontally) )?aligned with|offset from", "aligned"),
+    (r"off-cent(?:er|re)|cent(?:er|r)ed", "centered"),
+    (r"behind", "behind"),
+    (r"above|atop|over|overhead", "above"),
+    (r"below|beneath|underneath|under", "below"),
+    (r"between|among|amongst|amid", "between"),
+    (r"on|onto|upon", "on"),
+    (r"inside|within|in|into", "in"),
+    (r"around|against|across|along|beyond|opposite|outside|at|by|facing", "other"),
+]
+_REL = re.compile(
+    r"(?<![\w'’-])(?:"
+    + "|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(_REL_PATTERNS))
+    + r")(?![\w'’-])",
+    re.I,
+)
+_FRAME = re.compile(
+    r"(?<![\w'’-])(?:(?:a|an|the)\s+)?(?:(?:close-up|closeup|wide|aerial|overhead|realistic|detailed|"
+    r"high-resolution|professional|cinematic|black and white|vintage|digital|macro)\s+)*"
+    r"(?:photo|photograph|picture|image|painting|drawing|illustration|rendering|render|shot|snapshot|"
+    r"sketch|depiction|view|scene|portrait|close-up|closeup|artwork|poster|still)\s+of(?![\w'’-])",
+    re.I,
+)
+_WORD = re.compile(r"[^\W_](?:[\w'’-]*[^\W_])?|[^\w\s]")
+
+# Relation keys as (axis, sign) for converse matching; unary keys place one object.
+_DIRECTED = {
+    "left": ("h", -1),
+    "right": ("h", 1),
+    "above": ("v", 1),
+    "below": ("v", -1),
+    "front": ("d", 1),
+    "behind": ("d", -1),
+    "behind-of": ("d", -1),  # "hidden by Y": the subject is behind Y
+}
+_SIDE_OF = {"left": "L", "right": "R", "on-left": "L", "on-right": "R"}
+
+_CLAUSE_WORDS = set("and or but while as which that where who whose when so then than there yet nor".split())
+_PRONOUN_STOP = set("he she they we you i".split())
+_FINITE = (
+    set(_AGREE)
+    | _OTHER_VERBS
+    | _PLACE_VERBS
+    | _HANG_VERBS
+    | _ORIENT_VERBS
+    | (_NONFINITE - {"set"})
+    | set("has have had could would might must should does did be been being".split())
+)
+_PREP_STOP = set("from for of to with without about during through toward towards via like unlike".split())
+_POSITION_WORDS = set(
+    "left right leftmost rightmost upper lower top bottom front back rear middle center centre "
+    "far near nearest farthest foreground background midground".split()
+)
+_CORNER = re.compile(r"(?<![\w'’-])(upper|lower|top|bottom)[- ](left|right)(?![\w'’-])", re.I)
+_SINGULAR_DETS = {"a", "an", "one", "each", "every", "another", "this", "that"}
+_DETS = {
+    "the",
+    "a",
+    "its",
+    "his",
+    "her",
+    "their",
+    "your",
+    "our",
+    "my",
+    "this",
+    "that",
+    "these",
+    "those",
+    "each",
+}
+_POS_MODIFIERS = {"far", "very", "extreme", "upper", "lower", "top", "bottom", "front", "back"}
+
+_VERTICAL_UP = {"above", "on", "on-top"}
+_VERTICAL_DOWN = {"below", "on-bottom"}
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One unit of a prompt: a relation phrase, framing text, a noun phrase, or another word/mark."""
+
+    kind: str  # "rel", "frame", "np", "word"
+    norm: str  # the text up to case, "a"/"an" and verb agreement: tells whether the item changed
+    shape: str  # ``norm`` with relation phrases and position words masked: what must be preserved
+    start: int
+    end: int
+    key: str = ""  # relation key for "rel"; head noun for "np"
+
+
+def _norm_word(word: str) -> str:
+    low = word.lower().replace("’", "'")
+    if low == "an":
+        return "a"
+    return min(low, _AGREE[low]) if low in _AGREE else low
+
+
+def _shape_word(norm: str, prev: str, nxt: str) -> str:
+    """Mask a position word after a determiner ("the *left* lantern", "its *upper-left* corner"), but not
+    "the right answer" or "she left the keys"."""
+    if _CORNER.fullmatch(norm):
+        return "<pos>"
+    after_det = prev in _DETS or prev in _POS_MODIFIERS or prev.endswith("'s") or prev in _ORIENT_VERBS
+    after_det = after_det or prev in {"", ".", "!", "?", ";", ":"}  # "Foreground elements include ..."
+    if norm in _POSITION_WORDS and nxt not in _RIGHT_NON_SPATIAL and after_det:
+        return "<pos>"
+    return norm
+
+
+def _rel_key(match: re.Match[str]) -> str:
+    return _REL_PATTERNS[int(match.lastgroup[1:])][1]
+
+
+def _is_np_word(word: str) -> bool:
+    low = word.lower()
+    if not word[0].isalnum():
+        return False
+    if low in _CLAUSE_WORDS or low in _FINITE or low in _PREP_STOP or low in _PRONOUN_STOP:
+        return False
+    return not (low.endswith("ing") and len(low) > 4 and low not in _ING_NOUNS)
+
+
+def _compound_noun(word: str, chunk: Sequence[tuple[str, int, int]]) -> bool:
+    """A verb's base form ending a singular noun phrase is a noun ("the music stand"); "the cats stand"
+    and "a dog sits" keep their verbs."""
+    low = word.lower()
+    if low not in _FINITE or low + "s" not in _FINITE or len(chunk) < 2:
+        return False
+    return chunk[0][0].lower() in {"a", "an", "the", "this", "that"} and not chunk[-1][0].lower().endswith(
+        "s"
+    )
+
+
+def _head(words: Sequence[str]) -> str:
+    """Head noun of a noun phrase: the word before the first "of"/"with"/participle, else the last word."""
+    for i, word in enumerate(words):
+        if i and (word in {"of", "with"} or (word.endswith("ing") and word not in _ING_NOUNS)):
+            return words[i - 1]
+    return words[-1]
+
+
+def _frames_sentence(text: str, pos: int, raw: Sequence[tuple[str, str, int, int, str]]) -> bool:
+    """Framing text ("a photo of") opens a sentence without a finite verb ("a photo of a cat left of a dog");
+    in "A painting of a ship hangs above the bed" the painting is an object."""
+    if raw and raw[-1][1] not in {".", "!", "?", ";", ":"}:
+        return False
+    end = re.compile(r"[.!?;]").search(text, pos)
+    words = _WORD.findall(text, pos, end.start() if end else len(text))
+    return not any(w.lower() in _FINITE for w in words)
+
+
+@functools.lru_cache(maxsize=512)
+def _items(text: str) -> tuple[_Item, ...]:
+    """Split ``text`` into relation phrases, framing text, noun-phrase chunks and other words (cached: the
+    rule perturber checks many edits of one prompt)."""
+    raw: list[tuple[str, str, int, int, str]] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        frame = _FRAME.match(text, pos)
+        if frame and _frames_sentence(text, pos, raw):
+            raw.append(("frame", "<frame>", frame.start(), frame.end(), ""))
+            pos = frame.end()
+            continue
+        rel = _REL.match(text, pos)
+        if rel:
+            raw.append(("rel", "<rel>", rel.start(), rel.end(), _rel_key(rel)))
+            pos = rel.end()
+            continue
+        word = _WORD.match(text, pos)
+        raw.append(("word", word.group(), word.start(), word.end(), ""))
+        pos = word.end()
+    items: list[_Item] = []
+    chunk: list[tuple[str, int, int]] = []
+
+    def flush() -> None:
+        if chunk:
+            words = [_norm_word(w) for w, _, _ in chunk]
+            before = items[-1].norm if items else ""
+            shape = [
+                _shape_word(w, words[k - 1] if k else before, words[k + 1] if k + 1 < len(words) else "")
+                for k, w in enumerate(words)
+            ]
+            items.append(
+                _Item("np", " ".join(words), " ".join(shape), chunk[0][1], chunk[-1][2], _head(words))
+            )
+            chunk.clear()
+
+    for k, (kind, word, start, end, key) in enumerate(raw):
+        nxt = raw[k + 1] if k + 1 < len(raw) else None
+        joins_np = kind == "word" and _is_np_word(word)
+        # "of"/"with" inside a noun phrase ("a slice of cake"), a participle with an object ("a man
+        # holding an umbrella"), a framing-free "of" chain: keep them in the chunk
+        if kind == "word" and chunk and nxt is not None and nxt[0] == "word" and _is_np_word(nxt[1]):
+            low = word.lower()
+            joins_np = joins_np or low in {"of", "with"} or (low.endswith("ing") and low not in _FINITE)
+        if kind == "word" and not joins_np and _compound_noun(word, chunk):
+            joins_np = True  # "the music stand", "a lamp rest": a base-form verb after a singular noun
+        if joins_np:
+            chunk.append((word, start, end))
+            continue
+        flush()
+        if kind == "word":
+            norm = shape = _norm_word(word)
+        else:
+            norm, shape = " ".join(w.lower() for w in text[start:end].split()), f"<{kind}>"
+        items.append(_Item(kind, norm, shape, start, end, key))
+    flush()
+    return tuple(items)
+
+
+def _skeleton(items: Sequence[_Item]) -> list[str]:
+    return [("<np>" if it.kind == "np" else it.shape) for it in items]
+
+
+def _words(items: Sequence[_Item]) -> Counter[str]:
+    return Counter(w for it in items if it.kind in {"np", "word"} for w in it.shape.split())
+
+
+@dataclass(frozen=True)
+class _Fact:
+    subject: str | None
+    key: str
+    phrase: str  # the relation phrase, lower-cased
+    obj: str | None
+    index: int  # of the relation item
+    subject_index: int  # of the subject item, -1 if none
+    subject_attached: bool  # the subject is itself a preposition's object ("on the floor in front of it")
+
+
+def _subject_index(items: Sequence[_Item], rel_index: int) -> int:
+    """The nearest noun phrase before a relation in its clause (verbs may stand between), or -1."""
+    for j in range(rel_index - 1, -1, -1):
+        if items[j].kind == "np":
+            return j
+        if items[j].kind == "rel" and items[j].key == "centered":
+            continue
+        if items[j].kind != "word" or not items[j].norm[:1].isalpha() or items[j].norm in _CLAUSE_WORDS:
+            return -1
+    return -1
+
+
+def _facts(items: Sequence[_Item]) -> list[_Fact]:
+    """(subject, relation, object) for each relation phrase; "between" gets both objects."""
+    out = []
+    for k, it in enumerate(items):
+        if it.kind != "rel":
+            continue
+        j = _subject_index(items, k)
+        clause_start = k == 0 or items[k - 1].norm in {".", "!", "?", ";", ":"}
+        if j < 0 and clause_start and k + 2 < len(items) and items[k + 1].norm == ",":
+            j = k + 2 if items[k + 2].kind == "np" else -1  # "Below, the cat sleeps": the cat is below
+        subject = items[j].norm if j >= 0 else None
+        obj = items[k + 1].norm if k + 1 < len(items) and items[k + 1].kind == "np" else None
+        if it.key.startswith("on-") or it.key in {"center", "centered", "row"}:
+            obj = None  # unary: "the dog on the right", "in the center"
+        if it.key == "between" and obj and k + 3 < len(items) and items[k + 2].norm == "and":
+            obj = " & ".join(sorted([obj, items[k + 3].norm]))
+        attached = j > 0 and items[j - 1].kind == "rel"
+        out.append(_Fact(subject, it.key, it.norm, obj, k, j, attached))
+    return out
+
+
+def _canonical(fact: _Fact) -> tuple[str | None, str, str | None]:
+    """Map converses together: "A left of B" and "B right of A" give the same tuple."""
+    if fact.key in _DIRECTED and fact.obj is not None:
+        axis, sign = _DIRECTED[fact.key]
+        a, b = (fact.subject, fact.obj) if sign > 0 else (fact.obj, fact.subject)
+        return a, axis, b
+    if fact.key == "near" and fact.obj is not None and fact.subject is not None:
+        a, b = sorted([fact.subject, fact.obj])
+        return a, fact.key, b
+    return fact.subject, fact.phrase, fact.obj
+
+
+def _np_head(norm: str | None) -> str:
+    return _head(norm.split()) if norm else ""
+
+
+def _side_conflicts(text: str, items: Sequence[_Item], facts: Sequence[_Fact]) -> set[str]:
+    """Objects placed on both sides: two absolute labels ("on the left", "the right lantern") that disagree,
+    an absolute label against a binary relation ("A right of B" with "B on the right"), or "A left of B"
+    with "A right of B"."""
+    absolute: dict[str, set[str]] = {}
+    relative: dict[str, set[str]] = {}
+    pairs: set[tuple[str, str]] = set()
+    for f in facts:
+        side = _SIDE_OF.get(f.key)
+        if side is None or f.subject is None:
+            continue
+        if f.key in {"on-left", "on-right"}:
+            if not (f.obj or f.subject_attached):
+                absolute.setdefault(_np_head(f.subject), set()).add(side)
+        elif f.obj is not None and not f.subject_attached:
+            a, b = _np_head(f.subject), _np_head(f.obj)
+            relative.setdefault(a, set()).add(side)
+            relative.setdefault(b, set()).add("R" if side == "L" else "L")
+            pairs.add((a, b) if side == "L" else (b, a))
+    for it in items:
+        if it.kind != "np":
+            continue
+        raw = {w.lower() for w in _WORD.findall(text[it.start : it.end])}
+        if raw & {"left", "right", "leftmost", "rightmost"} and not raw & {"upper", "lower", "top", "bottom"}:
+            if "<pos>" in it.shape.split() and it.key not in {"left", "right", "side", "one"}:
+                absolute.setdefault(it.key, set()).add("L" if raw & {"left", "leftmost"} else "R")
+    out = {noun for noun, sides in absolute.items() if len(sides) == 2}
+    for noun, sides in absolute.items():
+        implied = relative.get(noun, set())
+        if implied and not implied & sides:  # labelled "on the right", yet only ever left of something
+            out.add(noun)
+    out |= {a for a, b in pairs if a != b and (b, a) in pairs}
+    return {noun for noun in out if noun}
+
+
+def _labels(text: str) -> list[Counter[str]]:
+    """Per sentence: corner labels ("top-left") and contrasting labels ("the left jar", "the right one")."""
+    out = []
+    for sentence in re.finditer(r"[^.!?;]+", text):
+        labels: Counter[str] = Counter()
+        for m in _CORNER.finditer(sentence.group()):
+            labels[
+                f"{m.group(1).lower().replace('upper', 'top').replace('lower', 'bottom')}-{m.group(2).lower()}"
+            ] += 1
+        for m in re.finditer(
+            r"(?<![\w'’-])(?:the|its|their|a|an) (left|right)(?= (\w+))", sentence.group(), re.I
+        ):
+            if m.group(2).lower() not in _RIGHT_NON_SPATIAL:
+                labels[m.group(1).lower()] += 1
+        out.append(labels)
+    return out
+
+
+def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str, perturbed: str) -> list[str]:
+    problems: list[str] = []
+    facts_b, facts_a = _facts(before), _facts(after)
+    changed = {
+        k for k, (x, y) in enumerate(zip(before, after, strict=True)) if x.norm != y.norm or x.key != y.key
+    }
+    if not changed:
+        return ["the perturbed prompt describes the same arrangement (only case or articles changed)"]
+    touched = [
+        (fb, fa)
+        for fb, fa in zip(facts_b, facts_a, strict=True)
+        if {fa.index, fa.index + 1, fa.subject_index} & changed
+    ]
+    # 5. arrangement actually different
+    covered = {k for _, fa in touched for k in (fa.index, fa.index + 1, fa.subject_index)}
+    if touched and changed <= covered:
+        if Counter(_canonical(f) for f in facts_b) == Counter(_canonical(f) for f in facts_a):
+            problems.append("the arrangement does not change (the new relation says the same as the old one)")
+    for fb, fa in touched:
+        text = perturbed[after[fa.index].start : after[fa.index].end]
+        # 4. relation arguments must be placeable things
+        for role, norm in [("subject", fa.subject), *(("object", o) for o in (fa.obj or "").split(" & "))]:
+            if norm and not _placeable(norm.split()):
+                problems.append(f"relation {text!r} has {role} {norm!r}, which is not a placeable object")
+        if fa.key == "between" and fa.obj is not None and " & " not in fa.obj:
+            words = fa.obj.split()
+            if not (
+                words[0] in {"two", "three", "both", "the", "these", "those"} and words[-1].endswith("s")
+            ):
+                problems.append(f"'between' in {text!r} has only one argument {fa.obj!r}")
+        # 6. implausible placements of fixed landmarks (only where the edit made them)
+        implausible = _implausible(fa)
+        if implausible and implausible != _implausible(fb):
+            problems.append(implausible)
+    # 6. self-contradictions new in the perturbed prompt
+    old = _side_conflicts(prompt, before, facts_b)
+    for noun in sorted(_side_conflicts(perturbed, after, facts_a) - old):
+        problems.append(
+            f"'{noun}' is now placed both left and right (a later left/right mention not updated?)"
+        )
+    for labels_b, labels_a in zip(_labels(prompt), _labels(perturbed), strict=False):
+        for label, count in sorted(labels_a.items()):
+            if count > max(1, labels_b[label]) and len(labels_a) < len(labels_b):
+                problems.append(f"two mentions now name the same position {label!r}")
+    return problems
+
+
+def _implausible(fact: _Fact) -> str | None:
+    subj = "" if fact.subject_attached else _np_head(fact.subject)
+    floor = subj in _FLOOR_LIKE and _np_head(fact.obj) not in _FLOOR_LIKE  # a rug above a carpet is fine
+    obj = _np_head(fact.obj)
+    up, down = fact.key in _VERTICAL_UP, fact.key in _VERTICAL_DOWN
+    if up and floor:
+        return f"implausible: {fact.subject!r} (a floor covering) placed above something"
+    if up and subj in _GROUND_LEVEL:
+        return f"implausible: {fact.subject!r} placed above or on something"
+    if down and subj in _SKY:
+        return f"implausible: {fact.subject!r} placed below something"
+    if fact.key == "above" and obj in _SKY:
+        return f"implausible: something placed above {fact.obj!r}"
+    if fact.key == "below" and obj in _GROUND_LEVEL:
+        return f"implausible: something placed below {fact.obj!r}"
+    return None
+
+
+def check_perturbation(prompt: str, perturbed: str, edits: Sequence[Edit]) -> list[str]:
+    """Problems with a perturbation of ``prompt`` into ``perturbed`` by ``edits``; empty when valid.
+
+    ``edits`` are the :class:`~spatialscore.data.perturb.Edit` records of the perturbation (any kind,
+    e.g. from :func:`~spatialscore.data.perturb.diff_edits`). Pure: reads only its arguments. See the
+    module docstring for the rules.
+    """
+    if not edits:
+        return ["no edits recorded"]
+    try:
+        rebuilt = apply_edits(prompt, edits)
+    except ValueError as exc:
+        return [f"edits do not fit the prompt: {exc}"]
+    if rebuilt != perturbed:
+        return ["applying the edits does not give the perturbed prompt"]
+    if perturbed == prompt:
+        return ["the perturbed prompt equals the original"]
+    problems = [f"edit {e.before!r} -> {e.after!r} changes nothing" for e in edits if e.before == e.after]
+    idioms_after = Counter(m.group().lower() for m in NON_SPATIAL_IDIOM.finditer(perturbed))
+    for phrase, count in sorted(
+        Counter(m.group().lower() for m in NON_SPATIAL_IDIOM.finditer(prompt)).items()
+    ):
+        if idioms_after[phrase] < count:
+            problems.append(f"an edit changes the non-spatial phrase {phrase!r}")
+    before, after = _items(prompt), _items(perturbed)
+    words_b, words_a = _words(before), _words(after)
+    if words_b != words_a:
+        removed = sorted((words_b - words_a).elements())
+        added = sorted((words_a - words_b).elements())
+        if "of" in removed + added and set(removed + added) & _FRAMING:
+            problems.append(f"framing text moved into an object phrase (removed {removed}, added {added})")
+        else:
+            problems.append(f"words other than relation words changed: removed {removed}, added {added}")
+        return problems
+    if _skeleton(before) != _skeleton(after):
+        moved = _first_difference(_skeleton(before), _skeleton(after))
+        problems.append(
+            f"a verb, comma, clause word or framing text moved or a noun phrase was cut ({moved})"
+        )
+        return problems
+    np_b = Counter(it.shape for it in before if it.kind == "np")
+    np_a = Counter(it.shape for it in after if it.kind == "np")
+    if np_b != np_a and _unattributed(np_b) != _unattributed(np_a):
+        gone = sorted((np_b - np_a).elements())
+        new = sorted((np_a - np_b).elements())
+        problems.append(f"noun phrases differ (cut or merged): {gone} became {new}")
+        return problems
+    return problems + _problems_in_relations(before, after, prompt, perturbed)
+
+
+def _unattributed(phrases: Counter[str]) -> Counter[str]:
+    """Noun phrases with colour and material words masked: an attribute swap keeps this multiset."""
+    return Counter(
+        " ".join("<attr>" if w in _COLOURS or w in _MATERIALS else w for w in phrase.split())
+        for phrase in phrases.elements()
+    )
+
+
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
+    for k, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"{' '.join(a[max(0, k - 2) : k + 3])!r} became {' '.join(b[max(0, k - 2) : k + 3])!r}"
+    return f"{len(a)} items became {len(b)}"

@@ -1,0 +1,189 @@
+"""Tests for the automatic validity rules of perturbed prompts (spatialscore.data.perturb_validity)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spatialscore.data.perturb import Edit, RulePerturber, apply_edits, diff_edits
+from spatialscore.data.perturb_validity import check_perturbation
+
+
+def edit_once(prompt: str, before: str, after: str) -> tuple[str, list[Edit]]:
+    """One edit replacing the first occurrence of ``before``."""
+    start = prompt.index(before)
+    edit = Edit("test", start, start + len(before), before, after)
+    return apply_edits(prompt, [edit]), [edit]
+
+
+def problems(prompt: str, before: str, after: str) -> list[str]:
+    perturbed, edits = edit_once(prompt, before, after)
+    return check_perturbation(prompt, perturbed, edits)
+
+
+def rewrite_problems(prompt: str, perturbed: str) -> list[str]:
+    return check_perturbation(prompt, perturbed, diff_edits(prompt, perturbed, kind="llm"))
+
+
+# --------------------------------------------------------------------------------------------- valid
+@pytest.mark.parametrize(
+    "prompt, before, after",
+    [
+        ("A kettle stands to the left of a toaster.", "left", "right"),
+        (
+            "Three jars sit behind a bread bin.",
+            "Three jars sit behind a bread bin",
+            "A bread bin sits behind three jars",
+        ),
+        ("A painting of a lighthouse hangs above a desk.", "above", "below"),
+        (
+            "A close-up photo of a mug in front of a spoon",
+            "a mug in front of a spoon",
+            "a spoon in front of a mug",
+        ),
+        (
+            "A green bowl on the left and a white plate on the right.",
+            "green bowl on the left and a white",
+            "white bowl on the left and a green",
+        ),
+        ("From left to right: a pear, a plum, a fig.", "a pear, a plum", "a plum, a pear"),
+        ("The upper drawer is open.", "upper", "lower"),
+        ("A scarf lies in the top-left corner of the bed.", "top-left", "top-right"),
+        ("A heron stands next to a boat on the shore.", "next to", "behind"),
+        (
+            "A vase filled with lilies sits left of a clock.",
+            "A vase filled with lilies sits left of a clock",
+            "A clock sits left of a vase filled with lilies",
+        ),
+    ],
+)
+def test_valid_edits_pass(prompt: str, before: str, after: str) -> None:
+    assert problems(prompt, before, after) == []
+
+
+def test_word_level_rewrites_pass() -> None:
+    prompt = "a lantern to the left of a basket on a bench"
+    assert rewrite_problems(prompt, "a basket to the left of a lantern on a bench") == []
+    assert rewrite_problems(prompt, "a lantern in front of a basket on a bench") == []
+    assert (
+        rewrite_problems(
+            "A boy holding a kite stands left of a bicycle.", "A bicycle stands left of a boy holding a kite."
+        )
+        == []
+    )
+
+
+def test_the_rule_engine_candidates_of_the_test_prompts_pass() -> None:
+    """The rules alone (no built-in verification) make valid edits on the hand-written test prompts."""
+    rules = RulePerturber(verify=False)
+    data = Path(__file__).parent / "data" / "perturb_prompts.jsonl"
+    for line in data.read_text(encoding="utf-8").splitlines():
+        prompt = json.loads(line)["prompt"]
+        for edit in rules.candidates(prompt):
+            assert check_perturbation(prompt, apply_edits(prompt, [edit]), [edit]) == [], edit
+
+
+# --------------------------------------------------------------------------------------------- invalid
+def test_inconsistent_records() -> None:
+    prompt = "a cup left of a vase"
+    assert check_perturbation(prompt, prompt, []) == ["no edits recorded"]
+    assert check_perturbation(prompt, "a cup right of a vase", [Edit("flip", 6, 10, "left", "above")]) == [
+        "applying the edits does not give the perturbed prompt"
+    ]
+    assert "do not fit" in check_perturbation(prompt, "x", [Edit("flip", 0, 3, "xyz", "x")])[0]
+    same = [Edit("flip", 6, 10, "left", "left")]
+    assert check_perturbation(prompt, prompt, same) == ["the perturbed prompt equals the original"]
+
+
+def test_non_relation_words_changed() -> None:
+    got = problems("a yellow towel right of a sink", "yellow", "green")
+    assert got and "words other than relation words changed" in got[0]
+    assert rewrite_problems("She left the umbrella by the door.", "She right the umbrella by the door.")
+    assert rewrite_problems(
+        "the right answer is a cat left of a dog", "the left answer is a cat left of a dog"
+    )
+
+
+def test_framing_text_dragged_into_a_swap() -> None:
+    prompt = "a photo of a kite above a bench"
+    got = problems(prompt, prompt, "a bench above a photo of a kite")
+    assert got and "framing text moved into an object phrase" in got[0]
+    assert problems(prompt, "a kite above a bench", "a bench above a kite") == []
+
+
+def test_noun_phrase_cut_at_a_verb_or_comma() -> None:
+    assert problems(
+        "A candle flickers beside a mirror.",
+        "A candle flickers beside a mirror",
+        "A mirror beside a candle flickers",
+    )
+    assert problems(
+        "A spoon, a fork left of a knife.",
+        "A spoon, a fork left of a knife",
+        "A knife left of a spoon, a fork",
+    )
+    assert rewrite_problems(
+        "A girl holding a balloon stands left of a tree.", "A girl holding a tree stands left of a balloon."
+    )
+
+
+def test_abstract_argument_and_between_with_one_argument() -> None:
+    prompt = "The painting shows the tension between a calm lake and a burning forest."
+    assert problems(prompt, "the tension between a calm lake", "a calm lake between the tension")
+    got = problems("A goat stands beside a fence.", "beside", "between")
+    assert got == ["'between' in 'between' has only one argument 'a fence'"]
+    assert problems("A goat stands between two fences.", "between", "behind") == []
+
+
+@pytest.mark.parametrize(
+    "prompt, before, after",
+    [
+        ("The shelf sags under the weight of old atlases.", "under", "on top of"),
+        ("A tractor rolls away, leaving behind deep ruts.", "behind", "in front of"),
+        ("A bear rears up on its hind legs.", "on", "under"),
+        ("A brooch glints under the evening sunlight.", "under", "above"),
+        ("A drummer stops in the middle of a performance.", "in the middle of", "on the left side of"),
+    ],
+)
+def test_non_spatial_phrases_are_not_edited(prompt: str, before: str, after: str) -> None:
+    assert problems(prompt, before, after)
+
+
+def test_no_op_flips_and_converses() -> None:
+    assert problems("a mug in front of a mug", "in front of", "behind") == [
+        "the arrangement does not change (the new relation says the same as the old one)"
+    ]
+    assert problems("a sock left of a shoe", "a sock left of a shoe", "a shoe right of a sock")
+    assert problems("a mug beside a spoon", "a mug beside a spoon", "a spoon beside a mug")
+    assert problems("A Cup left of a vase", "A Cup", "A cup") == [
+        "the perturbed prompt describes the same arrangement (only case or articles changed)"
+    ]
+
+
+def test_implausible_landmark_flips() -> None:
+    assert problems("The cat beneath the armchair is asleep.", "beneath", "above") == []
+    assert problems("The rug beneath the armchair is red.", "beneath", "above") == [
+        "implausible: 'the rug' (a floor covering) placed above something"
+    ]
+    assert problems("The floor beneath the armchair is wet.", "beneath", "above") == [
+        "implausible: 'the floor' placed above or on something"
+    ]
+    assert "implausible: 'the sky' placed below something" in problems(
+        "The sky above is pale.", "above", "below"
+    )
+
+
+def test_stale_left_right_and_same_corner() -> None:
+    prompt = "A fox sits to the left of a hare. The hare on the right nibbles clover."
+    got = problems(prompt, "left", "right")
+    assert got == ["'hare' is now placed both left and right (a later left/right mention not updated?)"]
+    assert problems(prompt, "A fox sits to the left of a hare", "A hare sits to the left of a fox")
+    corners = "A map hangs in the top-left corner and a clock in the top-right corner."
+    assert problems(corners, "top-right", "top-left") == [
+        "two mentions now name the same position 'top-left'"
+    ]
+    assert problems(corners, "top-right", "bottom-right") == []
+    labels = "The left jar is amber, the right one is clear."
+    assert problems(labels, "right", "left") == ["two mentions now name the same position 'left'"]
