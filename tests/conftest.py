@@ -27,3 +27,16 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             out, num_pairs=pairs, seed=100 + offset, image_size=64, stages=(1, 6), split=split, show_progress=False
         )
     return out
+
+
+@pytest.fixture(scope="session")
+def spatialscore_export(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The export folder of a tiny random SpatialScore (LoRA rank 4, seed 0; its base model copied inside)."""
+    import torch
+
+    from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("spatialscore-export") / "export"
+    SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4))).save_pretrained(path)
+    return path

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from grpo_fit import fit
 from toy_rewards import LeftRed
 
 from spatialrl.flux import FluxSource
@@ -37,14 +38,6 @@ def make_module(reward: Reward | None = None, **grpo) -> FluxGRPOModule:
         eval=EvalSpec(num_steps=3, at_start=False),
         seed=0,
     )
-
-
-def fit(module: FluxGRPOModule, data: SyntheticData, *, steps: int = 1) -> dict[str, float]:
-    dm = PreferenceDataModule(synthetic=data, batch_size=2, view="prompts")
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, dm)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 def weights(module: FluxGRPOModule) -> dict[str, torch.Tensor]:

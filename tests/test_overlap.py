@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-import lightning as L
 import pytest
 import torch
+from grpo_fit import fit
 from toy_rewards import LeftRed
 
 from spatialrl.flux import FluxSource
@@ -16,7 +16,7 @@ from spatialrl.lora import LoraSpec
 from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, SamplingSpec
 from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, WeightedReward
-from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
+from spatialscore.data.datamodule import SyntheticData
 
 
 def make_module(reward: Reward, *, overlap_reward: bool = False) -> FluxGRPOModule:
@@ -31,14 +31,6 @@ def make_module(reward: Reward, *, overlap_reward: bool = False) -> FluxGRPOModu
         overlap_reward=overlap_reward,
         seed=0,
     )
-
-
-def fit(module: FluxGRPOModule, data: SyntheticData, *, steps: int = 1) -> dict[str, float]:
-    dm = PreferenceDataModule(synthetic=data, batch_size=2, view="prompts")
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, dm)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 @pytest.fixture(scope="module")

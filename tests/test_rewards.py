@@ -25,7 +25,7 @@ from spatialrl.rewards import (
     reward_components,
 )
 from spatialscore.data.synthetic import RuleChecker, generate_pair, render_scene
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import SpatialScore
 
 PROMPTS = [
     "a red circle to the left of a blue square",
@@ -110,13 +110,9 @@ def test_rule_reward_names_an_unparseable_prompt():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SpatialScore, str]:
+def checkpoint(spatialscore_export: Path) -> tuple[SpatialScore, str]:
     """A tiny random SpatialScore and the folder it was saved to."""
-    torch.manual_seed(0)
-    model = SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4)))
-    path = tmp_path_factory.mktemp("spatialscore") / "ckpt"
-    model.save_pretrained(path)
-    return model, str(path)
+    return SpatialScore.from_pretrained(spatialscore_export), str(spatialscore_export)
 
 
 @pytest.fixture(scope="module")

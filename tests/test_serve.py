@@ -32,7 +32,7 @@ from spatialrl.rewards import (
     compute_reward,
 )
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import SpatialScore
 from spatialscore.serve import TOKEN_ENV, RequestLimits, SpatialScoreAPI, cli_main, decode_image
 
 TOKEN = "test-token"
@@ -94,13 +94,9 @@ def png(array: np.ndarray) -> str:
 
 
 @pytest.fixture(scope="module")
-def export(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SpatialScore, Path]:
+def export(spatialscore_export: Path) -> tuple[SpatialScore, Path]:
     """A tiny random SpatialScore and its export folder (the base model copied inside)."""
-    torch.manual_seed(0)
-    model = SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4)))
-    path = tmp_path_factory.mktemp("serve") / "export"
-    model.save_pretrained(path)
-    return SpatialScore.from_pretrained(path), path
+    return SpatialScore.from_pretrained(spatialscore_export), spatialscore_export
 
 
 class Server:
