@@ -368,9 +368,9 @@ def test_aspect_ratio_over_200_is_refused_as_the_processor_does(data: Path) -> N
 
 def test_16_bit_images_are_scaled_to_8_bit_wherever_they_are_loaded(data: Path) -> None:
     from spatialscore import benchmark
-    from spatialscore.data import synthetic
     from spatialscore.data.datamodule import ImageDataset, PairDataset
     from spatialscore.data.encode import to_uint8_rgb
+    from spatialscore.data.synthetic import checker
 
     grey = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
     expected = np.repeat(np.array([[0, 1, 128, 255]], dtype=np.uint8)[..., None], 3, axis=-1)
@@ -387,7 +387,7 @@ def test_16_bit_images_are_scaled_to_8_bit_wherever_they_are_loaded(data: Path) 
         assert np.array_equal(to_uint8_rgb(record.chosen), expected)
         with Image.open(record.chosen) as image:
             assert np.array_equal(to_uint8_rgb(image), expected)
-            assert np.array_equal(synthetic._as_rgb(image), expected.astype(np.float32))
+            assert np.array_equal(checker._as_rgb(image), expected.astype(np.float32))
         assert np.array_equal(np.asarray(benchmark._load_rgb(record.chosen)), expected)
         tensor = ImageDataset([record], image_size=None)[0]["image"]
         assert np.array_equal((tensor * 255).round().byte().permute(1, 2, 0).numpy(), expected)

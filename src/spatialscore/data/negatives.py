@@ -15,13 +15,9 @@ import numpy as np
 from scipy import ndimage
 
 from spatialscore.data.strict import judge
-from spatialscore.data.synthetic import (
-    _DEFAULT_TOLERANCE,
-    BACKGROUND,
-    PALETTE,
-    _parse_cached,
-    colour_labels,
-)
+from spatialscore.data.synthetic import BACKGROUND, PALETTE, colour_labels
+from spatialscore.data.synthetic.checker import _parse_cached
+from spatialscore.data.synthetic.scene import _DEFAULT_TOLERANCE
 
 __all__ = ["NEGATIVE_KINDS", "edit_object"]
 

@@ -36,20 +36,17 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from spatialscore.data.synthetic import (
-    _DEFAULT_TOLERANCE,
     PALETTE,
     SHAPES,
     UNMATCHED,
     Detection,
-    _as_rgb,
-    _default_min_pixels,
-    _parse_cached,
-    _slack,
     colour_labels,
     draw_shape,
     image_list,
     majority_vote,
 )
+from spatialscore.data.synthetic.checker import _as_rgb, _default_min_pixels, _parse_cached, _slack
+from spatialscore.data.synthetic.scene import _DEFAULT_TOLERANCE
 
 __all__ = ["FoundObject", "Judgement", "StrictChecker", "classify_shape", "find_objects", "judge"]
 
