@@ -1,8 +1,8 @@
 """Quality of the rule perturber on public text-to-image benchmark prompts (benchmarks/data/perturb_prompts).
 
     python benchmarks/perturb_quality.py
-    git show HEAD:src/spatialscore/data/perturb.py > /tmp/perturb_head.py
-    python benchmarks/perturb_quality.py --baseline /tmp/perturb_head.py   # adds the old engine's numbers
+    git show fff5612:src/spatialscore/data/perturb.py > /tmp/perturb_old.py   # the engine before issue 13
+    python benchmarks/perturb_quality.py --baseline /tmp/perturb_old.py   # adds the old engine's numbers
 
 Runs the perturber with the ``spatialscore perturb`` semantics (:func:`perturb_prompts`, seed 0): ``--num 1``
 on the short and templated prompts, ``--num 2-3`` on the long dense ones. Reports per source and per split

@@ -39,7 +39,8 @@ from spatialscore.data.manifest import (
     json_line,
     parse_json_line,
 )
-from spatialscore.data.perturb import Edit, _skipped_path, apply_edits, subset_for
+from spatialscore.data.perturb import Edit, apply_edits, subset_for
+from spatialscore.data.perturb.cli import _skipped_path
 
 __all__ = [
     "MANIFEST_NAME",

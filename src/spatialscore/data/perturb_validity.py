@@ -31,7 +31,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spatialscore.data.perturb import (
+from spatialscore.data.perturb.edits import Edit, apply_edits
+from spatialscore.data.perturb.lexicon import (
     _AGREE,
     _COLOURS,
     _FLOOR_LIKE,
@@ -47,10 +48,8 @@ from spatialscore.data.perturb import (
     _RIGHT_NON_SPATIAL,
     _SKY,
     NON_SPATIAL_IDIOM,
-    Edit,
-    _placeable,
-    apply_edits,
 )
+from spatialscore.data.perturb.rules import _placeable
 
 __all__ = ["check_perturbation"]
 
