@@ -37,7 +37,9 @@ def main() -> None:
     processor = load_processor(resolve_backbone_path(BackboneConfig(tiny=tiny)))
     template = PromptTemplate()
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.images)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.images)
+    ]
     prompts = [f"a red circle to the left of a blue square; scene {i // 2}" for i in range(args.images)]
     encoder = RewardInputEncoder(processor, template=template)
 

@@ -132,9 +132,19 @@ def main() -> None:
         checkpoint = write_checkpoint(Path(tmp) / "checkpoint", model=args.model, layers=args.layers)
         rows = []
         for name in args.variants:
-            command = [sys.executable, __file__, "--child", name, "--checkpoint", str(checkpoint),
-                       *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                         if k in ("model", "device", "pairs", "steps", "image_size") and v is not None)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--checkpoint",
+                str(checkpoint),
+                *(
+                    f"--{k.replace('_', '-')}={v}"
+                    for k, v in vars(args).items()
+                    if k in ("model", "device", "pairs", "steps", "image_size") and v is not None
+                ),
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise RuntimeError(f"variant {name} failed:\n{done.stderr[-4000:]}")
@@ -148,9 +158,13 @@ def main() -> None:
         "steps": args.steps,
         "device": args.device,
         "results": rows,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "gpu": torch.cuda.get_device_name() if cuda else None},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg": os.getloadavg(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "gpu": torch.cuda.get_device_name() if cuda else None,
+        },
     }
     suffix = "" if args.model == "mem" and not cuda else f"_{args.model}{args.layers or ''}_{args.device.split(':')[0]}"
     out = Path(args.out)
@@ -158,22 +172,36 @@ def main() -> None:
     (out / f"memory{suffix}.json").write_text(json.dumps(result, indent=2))
     first = rows[0]
     if cuda:
-        lines = ["| variant | weights MiB | allocated after load MiB | peak allocated MiB | peak vs first |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['weights_mib']:.0f} | {r['cuda_after_load_mib']:.0f} | "
-                  f"{r['cuda_peak_mib']:.0f} | {r['cuda_peak_mib'] / first['cuda_peak_mib']:.2f} |" for r in rows]
+        lines = [
+            "| variant | weights MiB | allocated after load MiB | peak allocated MiB | peak vs first |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['variant']} | {r['weights_mib']:.0f} | {r['cuda_after_load_mib']:.0f} | "
+            f"{r['cuda_peak_mib']:.0f} | {r['cuda_peak_mib'] / first['cuda_peak_mib']:.2f} |"
+            for r in rows
+        ]
     else:
-        lines = ["| variant | weights MiB | RSS growth after load MiB | peak RSS growth MiB | peak vs first |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['weights_mib']:.0f} | {r['rss_load_growth_mib']:.0f} | "
-                  f"{r['rss_peak_growth_mib']:.0f} | {r['rss_peak_growth_mib'] / first['rss_peak_growth_mib']:.2f} |"
-                  for r in rows]
-    lines += ["", f"Model {args.model}{f' ({args.layers} layers)' if args.layers else ''}, LoRA r16, {args.steps} "
-              f"training steps of {args.pairs} pairs, {args.device}; one fresh process per variant; growth is "
-              f"measured from the process's RSS after imports ({rows[0]['rss_after_imports_mib']:.0f} MiB)."]
+        lines = [
+            "| variant | weights MiB | RSS growth after load MiB | peak RSS growth MiB | peak vs first |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['variant']} | {r['weights_mib']:.0f} | {r['rss_load_growth_mib']:.0f} | "
+            f"{r['rss_peak_growth_mib']:.0f} | {r['rss_peak_growth_mib'] / first['rss_peak_growth_mib']:.2f} |"
+            for r in rows
+        ]
+    lines += [
+        "",
+        f"Model {args.model}{f' ({args.layers} layers)' if args.layers else ''}, LoRA r16, {args.steps} "
+        f"training steps of {args.pairs} pairs, {args.device}; one fresh process per variant; growth is "
+        f"measured from the process's RSS after imports ({rows[0]['rss_after_imports_mib']:.0f} MiB).",
+    ]
     if not cuda:
-        lines[-1] += (" Weights load memory-mapped: those kept in the checkpoint's dtype become resident only when "
-                      "first used (in the step), converted or quantized ones at load.")
+        lines[-1] += (
+            " Weights load memory-mapped: those kept in the checkpoint's dtype become resident only when "
+            "first used (in the step), converted or quantized ones at load."
+        )
     (out / f"memory{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -84,9 +84,7 @@ def evaluate(engine: ModuleType, rules: Any, prompts: list[dict], labels: dict[s
     out: dict[str, Any] = {}
     for group, num in [*GROUP_NUM.items(), *EXTRA_RUNS]:
         rows = [p for p in prompts if p["group"] == group]
-        results, skipped = engine.perturb_prompts(
-            [r["prompt"] for r in rows], num=num, seed=0, perturber=rules
-        )
+        results, skipped = engine.perturb_prompts([r["prompt"] for r in rows], num=num, seed=0, perturber=rules)
         by_prompt = {res.prompt: res for res in results}
         reasons = {s.index: s.reason for s in skipped}
         for index, row in enumerate(rows):
@@ -156,8 +154,7 @@ def tables(outcomes: dict[str, Any]) -> dict[str, Any]:
         main = [r for r in chosen if r["group"] in GROUP_NUM]
         out[split] = {
             "by_source": {
-                s: summarise([r for r in main if r["source"] == s])
-                for s in sorted({r["source"] for r in recs})
+                s: summarise([r for r in main if r["source"] == s]) for s in sorted({r["source"] for r in recs})
             },
             "by_group": {g: summarise([r for r in chosen if r["group"] == g]) for g in groups},
         }
@@ -174,8 +171,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Rule perturber on public benchmark prompts",
         "",
-        "`python benchmarks/perturb_quality.py"
-        + (" --baseline OLD_perturb.py`" if "baseline" in report else "`"),
+        "`python benchmarks/perturb_quality.py" + (" --baseline OLD_perturb.py`" if "baseline" in report else "`"),
         f"({report['prompts']} prompts, {report['labelled']} hand-labelled; `--num 1` on short/templated, "
         "`--num 2-3` on long dense; seed 0). Coverage = perturbed / with a relation; validity = perturbed prompts "
         "passing `check_perturbation`; P/R = relation phrases found vs hand labels.",
@@ -244,8 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prompts = [json.loads(line) for line in (DATA / "prompts.jsonl").read_text(encoding="utf-8").splitlines()]
     labels = {
-        row["id"]: row
-        for row in map(json.loads, (DATA / "labels.jsonl").read_text(encoding="utf-8").splitlines())
+        row["id"]: row for row in map(json.loads, (DATA / "labels.jsonl").read_text(encoding="utf-8").splitlines())
     }
     report: dict[str, Any] = {"prompts": len(prompts), "labelled": len(labels)}
     engines: dict[str, tuple[ModuleType, Any]] = {

@@ -7,7 +7,8 @@ steps in rollout chunks of 2 (16 chunks), the first step trained (a Flow-GRPO-Fa
 reward is a tiny random SpatialScore made as costly as the rollout in one of two ways:
 
 - ``delay``: scoring sleeps ``d`` seconds per image on top of the tiny model, ``d`` chosen so that in-process
-  scoring costs what the rollout costs (measured without the delay first): a reward model on a device of its own (another GPU), whose time costs the policy's processors
+  scoring costs what the rollout costs (measured without the delay first): a reward model on a device of its own
+(another GPU), whose time costs the policy's processors
   nothing. In-process the sleep is in the reward; served, in the server's ``predict``.
 - ``model``: a wider random SpatialScore (``bench`` widths at ``--model-size`` px) whose scoring really computes,
   in-process on the trainer's processors, or served by ``spatialscore serve`` in its own process.
@@ -50,7 +51,6 @@ GROUP = 16
 IMAGES = 2 * GROUP  # per step: 2 prompts x G
 
 
-
 class DelayedSpatialScoreReward(SpatialScoreReward):
     """In-process scoring plus ``delay`` seconds per image (a reward computed elsewhere)."""
 
@@ -86,8 +86,12 @@ class StepClock(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         m = trainer.callback_metrics
-        self.rows.append({"step": time.perf_counter() - self.start,
-                          **{k: float(m[f"train/seconds_{k}"]) for k in ("rollout", "reward", "update")}})
+        self.rows.append(
+            {
+                "step": time.perf_counter() - self.start,
+                **{k: float(m[f"train/seconds_{k}"]) for k in ("rollout", "reward", "update")},
+            }
+        )
 
 
 def run(reward: Reward, data: SyntheticData, *, overlap: bool, steps: int) -> list[dict[str, float]]:
@@ -103,8 +107,17 @@ def run(reward: Reward, data: SyntheticData, *, overlap: bool, steps: int) -> li
         seed=0,
     )
     clock = StepClock()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
     trainer.fit(module, PreferenceDataModule(synthetic=data, batch_size=2, view="prompts"))
     return clock.rows[1:]
 
@@ -117,8 +130,20 @@ def served_delayed(export: Path, delay: float) -> tuple:
 
 def served_model(export: Path) -> tuple:
     port = free_port()
-    command = [sys.executable, "-m", "spatialscore.cli", "serve", "--model", str(export), "--port", str(port),
-               "--max-batch-size", "1", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "spatialscore.cli",
+        "serve",
+        "--model",
+        str(export),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     return start_server(command, port)
 
 
@@ -162,9 +187,14 @@ def bench_kind(kind: str, data: SyntheticData, folder: Path, *, steps: int, repe
     medians["served, overlapped"]["vs_served_sync"] = (
         medians["served, overlapped"]["step"] / medians["served, sync"]["step"]
     )
-    return {"kind": kind, "delay_s_per_image": delay, "reward_image_size": tiny.image_size,
-            "reward_parameters": sum(p.numel() for p in SpatialScore.from_pretrained(export).parameters()),
-            "steps_per_variant": len(rows[names[0]]), "medians": medians}
+    return {
+        "kind": kind,
+        "delay_s_per_image": delay,
+        "reward_image_size": tiny.image_size,
+        "reward_parameters": sum(p.numel() for p in SpatialScore.from_pretrained(export).parameters()),
+        "steps_per_variant": len(rows[names[0]]),
+        "medians": medians,
+    }
 
 
 def main() -> None:
@@ -183,29 +213,49 @@ def main() -> None:
         serve(api, limits=RequestLimits(), port=args.port, log_level="warning")
         return
     folder = Path(tempfile.mkdtemp())
-    data = SyntheticData(directory=str(folder / "data"), train_pairs=16, val_pairs=0, test_pairs=0, stages=(1,),
-                         eval_stages=(1,))
-    results = [bench_kind(kind, data, folder, steps=args.steps, repeats=args.repeats, size=args.model_size)
-               for kind in args.kinds.split(",")]
+    data = SyntheticData(
+        directory=str(folder / "data"), train_pairs=16, val_pairs=0, test_pairs=0, stages=(1,), eval_stages=(1,)
+    )
+    results = [
+        bench_kind(kind, data, folder, steps=args.steps, repeats=args.repeats, size=args.model_size)
+        for kind in args.kinds.split(",")
+    ]
     load = os.getloadavg()
-    result = {"benchmark": "reward_overlap", "steps": args.steps, "repeats": args.repeats, "results": results,
-              "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                          "load_avg_at_end": load}}
+    result = {
+        "benchmark": "reward_overlap",
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "results": results,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_avg_at_end": load,
+        },
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "reward_overlap.json").write_text(json.dumps(result, indent=2))
     lines = []
     for res in results:
-        what = (f"tiny SpatialScore + {res['delay_s_per_image'] * 1e3:.1f} ms per image" if res["kind"] == "delay"
-                else f"random SpatialScore of {res['reward_parameters'] / 1e6:.1f} M parameters at "
-                     f"{res['reward_image_size']} px")
-        lines += [f"**{res['kind']}** ({what}; {res['steps_per_variant']} steps per variant)", "",
-                  "| variant | step s | vs in-process sync | rollout s | reward s (after the rollout) | update s |",
-                  "|---|---|---|---|---|---|"]
+        what = (
+            f"tiny SpatialScore + {res['delay_s_per_image'] * 1e3:.1f} ms per image"
+            if res["kind"] == "delay"
+            else f"random SpatialScore of {res['reward_parameters'] / 1e6:.1f} M parameters at "
+            f"{res['reward_image_size']} px"
+        )
+        lines += [
+            f"**{res['kind']}** ({what}; {res['steps_per_variant']} steps per variant)",
+            "",
+            "| variant | step s | vs in-process sync | rollout s | reward s (after the rollout) | update s |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, v in res["medians"].items():
-            lines.append(f"| {name} | {v['step']:.2f} | {v['vs_in_process_sync']:.2f}x | {v['rollout']:.2f} | "
-                         f"{v['reward']:.2f} | {v['update']:.2f} |")
+            lines.append(
+                f"| {name} | {v['step']:.2f} | {v['vs_in_process_sync']:.2f}x | {v['rollout']:.2f} | "
+                f"{v['reward']:.2f} | {v['update']:.2f} |"
+            )
         served = res["medians"]["served, overlapped"]
         lines += ["", f"Served overlapped / served sync: **{served['vs_served_sync']:.2f}x**.", ""]
     lines.append(

@@ -131,12 +131,21 @@ def qwen2_5_vl_7b_config(*, tokenizer: Any, layers: int | None = None) -> Qwen2_
         vision["fullatt_block_indexes"] = [i for i in vision["fullatt_block_indexes"] if i < layers] or [layers - 1]
     ids = {
         f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{token}|>")
-        for name, token in (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"),
-                            ("vision_end", "vision_end"))
+        for name, token in (
+            ("image", "image_pad"),
+            ("video", "video_pad"),
+            ("vision_start", "vision_start"),
+            ("vision_end", "vision_end"),
+        )
     }
     text.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id, **ids)
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **ids,
+    )
 
 
 def qwen2_5_vl_7b_processor() -> SpatialProcessor:
@@ -224,8 +233,14 @@ def make_variants(args: argparse.Namespace, names: list[str]) -> list[Variant]:
     base_dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 
     def new(dtype: torch.dtype = base_dtype, rank: int = 16, checkpointing: bool = False) -> dict[str, Any]:
-        model = build_model(model=args.model, layers=args.layers, dtype=dtype, device=args.device, lora_rank=rank,
-                            checkpointing=checkpointing)
+        model = build_model(
+            model=args.model,
+            layers=args.layers,
+            dtype=dtype,
+            device=args.device,
+            lora_rank=rank,
+            checkpointing=checkpointing,
+        )
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         return {"model": model, "optimizer": optimizer, "checkpointing": checkpointing}
 
@@ -241,8 +256,14 @@ def make_variants(args: argparse.Namespace, names: list[str]) -> list[Variant]:
             if name == "checkpointing_fixed":
                 variants[-1].model.backbone.disable_input_require_grads()
         else:
-            variants.append(Variant(name, **shared, fused=name != "two_forwards",
-                                    encoder="processor" if name == "processor" else "vectorised"))
+            variants.append(
+                Variant(
+                    name,
+                    **shared,
+                    fused=name != "two_forwards",
+                    encoder="processor" if name == "processor" else "vectorised",
+                )
+            )
     return variants
 
 
@@ -295,10 +316,18 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="preference pairs per step (2x sequences)")
     parser.add_argument("--image-size", type=int, default=None, help="default: 128 (bench), 448 (7b)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (after one warm-up round)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
-                        help="default: all on CPU; all but full_ft and bf16 on CUDA")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile 2 steps of baseline and bf16 with torch.profiler (reward_step_profile.md)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=None,
+        help="default: all on CPU; all but full_ft and bf16 on CUDA",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 2 steps of baseline and bf16 with torch.profiler (reward_step_profile.md)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -333,17 +362,19 @@ def main() -> None:
         enc = statistics.median(t[0] for t in times[v.name])
         mod = statistics.median(t[1] for t in times[v.name])
         model_flops = flops["baseline"] if v.checkpointing else flops[v.name]
-        rows.append({
-            "variant": v.name,
-            "change": VARIANTS[v.name],
-            "encode_ms": enc * 1e3,
-            "model_ms": mod * 1e3,
-            "model_ms_all": [t[1] * 1e3 for t in times[v.name]],
-            "pairs_per_s": args.pairs / (enc + mod),
-            "gflop_counted": flops[v.name] / 1e9,
-            "model_gflop_per_s": model_flops / mod / 1e9,
-            "mfu": {name: model_flops / mod / peak for name, peak in peaks.items()},
-        })
+        rows.append(
+            {
+                "variant": v.name,
+                "change": VARIANTS[v.name],
+                "encode_ms": enc * 1e3,
+                "model_ms": mod * 1e3,
+                "model_ms_all": [t[1] * 1e3 for t in times[v.name]],
+                "pairs_per_s": args.pairs / (enc + mod),
+                "gflop_counted": flops[v.name] / 1e9,
+                "model_gflop_per_s": model_flops / mod / 1e9,
+                "mfu": {name: model_flops / mod / peak for name, peak in peaks.items()},
+            }
+        )
     speed = {r["variant"]: r["pairs_per_s"] for r in rows}
     for r in rows:
         r["speed_vs_baseline"] = r["pairs_per_s"] / speed[base.name]
@@ -356,24 +387,34 @@ def main() -> None:
         "trainable_lora": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "pairs": args.pairs,
         "image_size": image_size,
-        "sequence_length": int(model.encoder(prompts=[PROMPT.format(0)], images=make_images(
-            count=1, size=image_size, seed=0))["attention_mask"].sum()),
+        "sequence_length": int(
+            model.encoder(prompts=[PROMPT.format(0)], images=make_images(count=1, size=image_size, seed=0))[
+                "attention_mask"
+            ].sum()
+        ),
         "repeats": args.repeats,
         "device": args.device,
         "peak_gflop_per_s": {k: v / 1e9 for k, v in peaks.items()},
         "results": rows,
-        "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_avg": os.getloadavg(),
-                    "gpu": torch.cuda.get_device_name() if cuda else None},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_avg": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name() if cuda else None,
+        },
     }
-    suffix = "" if args.model == "bench" and not cuda else f"_{args.model}{args.layers or ''}_{args.device.split(':')[0]}"
+    suffix = (
+        "" if args.model == "bench" and not cuda else f"_{args.model}{args.layers or ''}_{args.device.split(':')[0]}"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"reward_step{suffix}.json").write_text(json.dumps(result, indent=2))
     peak_names = list(peaks)
     lines = [
-        "| variant | change | encode ms | model ms (min-max) | pairs/s | vs baseline | GFLOP counted | achieved GFLOP/s | "
-        + " | ".join(f"MFU vs {p}" for p in peak_names) + " |",
+        "| variant | change | encode ms | model ms (min-max) | pairs/s | vs baseline | GFLOP counted "
+        "| achieved GFLOP/s | " + " | ".join(f"MFU vs {p}" for p in peak_names) + " |",
         "|---|---|---|---|---|---|---|---|" + "---|" * len(peak_names),
     ]
     for r in rows:
@@ -381,7 +422,8 @@ def main() -> None:
             f"| {r['variant']} | {r['change']} | {r['encode_ms']:.1f} | {r['model_ms']:.0f} "
             f"({min(r['model_ms_all']):.0f}-{max(r['model_ms_all']):.0f}) | {r['pairs_per_s']:.2f} | "
             f"{r['speed_vs_baseline']:.2f} | {r['gflop_counted']:.1f} | {r['model_gflop_per_s']:.1f} | "
-            + " | ".join(f"{100 * r['mfu'][p]:.1f}%" for p in peak_names) + " |"
+            + " | ".join(f"{100 * r['mfu'][p]:.1f}%" for p in peak_names)
+            + " |"
         )
     lines += [
         "",
@@ -427,10 +469,16 @@ def profile_steps(variant: Variant, *, pairs: int, image_size: int, device: str,
     categories: dict[str, float] = {}
     for e in events:
         categories[op_category(e.key)] = categories.get(op_category(e.key), 0.0) + getattr(e, key)
-    lines = [f"### {variant.name}: {total / 1e3 / steps:.0f} ms of operator self time per step", "",
-             "| category | ms / step | share |", "|---|---|---|"]
-    lines += [f"| {name} | {value / 1e3 / steps:.1f} | {100 * value / total:.1f}% |"
-              for name, value in sorted(categories.items(), key=lambda item: -item[1])]
+    lines = [
+        f"### {variant.name}: {total / 1e3 / steps:.0f} ms of operator self time per step",
+        "",
+        "| category | ms / step | share |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {value / 1e3 / steps:.1f} | {100 * value / total:.1f}% |"
+        for name, value in sorted(categories.items(), key=lambda item: -item[1])
+    ]
     lines += ["", "| operator | calls / step | self ms / step | share |", "|---|---|---|---|"]
     for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:12]:
         value = getattr(e, key)

@@ -37,8 +37,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    data = SyntheticData(directory=tempfile.mkdtemp(), train_pairs=16, val_pairs=0, test_pairs=0, stages=(1,),
-                         eval_stages=(1,))
+    data = SyntheticData(
+        directory=tempfile.mkdtemp(), train_pairs=16, val_pairs=0, test_pairs=0, stages=(1,), eval_stages=(1,)
+    )
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in WINDOWS}
     for _ in range(args.repeats):
         for name, window in WINDOWS.items():
@@ -50,8 +51,13 @@ def main() -> None:
         "k": 6,
         "num_steps": 6,
         "trained_steps": {name: 5 if window is None else len(window) for name, window in WINDOWS.items()},
-        "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_avg": os.getloadavg()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_avg": os.getloadavg(),
+        },
     }
     for name, values in rows.items():
         result[name] = {k: statistics.median(r[k] for r in values) for k in KEYS}
@@ -65,9 +71,11 @@ def main() -> None:
     lines = [
         "| trained steps | training passes / step | rollout s | reward s | update s | step s |",
         "|---|---|---|---|---|---|",
-        *(f"| {label} | {v['passes']:.0f} | {v['seconds_rollout']:.2f} | {v['seconds_reward']:.3f} | "
-          f"{v['seconds_update']:.2f} | {v['step']:.2f} |"
-          for label, v in (("all but last (0-4)", full), ("window of the first 2 (0-1)", window))),
+        *(
+            f"| {label} | {v['passes']:.0f} | {v['seconds_rollout']:.2f} | {v['seconds_reward']:.3f} | "
+            f"{v['seconds_update']:.2f} | {v['step']:.2f} |"
+            for label, v in (("all but last (0-4)", full), ("window of the first 2 (0-1)", window))
+        ),
         f"| **ratio** | **{r['passes']:.2f}** | **{r['seconds_rollout']:.2f}** | | **{r['seconds_update']:.2f}** | "
         f"**{r['step']:.2f}** |",
         "",

@@ -61,9 +61,7 @@ def bench_model(name: str, folder: Path, *, size: int, steps: int, batch: int, r
     variants: dict[str, Callable[[], object]] = {
         "pipeline": pipeline,
         "rollout_ode": lambda: sample(policy, noise_level=0.0, sde_steps=[], **common),
-        "rollout_sde": lambda: sample(
-            policy, noise_level=0.9, generator=torch.Generator().manual_seed(0), **common
-        ),
+        "rollout_sde": lambda: sample(policy, noise_level=0.9, generator=torch.Generator().manual_seed(0), **common),
     }
     max_abs_diff = (sample(policy, noise_level=0.0, **common).images - pipeline()).abs().max().item()
     times: dict[str, list[float]] = {key: [] for key in variants}
@@ -101,9 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (config, size) in MODELS.items():
             folder = build_tiny_flux(Path(tmp) / name, seed=0, config=config)
-            rows.append(
-                bench_model(name, folder, size=size, steps=args.steps, batch=args.batch, repeats=args.repeats)
-            )
+            rows.append(bench_model(name, folder, size=size, steps=args.steps, batch=args.batch, repeats=args.repeats))
     result = {
         "benchmark": "sampler",
         "results": rows,
@@ -128,8 +124,7 @@ def main() -> None:
             f"{row['ratio_sde_over_pipeline']:.2f} | {row['ode_max_abs_diff_vs_pipeline']:.1e} |"
         )
     table = (
-        "\n".join(lines)
-        + f"\n\n{args.batch} images x {args.steps} steps, median of {args.repeats} interleaved runs, "
+        "\n".join(lines) + f"\n\n{args.batch} images x {args.steps} steps, median of {args.repeats} interleaved runs, "
         f"{torch.get_num_threads()} thread(s); prompt embeddings precomputed for both. The SDE rollout also "
         "records latents, means and log-probs of all but the last step.\n"
     )

@@ -42,8 +42,9 @@ def bench_model(name: str, tiny: TinyBackboneConfig, *, images: int, repeats: in
     pictures = make_images(count=images, size=tiny.image_size, seed=0)
 
     def one_by_one() -> torch.Tensor:
-        return torch.cat([model.score(prompts=[p], images=[x], batch_size=1).mu for p, x in zip(prompts, pictures,
-                                                                                                strict=True)])
+        return torch.cat(
+            [model.score(prompts=[p], images=[x], batch_size=1).mu for p, x in zip(prompts, pictures, strict=True)]
+        )
 
     variants: dict[str, Callable[[], torch.Tensor]] = {"one_by_one": one_by_one}
     for size in BATCHES:
@@ -67,8 +68,9 @@ def bench_model(name: str, tiny: TinyBackboneConfig, *, images: int, repeats: in
         "speedup_vs_one_by_one": {key: median["one_by_one"] / value for key, value in median.items()},
         "max_abs_diff_vs_one_by_one": max_diff,
         "score_scale": float(reference.abs().mean()),
-        "sequence_lengths": sorted({int(n) for n in model.encoder(prompts=prompts[:2], images=pictures[:2])[
-            "attention_mask"].sum(-1)}),
+        "sequence_lengths": sorted(
+            {int(n) for n in model.encoder(prompts=prompts[:2], images=pictures[:2])["attention_mask"].sum(-1)}
+        ),
     }
 
 
@@ -84,8 +86,13 @@ def main() -> None:
         "benchmark": "scoring",
         "repeats": args.repeats,
         "results": rows,
-        "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_avg": os.getloadavg()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_avg": os.getloadavg(),
+        },
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,9 +110,13 @@ def main() -> None:
             + f" | {best:.1f}x | {row['max_abs_diff_vs_one_by_one']:.1e} |"
         )
     lengths = "; ".join(f"{r['model']} {' and '.join(map(str, r['sequence_lengths']))}" for r in rows)
-    lines += ["", f"{args.images} images, prompts of two lengths alternating (tokens: {lengths}), encoding included; medians of {args.repeats} "
-              f"interleaved runs, {torch.get_num_threads()} thread(s). Max abs diff: batched vs one-by-one scores "
-              f"(mean |score| {np.mean([r['score_scale'] for r in rows]):.2f})."]
+    lines += [
+        "",
+        f"{args.images} images, prompts of two lengths alternating (tokens: {lengths}), encoding included; "
+        f"medians of {args.repeats} "
+        f"interleaved runs, {torch.get_num_threads()} thread(s). Max abs diff: batched vs one-by-one scores "
+        f"(mean |score| {np.mean([r['score_scale'] for r in rows]):.2f}).",
+    ]
     (out / "scoring.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -79,8 +79,22 @@ def start_server(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
 
 def spatialscore_serve(export: Path, *, max_batch: int, batch_timeout: float = 0.01) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "spatialscore.cli", "serve", "--model", str(export), "--port", str(port),
-               "--max-batch-size", str(max_batch), "--batch-timeout", str(batch_timeout), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "spatialscore.cli",
+        "serve",
+        "--model",
+        str(export),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max_batch),
+        "--batch-timeout",
+        str(batch_timeout),
+        "--log-level",
+        "warning",
+    ]
     return start_server(command, port)
 
 
@@ -189,12 +203,21 @@ def bench_model(name: str, tiny: TinyBackboneConfig, *, images: int, repeats: in
         row = {"variant": key, "images_per_s": images / wall, "median_wall_s": wall}
         if key in latencies:
             lat = np.array(latencies[key]) * 1e3
-            row |= {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                    "mean_batch_requests": float(np.mean(batch_sizes[key]))}
+            row |= {
+                "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+                "mean_batch_requests": float(np.mean(batch_sizes[key])),
+            }
         rows.append(row)
-    return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "image_size": tiny.image_size,
-            "images": images, "png_encode_ms_per_image": encode_ms, "max_abs_diff_served_vs_in_process": max_diff,
-            "rows": rows}
+    return {
+        "model": name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "image_size": tiny.image_size,
+        "images": images,
+        "png_encode_ms_per_image": encode_ms,
+        "max_abs_diff_served_vs_in_process": max_diff,
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -206,13 +229,22 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     with torch.no_grad():
-        results = [bench_model(n, MODELS[n], images=args.images, repeats=args.repeats, folder=folder)
-                   for n in args.models.split(",")]
+        results = [
+            bench_model(n, MODELS[n], images=args.images, repeats=args.repeats, folder=folder)
+            for n in args.models.split(",")
+        ]
     load = os.getloadavg()
     result = {
-        "benchmark": "serve", "repeats": args.repeats, "results": results,
-        "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_at_end": load},
+        "benchmark": "serve",
+        "repeats": args.repeats,
+        "results": results,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_avg_at_end": load,
+        },
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,10 +261,14 @@ def main() -> None:
             "|---|---|---|---|---|---|",
         ]
         for row in res["rows"]:
-            latency = (f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['mean_batch_requests']:.1f}"
-                       if "p50_ms" in row else "| |")
-            lines.append(f"| {row['variant']} | {row['images_per_s']:.1f} | {row['images_per_s'] / base:.2f}x | "
-                         f"{latency} |")
+            latency = (
+                f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['mean_batch_requests']:.1f}"
+                if "p50_ms" in row
+                else "| |"
+            )
+            lines.append(
+                f"| {row['variant']} | {row['images_per_s']:.1f} | {row['images_per_s'] / base:.2f}x | {latency} |"
+            )
         lines.append("")
     lines.append(
         f"{args.images} single-image requests per variant, medians of {args.repeats} interleaved rounds; server: one "

@@ -58,8 +58,9 @@ class StepTimes(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         m = trainer.callback_metrics
-        self.rows.append({k: float(m[f"train/{k}"]) for k in ("passes", "seconds_rollout", "seconds_reward",
-                                                                "seconds_update")})
+        self.rows.append(
+            {k: float(m[f"train/{k}"]) for k in ("passes", "seconds_rollout", "seconds_reward", "seconds_update")}
+        )
 
 
 def run(
@@ -86,9 +87,17 @@ def run(
         seed=0,
     )
     times = StepTimes()
-    trainer = L.Trainer(max_steps=steps, accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[times])
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[times],
+    )
     trainer.fit(module, PreferenceDataModule(synthetic=data, batch_size=prompts, view="prompts"))
     return times.rows[1:]  # the first step pays one-off costs (prompt encoding, allocations)
 
@@ -106,8 +115,10 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--out", default=None, help="output path without suffix (default: benchmarks/results/topk...)")
     args = parser.parse_args()
-    model = MEDIUM if args.model == "medium" else flux_dev_config(
-        double_layers=args.double_layers, single_layers=args.single_layers
+    model = (
+        MEDIUM
+        if args.model == "medium"
+        else flux_dev_config(double_layers=args.double_layers, single_layers=args.single_layers)
     )
     suffix = "" if args.model == "medium" and args.device == "cpu" else f"_{args.model}_{args.device}"
     args.out = args.out or str(Path(__file__).parent / "results" / f"topk{suffix}")
@@ -118,9 +129,18 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in rows:
             rows[variant] += run(variant, data, steps=args.steps + 1, prompts=args.prompts, **setting)
-    result = {"threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-              "model": args.model, "size": args.size, "device": args.device, "dtype": args.dtype,
-              "prompts": args.prompts, "group_size": 24, "k": 6, "trained_steps": 5}
+    result = {
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "model": args.model,
+        "size": args.size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "prompts": args.prompts,
+        "group_size": 24,
+        "k": 6,
+        "trained_steps": 5,
+    }
     for variant, values in rows.items():
         result[variant] = {k: statistics.median(r[k] for r in values) for k in values[0]}
         result[variant]["step"] = statistics.median(
@@ -135,13 +155,16 @@ def main() -> None:
     lines = [
         "| variant | training passes / step | update s | rollout s | reward s | step s |",
         "|---|---|---|---|---|---|",
-        *(f"| {name} | {v['passes']:.0f} | {v['seconds_update']:.2f} | {v['seconds_rollout']:.2f} | "
-          f"{v['seconds_reward']:.3f} | {v['step']:.2f} |" for name, v in (("top-k (k=6 of 24)", top),
-                                                                      ("no filtering", full))),
+        *(
+            f"| {name} | {v['passes']:.0f} | {v['seconds_update']:.2f} | {v['seconds_rollout']:.2f} | "
+            f"{v['seconds_reward']:.3f} | {v['step']:.2f} |"
+            for name, v in (("top-k (k=6 of 24)", top), ("no filtering", full))
+        ),
         f"| **ratio** | **{r['passes']:.2f}** | **{r['seconds_update']:.2f}** | | | **{r['step']:.2f}** |",
         "",
         f"{args.prompts} prompts x G=24, 6 sampling steps (5 trained), micro-batch 4, LoRA rank 16, model "
-        f"{args.model} at {args.size} px on {args.device} ({args.dtype}); medians over {args.repeats} x {args.steps} interleaved steps, "
+        f"{args.model} at {args.size} px on {args.device} ({args.dtype}); "
+        f"medians over {args.repeats} x {args.steps} interleaved steps, "
         f"{result['threads']} thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -48,9 +48,7 @@ def fails(*, prompts, images):
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 procedural scene pairs (stages 1 and 6), 24 records with mirrors."""
     out = tmp_path_factory.mktemp("bench-pairs")
-    return write_synthetic_dataset(
-        out, num_pairs=12, seed=0, stages=(1, 6), split="test", show_progress=False
-    )
+    return write_synthetic_dataset(out, num_pairs=12, seed=0, stages=(1, 6), split="test", show_progress=False)
 
 
 def _red(*, prompts: list[str], images: list[Image.Image]) -> list[float]:
@@ -253,10 +251,7 @@ def test_cli_end_to_end(pairs: Path, plugin_dir: Path, capsys: pytest.CaptureFix
     assert results["scorers"]["rule"]["overall"]["accuracy"] == 1.0
     for name in results["scorers"]:
         overall = results["scorers"][name]["overall"]
-        assert (
-            overall["n"] == 24
-            and 0.0 <= overall["ci_low"] <= overall["accuracy"] <= overall["ci_high"] <= 1.0
-        )
+        assert overall["n"] == 24 and 0.0 <= overall["ci_low"] <= overall["accuracy"] <= overall["ci_high"] <= 1.0
     assert "| overall | 24 | 1.000 [1.000, 1.000] |" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {
         "results.json",
@@ -288,9 +283,7 @@ def test_cli_errors(
 
 def test_cli_missing_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(
-            ["benchmark", "--pairs", str(tmp_path / "nope.jsonl"), "--scorer", "rule", "--out", str(tmp_path)]
-        )
+        main(["benchmark", "--pairs", str(tmp_path / "nope.jsonl"), "--scorer", "rule", "--out", str(tmp_path)])
     assert "manifest not found" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         run_benchmark(manifest=tmp_path / "nope.jsonl", scorers={"c": ConstantScorer()})
@@ -335,9 +328,7 @@ def test_spatialscore_scorer(pairs: Path, tmp_path: Path) -> None:
     from spatialscore.model import SpatialScore, SpatialScoreConfig
 
     SpatialScore.build(SpatialScoreConfig()).save_pretrained(tmp_path / "m")
-    scorer = build_scorer(
-        parse_scorer_spec(f"tiny=spatialscore:{tmp_path / 'm'}"), batch_size=8, device="cpu"
-    )
+    scorer = build_scorer(parse_scorer_spec(f"tiny=spatialscore:{tmp_path / 'm'}"), batch_size=8, device="cpu")
     results = run_benchmark(manifest=pairs, scorers={"tiny": scorer}, bootstrap=100, show_progress=False)
     overall = results["scorers"]["tiny"]["overall"]
     assert overall["n"] == 24

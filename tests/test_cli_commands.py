@@ -19,7 +19,9 @@ def _run(main, argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize(("main", "offered"), [(score_main, {"fit", "validate", "test"}), (rl_main, {"fit", "validate"})])
+@pytest.mark.parametrize(
+    ("main", "offered"), [(score_main, {"fit", "validate", "test"}), (rl_main, {"fit", "validate"})]
+)
 def test_help_lists_only_the_offered_lightning_commands(capsys, main, offered):
     code, out, _ = _run(main, ["--help"], capsys)
     assert code == 0

@@ -101,8 +101,11 @@ def _roots(cli: str) -> list[list[str]]:
     classes = set(_config_classes(cli))
     for name in CALLBACK_MODULES[cli]:
         module = importlib.import_module(name)
-        classes |= {f"{name}.{n}" for n, c in vars(module).items()
-                    if inspect.isclass(c) and issubclass(c, L.Callback) and c.__module__ == name}
+        classes |= {
+            f"{name}.{n}"
+            for n, c in vars(module).items()
+            if inspect.isclass(c) and issubclass(c, L.Callback) and c.__module__ == name
+        }
     for path in sorted(classes):
         module_name, _, class_name = path.rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)

@@ -129,7 +129,9 @@ def test_encoder_must_be_set(synthetic_dir):
 def test_synthetic_data_is_generated_once_and_never_silently_mismatched(tmp_path):
     from spatialscore.data.datamodule import SyntheticData
 
-    spec = SyntheticData(directory=str(tmp_path / "syn"), train_pairs=4, val_pairs=2, test_pairs=0, stages=(1,), eval_stages=(1,))
+    spec = SyntheticData(
+        directory=str(tmp_path / "syn"), train_pairs=4, val_pairs=2, test_pairs=0, stages=(1,), eval_stages=(1,)
+    )
     dm = PreferenceDataModule(synthetic=spec)
     dm.prepare_data()
     first = (tmp_path / "syn" / "train.jsonl").read_bytes()
@@ -143,8 +145,15 @@ def test_synthetic_data_is_generated_once_and_never_silently_mismatched(tmp_path
 
 
 def _loader_module(directory, **kwargs) -> PreferenceDataModule:
-    data = SyntheticData(directory=str(directory), train_pairs=24, val_pairs=4, test_pairs=0, stages=(1,),
-                         eval_stages=(1,), image_size=64)
+    data = SyntheticData(
+        directory=str(directory),
+        train_pairs=24,
+        val_pairs=4,
+        test_pairs=0,
+        stages=(1,),
+        eval_stages=(1,),
+        image_size=64,
+    )
     module = PreferenceDataModule(synthetic=data, batch_size=4, **kwargs)
     module.prepare_data()
     module.setup("fit")
@@ -186,8 +195,10 @@ def test_images_view_resizes_chosen_images(tmp_path):
 
 
 def test_images_of_different_sizes_need_image_size():
-    items = [{"id": "a", "prompt": "p", "image": torch.zeros(3, 8, 8)},
-             {"id": "b", "prompt": "q", "image": torch.zeros(3, 16, 16)}]
+    items = [
+        {"id": "a", "prompt": "p", "image": torch.zeros(3, 8, 8)},
+        {"id": "b", "prompt": "q", "image": torch.zeros(3, 16, 16)},
+    ]
     with pytest.raises(ValueError, match="image_size"):
         collate_images(items)
     assert collate_images(items[:1])["images"].shape == (1, 3, 8, 8)
@@ -201,7 +212,9 @@ def test_explicit_manifests_ignore_the_synthetic_block(synthetic_dir, tmp_path):
     """Issue 15: `fit` with train/val/test manifests and the tiny config's `data.synthetic` block wrote
     synthetic_spec.json into a folder it never created (FileNotFoundError), or refused a foreign record there."""
     missing = tmp_path / "never-created" / "synthetic"
-    spec = SyntheticData(directory=str(missing), train_pairs=4, val_pairs=2, test_pairs=2, stages=(1,), eval_stages=(1,))
+    spec = SyntheticData(
+        directory=str(missing), train_pairs=4, val_pairs=2, test_pairs=2, stages=(1,), eval_stages=(1,)
+    )
     module = PreferenceDataModule(**_explicit(synthetic_dir), synthetic=spec)
     module.prepare_data()
     assert not (tmp_path / "never-created").exists()
@@ -276,9 +289,17 @@ class _MeanImage(L.LightningModule):
 
 def test_lightning_validate_and_test_accept_a_checkpoint_of_another_batch_size(synthetic_dir, tmp_path):
     def trainer(**kwargs) -> L.Trainer:
-        return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         default_root_dir=str(tmp_path), **kwargs)
+        return L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=str(tmp_path),
+            **kwargs,
+        )
 
     def data(batch_size: int) -> PreferenceDataModule:
         return PreferenceDataModule(**_explicit(synthetic_dir), batch_size=batch_size, view="images")
@@ -291,7 +312,9 @@ def test_lightning_validate_and_test_accept_a_checkpoint_of_another_batch_size(s
     validated = trainer().validate(_MeanImage(), datamodule=data(8), ckpt_path=str(ckpt), verbose=False)
     tested = trainer().test(_MeanImage(), datamodule=data(8), ckpt_path=str(ckpt), verbose=False)
     assert "val_loss" in validated[0] and "test_loss" in tested[0]
-    with pytest.raises(ValueError, match=r"cannot resume training: .*data.batch_size=4, this run has .*data.batch_size=8"):
+    with pytest.raises(
+        ValueError, match=r"cannot resume training: .*data.batch_size=4, this run has .*data.batch_size=8"
+    ):
         trainer(max_steps=4).fit(_MeanImage(), datamodule=data(8), ckpt_path=str(ckpt))
     resumed = trainer(max_steps=4, limit_val_batches=1)
     resumed.fit(_MeanImage(), datamodule=data(4), ckpt_path=str(ckpt))

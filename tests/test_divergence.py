@@ -48,8 +48,9 @@ class Scripted(L.LightningModule):
         return (self.weight - batch.sum()) ** 2
 
     def validation_step(self, batch, batch_idx):
-        self.log_dict({"val/reward": self.rewards[self.validations],
-                       "val/strict_correct": self.judge[self.validations]})
+        self.log_dict(
+            {"val/reward": self.rewards[self.validations], "val/strict_correct": self.judge[self.validations]}
+        )
 
     def on_validation_epoch_end(self):
         self.validations += 1
@@ -64,10 +65,19 @@ def run(callback: RewardDivergence, tmp_path, start=None) -> tuple[L.Trainer, li
     module = Scripted([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.3, 0.5, 0.4, 0.3, 0.2, 0.1])
     module.start_metrics = start or {}
     data = torch.utils.data.DataLoader(torch.ones(64, 1), batch_size=4)
-    trainer = L.Trainer(max_steps=12, val_check_interval=2, check_val_every_n_epoch=None, accelerator="cpu",
-                        limit_val_batches=1, num_sanity_val_steps=0, callbacks=[callback], enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False,
-                        logger=CSVLogger(tmp_path, name="csv", version=0))
+    trainer = L.Trainer(
+        max_steps=12,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        accelerator="cpu",
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=CSVLogger(tmp_path, name="csv", version=0),
+    )
     trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
     rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
     return trainer, rows
@@ -77,7 +87,9 @@ def test_callback_logs_divergence_and_stops_only_when_asked(tmp_path):
     trainer, rows = run(RewardDivergence(), tmp_path / "watch")
     flags = [float(r["val/diverged"]) for r in rows if r.get("val/diverged")]
     assert flags == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0] and trainer.global_step == 12  # watched, not stopped
-    with pytest.warns(UserWarning, match=r"val/reward rose 0.200 -> 0.400 while val/strict_correct fell 0.500 -> 0.300"):
+    with pytest.warns(
+        UserWarning, match=r"val/reward rose 0.200 -> 0.400 while val/strict_correct fell 0.500 -> 0.300"
+    ):
         trainer, rows = run(RewardDivergence(stop=True), tmp_path / "stop")
     assert trainer.global_step == 8  # stopped at the 4th validation, the second past tolerance
     assert [float(r["val/diverged"]) for r in rows if r.get("val/diverged")] == [0.0, 0.0, 0.0, 1.0]

@@ -33,9 +33,7 @@ def echo(body: dict) -> str:
 
 def endpoint(url: str, cache_dir: Path | None, **options) -> ChatEndpoint:
     return ChatEndpoint(
-        EndpointConfig(
-            base_url=url, model="stub-model", cache_dir=cache_dir, cache=cache_dir is not None, **options
-        )
+        EndpointConfig(base_url=url, model="stub-model", cache_dir=cache_dir, cache=cache_dir is not None, **options)
     )
 
 
@@ -120,9 +118,7 @@ def test_slow_replies_time_out_per_request(chat_stub):
     stub = chat_stub(lambda body: StubReply(content="late", delay=30))
     chat = endpoint(stub.url, None, timeout=0.3, retries=1)
     begin = time.perf_counter()
-    with pytest.raises(
-        ChatEndpointError, match=r"after 2 attempts \(0.3 s timeout each\): APITimeoutError"
-    ) as error:
+    with pytest.raises(ChatEndpointError, match=r"after 2 attempts \(0.3 s timeout each\): APITimeoutError") as error:
         chat.complete(user("a slow prompt"), label="a slow prompt")
     assert time.perf_counter() - begin < 5
     assert stub.url in str(error.value) and "'a slow prompt'" in str(error.value)
@@ -192,9 +188,7 @@ def test_parse_json_object_and_options():
     assert parse_json_object('```json\n{"a": 1}\n```') == {"a": 1}
     with pytest.raises(ReplyRejected, match="must be a JSON object"):
         parse_json_object("[1]")
-    assert parse_options(
-        ["concurrency=8", "base_url=http://h:1/v1", 'model="7"', 'kinds=["flip"]'], what="x"
-    ) == {
+    assert parse_options(["concurrency=8", "base_url=http://h:1/v1", 'model="7"', 'kinds=["flip"]'], what="x") == {
         "concurrency": 8,
         "base_url": "http://h:1/v1",
         "model": "7",
@@ -242,15 +236,9 @@ def test_flat_options_build_the_config():
         what="x",
         own=("attempts",),
     )
-    assert config == EndpointConfig(base_url="http://h:1/v1", model="m", concurrency=8) and own == {
-        "attempts": 2
-    }
-    with pytest.raises(
-        ValueError, match=r"^x: unknown option 'colour' \(known: base_url, model, .*attempts\)"
-    ):
-        endpoint_options(
-            {"base_url": "http://h:1/v1", "model": "m", "colour": "red"}, what="x", own=("attempts",)
-        )
+    assert config == EndpointConfig(base_url="http://h:1/v1", model="m", concurrency=8) and own == {"attempts": 2}
+    with pytest.raises(ValueError, match=r"^x: unknown option 'colour' \(known: base_url, model, .*attempts\)"):
+        endpoint_options({"base_url": "http://h:1/v1", "model": "m", "colour": "red"}, what="x", own=("attempts",))
     with pytest.raises(ValueError, match=r"x needs base_url=\.\.\. and model=\.\.\."):
         endpoint_options({"concurrency": 2}, what="x")
     with pytest.raises(ValueError, match="^x: concurrency must be an integer >= 1"):

@@ -32,9 +32,7 @@ def test_logit_normal_timesteps() -> None:
     # a (nearly) degenerate normal gives sigmoid(mean): sigmoid(ln 3) = 3/4, shifted by 3: 2.25 / 1.5 = 0.9
     point = sample_timesteps(3, generator=torch.Generator().manual_seed(1), mean=math.log(3), std=1e-8)
     assert torch.allclose(point, torch.full((3,), 0.75))
-    shifted = sample_timesteps(
-        3, generator=torch.Generator().manual_seed(1), mean=math.log(3), std=1e-8, shift=3.0
-    )
+    shifted = sample_timesteps(3, generator=torch.Generator().manual_seed(1), mean=math.log(3), std=1e-8, shift=3.0)
     assert torch.allclose(shifted, torch.full((3,), 0.9))
     # the generator decides the draw
     again = sample_timesteps(20_000, generator=torch.Generator().manual_seed(0))

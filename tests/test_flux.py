@@ -24,9 +24,7 @@ T5_LENGTH = 16
 
 @pytest.fixture(scope="module")
 def policy() -> FluxPolicy:
-    return FluxPolicy.from_pretrained(
-        resolve_tiny_flux(seed=0), dtype=torch.float32, max_sequence_length=T5_LENGTH
-    )
+    return FluxPolicy.from_pretrained(resolve_tiny_flux(seed=0), dtype=torch.float32, max_sequence_length=T5_LENGTH)
 
 
 def _pipeline_images(policy: FluxPolicy, *, height: int, width: int, steps: int, **kwargs) -> torch.Tensor:
@@ -124,15 +122,11 @@ def test_sigmas_and_ode_rollout_follow_the_scheduler_config(
 
 def test_initial_noise_is_used_as_pipeline_latents(policy: FluxPolicy) -> None:
     noise = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(7))
-    ours = sample(
-        policy, prompts=PROMPTS, height=32, width=32, num_steps=3, noise_level=0.0, initial_noise=noise
-    )
+    ours = sample(policy, prompts=PROMPTS, height=32, width=32, num_steps=3, noise_level=0.0, initial_noise=noise)
     ref = _pipeline_images(policy, height=32, width=32, steps=3, latents=noise)
     torch.testing.assert_close(ours.images, ref, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="initial_noise"):
-        sample(
-            policy, prompts=PROMPTS, height=48, width=32, num_steps=3, noise_level=0.0, initial_noise=noise
-        )
+        sample(policy, prompts=PROMPTS, height=48, width=32, num_steps=3, noise_level=0.0, initial_noise=noise)
 
 
 @pytest.mark.parametrize("kind", ["sde", "dance", "cps"])
@@ -210,9 +204,7 @@ def test_prompt_cache_does_not_reencode(policy: FluxPolicy) -> None:
         for hook in hooks:
             hook.remove()
     assert embeds.shape == (2, T5_LENGTH, 32) and pooled.shape == (2, 32)
-    fresh = FluxPolicy.from_pretrained(
-        resolve_tiny_flux(seed=0), dtype=torch.float32, max_sequence_length=T5_LENGTH
-    )
+    fresh = FluxPolicy.from_pretrained(resolve_tiny_flux(seed=0), dtype=torch.float32, max_sequence_length=T5_LENGTH)
     ref_embeds, ref_pooled, _ = fresh.pipeline().encode_prompt(PROMPTS, max_sequence_length=T5_LENGTH)
     torch.testing.assert_close(embeds, ref_embeds, atol=1e-6, rtol=0)
     torch.testing.assert_close(pooled, ref_pooled, atol=1e-6, rtol=0)
@@ -249,9 +241,7 @@ def test_tiny_folder_round_trips(tmp_path: Path, policy: FluxPolicy) -> None:
         dtype=torch.float32,
         max_sequence_length=T5_LENGTH,
     )
-    assert not torch.allclose(
-        sample(other, generator=torch.Generator().manual_seed(0), **kwargs).images, ref.images
-    )
+    assert not torch.allclose(sample(other, generator=torch.Generator().manual_seed(0), **kwargs).images, ref.images)
     pipe = FluxPipeline.from_pretrained(folder, local_files_only=True)
     assert torch.equal(pipe.transformer.x_embedder.weight, loaded.transformer.x_embedder.weight)
 
@@ -271,9 +261,7 @@ def test_save_pretrained_writes_what_flux_pipeline_writes(tmp_path: Path, policy
 
 
 def test_bf16_policy_samples_finite(policy: FluxPolicy) -> None:
-    bf16 = FluxPolicy.from_pretrained(
-        resolve_tiny_flux(seed=0), dtype=torch.bfloat16, max_sequence_length=T5_LENGTH
-    )
+    bf16 = FluxPolicy.from_pretrained(resolve_tiny_flux(seed=0), dtype=torch.bfloat16, max_sequence_length=T5_LENGTH)
     traj = sample(
         bf16,
         prompts=PROMPTS,
@@ -295,7 +283,8 @@ def test_encodings_cached_under_inference_mode_can_be_trained_on(policy: FluxPol
     embeds, pooled = policy.encode_prompts(PROMPTS)
     assert not torch.is_inference(embeds) and not torch.is_inference(pooled)
     latents = torch.randn(2, 4, 4 * policy.latent_channels, requires_grad=True)
-    velocity = policy.velocity(latents=latents, sigma=0.5, prompt_embeds=embeds, pooled=pooled,
-                               img_ids=policy.latent_image_ids(32, 32))
+    velocity = policy.velocity(
+        latents=latents, sigma=0.5, prompt_embeds=embeds, pooled=pooled, img_ids=policy.latent_image_ids(32, 32)
+    )
     velocity.square().mean().backward()
     assert latents.grad is not None

@@ -42,9 +42,7 @@ def test_filters_reject_bad_input():
 
 
 def brute_force_max_variance(values, k):
-    return max(
-        np.var([values[i] for i in subset]) for subset in itertools.combinations(range(len(values)), k)
-    )
+    return max(np.var([values[i] for i in subset]) for subset in itertools.combinations(range(len(values)), k))
 
 
 def test_maxvar_filter_matches_brute_force():
@@ -125,9 +123,7 @@ def test_group_advantages_global_and_none():
     global_std = float(np.std([1.0, 3.0, 10.0, 14.0]))
     adv = group_advantages(rewards, std_mode="global")
     torch.testing.assert_close(adv, torch.tensor([[-1.0, 1.0], [-2.0, 2.0]]) / (global_std + 1e-4))
-    torch.testing.assert_close(
-        group_advantages(rewards, std_mode="none"), torch.tensor([[-1.0, 1.0], [-2.0, 2.0]])
-    )
+    torch.testing.assert_close(group_advantages(rewards, std_mode="none"), torch.tensor([[-1.0, 1.0], [-2.0, 2.0]]))
     mask = torch.tensor([[True, True], [True, False]])
     kept_std = float(np.std([1.0, 3.0, 10.0]))
     torch.testing.assert_close(
@@ -187,9 +183,7 @@ def test_ppo_clip_loss_hand_computed():
     ratio = torch.tensor([1.0, 1.5, 0.5, 1.1])
     old = torch.tensor([-0.3, 0.2, 1.0, -2.0])
     advantages = torch.tensor([1.0, 1.0, -1.0, 2.0])
-    loss, stats = ppo_clip_loss(
-        log_prob=old + ratio.log(), old_log_prob=old, advantages=advantages, clip_range=0.2
-    )
+    loss, stats = ppo_clip_loss(log_prob=old + ratio.log(), old_log_prob=old, advantages=advantages, clip_range=0.2)
     # elementwise max(-A rho, -A clip(rho, 0.8, 1.2)): -1, max(-1.5, -1.2), max(0.5, 0.8), -2.2
     assert loss.item() == pytest.approx((-1.0 - 1.2 + 0.8 - 2.2) / 4, rel=1e-6)
     assert stats["clip_fraction"].item() == pytest.approx(0.5)
@@ -212,17 +206,13 @@ def test_ppo_clip_loss_on_policy_gradient_is_policy_gradient():
 
 def test_ppo_clip_loss_rejects_bad_shapes():
     with pytest.raises(ValueError):
-        ppo_clip_loss(
-            log_prob=torch.zeros(3), old_log_prob=torch.zeros(4), advantages=torch.zeros(3), clip_range=0.1
-        )
+        ppo_clip_loss(log_prob=torch.zeros(3), old_log_prob=torch.zeros(4), advantages=torch.zeros(3), clip_range=0.1)
     with pytest.raises(ValueError):
         ppo_clip_loss(
             log_prob=torch.zeros(3), old_log_prob=torch.zeros(3), advantages=torch.zeros(3, 1), clip_range=0.1
         )
     with pytest.raises(ValueError):
-        ppo_clip_loss(
-            log_prob=torch.zeros(3), old_log_prob=torch.zeros(3), advantages=torch.zeros(3), clip_range=0.0
-        )
+        ppo_clip_loss(log_prob=torch.zeros(3), old_log_prob=torch.zeros(3), advantages=torch.zeros(3), clip_range=0.0)
 
 
 def test_kl_to_reference_hand_computed_and_differentiable():

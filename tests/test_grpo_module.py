@@ -22,8 +22,9 @@ from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
 @pytest.fixture(scope="module")
 def prompt_data(tmp_path_factory) -> SyntheticData:
     directory = tmp_path_factory.mktemp("rl-data")
-    return SyntheticData(directory=str(directory), train_pairs=16, val_pairs=2, test_pairs=0, stages=(1,),
-                         eval_stages=(1,))
+    return SyntheticData(
+        directory=str(directory), train_pairs=16, val_pairs=2, test_pairs=0, stages=(1,), eval_stages=(1,)
+    )
 
 
 def make_module(reward: Reward | None = None, **grpo) -> FluxGRPOModule:
@@ -113,7 +114,9 @@ def test_shared_initial_noise_and_seeds():
         module = make_module()
         module.sampling.shared_initial_noise = shared
         module.configure_model()
-        traj = module._rollout(["a red circle to the left of a blue square"] * 3, positions=[0, 0, 0], columns=[0, 1, 2])
+        traj = module._rollout(
+            ["a red circle to the left of a blue square"] * 3, positions=[0, 0, 0], columns=[0, 1, 2]
+        )
         starts[shared] = traj.latents[:, 0]  # the latents entering step 0 (a trained step): the initial noise
         assert not torch.equal(traj.next_latents[0, 0], traj.next_latents[1, 0])  # SDE noise differs per sample
     assert torch.equal(starts[True][0], starts[True][1]) and torch.equal(starts[True][0], starts[True][2])
@@ -186,8 +189,13 @@ def test_settings_that_train_nothing_or_fail_later_are_refused_by_name(specs, me
     ],
 )
 def test_settings_that_train_a_step_are_accepted(sampling):
-    FluxGRPOModule(reward=LeftRed(), lora=LoraSpec(rank=4), sampling=SamplingSpec(**sampling),
-                   grpo=GRPOSpec(kl_beta=0.0, filter="none", k=0), optimizer=OptimizerConfig(lr=0.0))
+    FluxGRPOModule(
+        reward=LeftRed(),
+        lora=LoraSpec(rank=4),
+        sampling=SamplingSpec(**sampling),
+        grpo=GRPOSpec(kl_beta=0.0, filter="none", k=0),
+        optimizer=OptimizerConfig(lr=0.0),
+    )
 
 
 def test_single_step_sampling_trained_nothing(prompt_data):
@@ -296,9 +304,17 @@ def test_strict_reward_diagnostics_and_prompt_grid_reach_every_logger(prompt_dat
     module.eval_spec = EvalSpec(num_steps=2, samples_per_prompt=2, grid_prompts=1, at_start=True)
     dm = PreferenceDataModule(synthetic=prompt_data, batch_size=2, view="prompts")
     logger = CSVLogger(tmp_path, name="csv")
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        val_check_interval=1, check_val_every_n_epoch=None)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=1,
+        check_val_every_n_epoch=None,
+    )
     trainer.fit(module, dm)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for name in ("strict_correct", "strict_extra", "strict_missing", "strict_lenient"):

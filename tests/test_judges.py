@@ -73,19 +73,13 @@ def square(colour: tuple[int, int, int]) -> Image.Image:
 
 
 def test_pointwise_sends_images_and_parses_scores(chat_stub):
-    stub = chat_stub(
-        lambda body: json.dumps({"score": 1 + decode(images_of(body)[0]).getpixel((0, 0))[0] // 28})
-    )
+    stub = chat_stub(lambda body: json.dumps({"score": 1 + decode(images_of(body)[0]).getpixel((0, 0))[0] // 28}))
     scores = judge(PointwiseJudge, stub.url, seed=3)(
         prompts=["a red square", "a dark square"], images=[square((250, 0, 0)), square((10, 0, 0))]
     )
     assert scores == [9.0, 1.0] and stub.count == 2
     body = stub.bodies[0]
-    assert (
-        body["seed"] == 3
-        and body["temperature"] == 0.0
-        and body["response_format"] == {"type": "json_object"}
-    )
+    assert body["seed"] == 3 and body["temperature"] == 0.0 and body["response_format"] == {"type": "json_object"}
     assert body["messages"][0]["role"] == "system" and "1-10" in body["messages"][0]["content"]
 
 
@@ -95,9 +89,7 @@ def test_pointwise_rejects_bad_replies_and_then_fails_naming_endpoint_and_prompt
     assert judge(PointwiseJudge, stub.url)(prompts=["p"], images=[square((0, 0, 0))]) == [7.0]
     assert "not valid JSON" in last_user_text(stub.bodies[1]) and "got 11" in last_user_text(stub.bodies[2])
     stub.responder = lambda body: '{"score": "high"}'
-    with pytest.raises(
-        RepliesRejectedError, match=r"3 replies for prompt 'a cat left of a dog' rejected"
-    ) as error:
+    with pytest.raises(RepliesRejectedError, match=r"3 replies for prompt 'a cat left of a dog' rejected") as error:
         judge(PointwiseJudge, stub.url)(prompts=["a cat left of a dog"], images=[square((0, 0, 0))])
     assert stub.url in str(error.value)
 
@@ -118,9 +110,7 @@ def test_pairwise_asks_both_orders_and_cancels_position_bias(chat_stub):
         return json.dumps({"better": 1 if first > second else 2})
 
     faithful = chat_stub(sees_red)
-    assert judge(PairwiseJudge, faithful.url).compare(
-        prompts=["p", "q"], first=[good, bad], second=[bad, good]
-    ) == [
+    assert judge(PairwiseJudge, faithful.url).compare(prompts=["p", "q"], first=[good, bad], second=[bad, good]) == [
         1.0,
         0.0,
     ]
@@ -185,9 +175,7 @@ def test_benchmark_runs_judges_end_to_end(chat_stub, manifest, tmp_path, capsys)
 
 def test_benchmark_fails_loudly_when_the_judge_endpoint_fails(chat_stub, manifest):
     down = chat_stub(lambda body: StubReply(status=500))
-    scorer = build_scorer(
-        parse_scorer_spec(f"judge:pointwise,model=m,base_url={down.url},retries=0,cache=false")
-    )
+    scorer = build_scorer(parse_scorer_spec(f"judge:pointwise,model=m,base_url={down.url},retries=0,cache=false"))
     with pytest.raises(ChatEndpointError, match=re.escape(down.url) + r".*for prompt '.+' after 1 attempt"):
         run_benchmark(manifest=manifest, scorers={"judge": scorer}, show_progress=False, bootstrap=0)
 
@@ -245,17 +233,13 @@ def test_reward_in_a_weighted_sum(chat_stub):
     assert torch.allclose(parts["weighted"], 2 * parts["vlm_judge"] + 0.5)
     assert stub.count == 3
     again = pickle.loads(pickle.dumps(vlm))  # the HTTP client is made again after unpickling
-    assert torch.equal(
-        compute_reward(again, images=images, prompts=["dark", "bright", "grey"]), parts["vlm_judge"]
-    )
+    assert torch.equal(compute_reward(again, images=images, prompts=["dark", "bright", "grey"]), parts["vlm_judge"])
 
 
 def test_reward_failure_fails_the_step_naming_endpoint_and_prompt(chat_stub):
     down = chat_stub(lambda body: StubReply(status=503))
     reward = VLMJudgeReward(endpoint=stub_endpoint(down.url, retries=0))
-    with pytest.raises(
-        ChatEndpointError, match=re.escape(down.url) + r".*'a red circle left of a blue square'"
-    ):
+    with pytest.raises(ChatEndpointError, match=re.escape(down.url) + r".*'a red circle left of a blue square'"):
         compute_reward(reward, images=torch.zeros(1, 3, 8, 8), prompts=["a red circle left of a blue square"])
     nonsense = chat_stub(lambda body: '{"score": null}')
     reward = VLMJudgeReward(endpoint=stub_endpoint(nonsense.url), attempts=2)
@@ -288,10 +272,7 @@ model:
     reward = parser.instantiate(parser.parse_string(yaml.safe_dump(config))).model.reward
     _, vlm = reward.rewards
     assert isinstance(vlm, VLMJudgeReward) and vlm.judge.endpoint.concurrency == 16
-    assert (
-        vlm.judge.endpoint.base_url == "http://127.0.0.1:8000/v1"
-        and reward.component_names()[-1] == "vlm_judge"
-    )
+    assert vlm.judge.endpoint.base_url == "http://127.0.0.1:8000/v1" and reward.component_names()[-1] == "vlm_judge"
     assert vlm.judge.chat.config.cache_dir == str(tmp_path) and vlm.judge.attempts == 2
     endpoint = config["model"]["reward"]["init_args"]["rewards"][1]["init_args"]["endpoint"]
     endpoint["concurrency"] = 0  # checked when instantiated, naming the field

@@ -74,9 +74,7 @@ BAD_REPLIES = {
     "wrong edit count": (
         TWO,
         1,
-        reply(
-            "a lamp below a desk, a cat right of a dog", ("flip", "above", "below"), ("flip", "left", "right")
-        ),
+        reply("a lamp below a desk, a cat right of a dog", ("flip", "above", "below"), ("flip", "left", "right")),
         "2 edits, 1 requested",
     ),
     "unknown kind": (
@@ -157,9 +155,7 @@ def test_occurrence_picks_the_repeated_phrase_and_swaps_span_objects(chat_stub):
     )
     result = perturber(stub.url)(prompt, num=1, rng=random.Random(0))
     assert result.edits == [Edit("swap", 25, 44, "a jar left of a box", "a box left of a jar")]
-    stub.responder = lambda body: reply(
-        "a cup left of a vase and a jar right of a box", ("flip", "left", "right", 2)
-    )
+    stub.responder = lambda body: reply("a cup left of a vase and a jar right of a box", ("flip", "left", "right", 2))
     result = perturber(stub.url)(prompt, num=1, rng=random.Random(1))
     assert result.edits == [Edit("flip", 31, 35, "left", "right")]
 
@@ -170,17 +166,13 @@ def test_model_may_decline_and_two_or_three_falls_back(chat_stub):
             return json.dumps({"skip": "no spatial relation", "available": 0})
         if task(body)["edits_requested"] == 3:
             return json.dumps({"skip": "only two relations", "available": 2})
-        return reply(
-            "a lamp below a desk, a cat right of a dog", ("flip", "above", "below"), ("flip", "left", "right")
-        )
+        return reply("a lamp below a desk, a cat right of a dog", ("flip", "above", "below"), ("flip", "left", "right"))
 
     stub = chat_stub(answer)
     results, skipped = perturb_prompts(
         [TWO, "a quiet room"] * 3, num="2-3", seed=0, perturber=perturber(stub.url, concurrency=2)
     )
-    assert [r.num_perturbations for r in results] == [2, 2, 2] and all(
-        r.subset == "2-3-pert" for r in results
-    )
+    assert [r.num_perturbations for r in results] == [2, 2, 2] and all(r.subset == "2-3-pert" for r in results)
     assert [s.reason for s in skipped] == ["the model declined: no spatial relation"] * 3
     assert {task(b)["edits_requested"] for b in stub.bodies if task(b)["prompt"] == TWO} >= {2}
 
@@ -193,9 +185,7 @@ GOOD = {
     ),
 }
 NEVER_VALID = {
-    "a photo of a fork above a hair drier": BAD_REPLIES["framing text dragged into a swap (validity rule)"][
-        2
-    ],
+    "a photo of a fork above a hair drier": BAD_REPLIES["framing text dragged into a swap (validity rule)"][2],
     "a quiet room": json.dumps({"skip": "no spatial relation", "available": 0}),
 }
 
@@ -237,16 +227,12 @@ def test_cli_verified_output_concurrent_cached_and_resumable(chat_stub, tmp_path
     assert all(verify_record(r) == [] for r in out)  # every written line passes the verifier again
     skipped = [json.loads(line) for line in (tmp_path / "out.skipped.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in skipped] == list(NEVER_VALID)
-    assert "framing text moved" in skipped[0]["reason"] and skipped[1]["reason"].endswith(
-        "no spatial relation"
-    )
+    assert "framing text moved" in skipped[0]["reason"] and skipped[1]["reason"].endswith("no spatial relation")
     assert stub.count == 3 + 3 + 1  # the never-valid swap was asked 3 times (attempts)
     assert stub.max_in_flight == 2
     assert {h["authorization"] for h in stub.headers} == {"Bearer sk-llm-test"}
     first = (tmp_path / "out.jsonl").read_bytes()
-    assert (
-        perturb_cli(tmp_path, stub, "--perturber-option", "concurrency=2") == 0
-    )  # a rerun: all from the cache
+    assert perturb_cli(tmp_path, stub, "--perturber-option", "concurrency=2") == 0  # a rerun: all from the cache
     assert stub.count == 7 and (tmp_path / "out.jsonl").read_bytes() == first
     seeds = {task(b)["prompt"]: b["seed"] for b in stub.bodies}
     assert perturb_cli(tmp_path, stub, "--seed", "1") == 0  # another seed asks again, with other seeds
@@ -337,9 +323,7 @@ def test_verify_perturbations_reports_each_line(tmp_path, capsys):
         },
     ]
     path = tmp_path / "external.jsonl"
-    path.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
-    )
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     code = main(
         [
             "verify-perturbations",
@@ -356,13 +340,9 @@ def test_verify_perturbations_reports_each_line(tmp_path, capsys):
     assert f"{path}:3 (id c): 1 edit, 2 requested" in printed
     assert f"{path}:4 (id d): applying the edits does not give the perturbed prompt" in printed
     assert any(line.startswith(f"{path}:5: invalid JSON") for line in printed)
-    assert any(
-        line.startswith(f"{path}:6 (id f): words other than relation words changed") for line in printed
-    )
+    assert any(line.startswith(f"{path}:6 (id f): words other than relation words changed") for line in printed)
     assert f"{path}:7 (id g): subset '2-3-pert' does not match num_perturbations=1" in printed
-    assert any(
-        line.startswith(f"{path}:8 (id h): edits[0] needs start, end, before, after") for line in printed
-    )
+    assert any(line.startswith(f"{path}:8 (id h): edits[0] needs start, end, before, after") for line in printed)
     assert not any(line.startswith((f"{path}:1 ", f"{path}:2:", f"{path}:9 ")) for line in printed)
     assert "3 of 9 records valid, 6 with problems" in captured.err
     kept = (tmp_path / "k.jsonl").read_text(encoding="utf-8").splitlines()

@@ -22,9 +22,7 @@ def _pairs(n: int, *, seed: int = 0, dtype: torch.dtype = torch.float64, sigma_s
 
 
 def _ebt(mu_c, sigma_c, mu_r, sigma_r, **kwargs):
-    return expected_bt_loss(
-        mu_chosen=mu_c, sigma_chosen=sigma_c, mu_rejected=mu_r, sigma_rejected=sigma_r, **kwargs
-    )
+    return expected_bt_loss(mu_chosen=mu_c, sigma_chosen=sigma_c, mu_rejected=mu_r, sigma_rejected=sigma_r, **kwargs)
 
 
 def _fine_grid_expectation(mean: float, std: float) -> float:
@@ -41,9 +39,7 @@ def test_bradley_terry_matches_formula_and_reductions():
     loss = bradley_terry_loss(chosen=chosen, rejected=rejected, reduction="none")
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(bradley_terry_loss(chosen=chosen, rejected=rejected), expected.mean())
-    torch.testing.assert_close(
-        bradley_terry_loss(chosen=chosen, rejected=rejected, reduction="sum"), expected.sum()
-    )
+    torch.testing.assert_close(bradley_terry_loss(chosen=chosen, rejected=rejected, reduction="sum"), expected.sum())
     assert loss[2].item() == pytest.approx(math.log(2))
     with pytest.raises(ValueError, match="reduction"):
         bradley_terry_loss(chosen=chosen, rejected=rejected, reduction="max")

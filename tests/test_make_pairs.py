@@ -69,9 +69,7 @@ def pixels(path: Path) -> np.ndarray:
 def test_pairs_form_a_valid_manifest_and_skipped_prompts_are_reported(
     pipe: Any, perturbed: Path, tmp_path: Path
 ) -> None:
-    result = make_pairs(
-        prompts=perturbed, pipeline=pipe, out=tmp_path, batch_size=4, show_progress=False, **RENDER
-    )
+    result = make_pairs(prompts=perturbed, pipeline=pipe, out=tmp_path, batch_size=4, show_progress=False, **RENDER)
     assert (result.written, result.already_done, result.remaining) == (6, 0, 0)
     manifest = read_manifest(tmp_path / MANIFEST_NAME)  # validates every field and decodes every image
     records = {r.id: r for r in manifest.records}
@@ -162,9 +160,7 @@ def test_an_interrupted_run_resumes_to_the_same_manifest(
     # A process killed in the middle of the next append leaves a torn line: the rerun drops it.
     with (out / MANIFEST_NAME).open("ab") as fh:
         fh.write(b'{"id": "p3", "prompt": "a dog to the ri')
-    resumed = make_pairs(
-        prompts=perturbed, pipeline=pipe, out=out, batch_size=2, show_progress=False, **RENDER
-    )
+    resumed = make_pairs(prompts=perturbed, pipeline=pipe, out=out, batch_size=2, show_progress=False, **RENDER)
     assert (resumed.written, resumed.already_done, resumed.remaining) == (3, 3, 0)
     assert (out / MANIFEST_NAME).read_bytes() == (tmp_path / "full" / MANIFEST_NAME).read_bytes()
     for name in sorted(p.name for p in (tmp_path / "full" / "images").iterdir()):
@@ -207,9 +203,7 @@ def test_cli_limit_resume_and_settings_guard(
         assert "another make-pairs run is writing to this folder" in capsys.readouterr().err
 
 
-def test_bad_perturbed_file_names_file_line_and_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_perturbed_file_names_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = {"id": "a", "prompt": "a cup left of a vase", "perturbed_prompt": "a cup right of a vase",
             "edits": [{"kind": "flip", "start": 6, "end": 10, "before": "left", "after": "right"}]}  # fmt: skip
     bad_lines = [

@@ -33,9 +33,7 @@ def make_png(path: Path, color: tuple[int, int, int] = (200, 30, 30)) -> Path:
 
 
 def write_lines(path: Path, lines: list[str | dict]) -> Path:
-    path.write_text(
-        "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines), encoding="utf-8"
-    )
+    path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines), encoding="utf-8")
     return path
 
 
@@ -93,6 +91,7 @@ def test_happy_path_jsonl(data: Path) -> None:
 def test_parquet_gives_the_same_records(data: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     rows = [
         pair(0, subset="1-pert", category=None, meta={"seed": 3}),
         pair(1, subset=None, category="count", meta={"seed": 4}),
@@ -113,6 +112,7 @@ def test_parquet_gives_the_same_records(data: Path) -> None:
 def test_parquet_row_errors_and_schema_errors(data: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     rows = [
         pair(0, meta="{}"),
         pair(1, prompt=None, meta="{bad"),
@@ -253,9 +253,7 @@ def test_unknown_key_is_rejected_with_the_allowed_ones(data: Path) -> None:
 
 
 def test_duplicate_id_names_both_lines(data: Path) -> None:
-    path = write_lines(
-        data / "pairs.jsonl", [pair(0), pair(1), pair(2, id="p0"), pair(3, id=5), pair(1, id="5")]
-    )
+    path = write_lines(data / "pairs.jsonl", [pair(0), pair(1), pair(2, id="p0"), pair(3, id=5), pair(1, id="5")])
     errors = errors_of(path)
     assert [(e.line, e.field) for e in errors] == [(3, "id"), (5, "id")]
     assert str(errors[0]) == f"{path}:3: field 'id': duplicate id 'p0': already used at line 1"
@@ -316,9 +314,7 @@ def test_blank_lines_bom_and_crlf_are_accepted(data: Path) -> None:
 def test_non_utf8_line_is_named(data: Path) -> None:
     path = data / "pairs.jsonl"
     good = json.dumps(pair(0)).encode()
-    path.write_bytes(
-        good + b"\n" + b'{"prompt": "caf\xe9"}\n' + json.dumps(pair(1), ensure_ascii=False).encode()
-    )
+    path.write_bytes(good + b"\n" + b'{"prompt": "caf\xe9"}\n' + json.dumps(pair(1), ensure_ascii=False).encode())
     (error,) = errors_of(path)
     assert (error.line, error.field) == (2, None)
     assert str(error) == f"{path}:2: invalid UTF-8: byte 0xe9 at byte 16 of the line"
@@ -444,8 +440,7 @@ def test_unreadable_image(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [pair(0, chosen="images/0b.png", rejected="images/1b.png"), pair(1)]
     (error,) = errors_of(write_lines(data / "pairs.jsonl", rows))
     assert (
-        str(error)
-        == f"{data / 'pairs.jsonl'}:1: field 'chosen': image not readable: images/0b.png (Permission denied)"
+        str(error) == f"{data / 'pairs.jsonl'}:1: field 'chosen': image not readable: images/0b.png (Permission denied)"
     )
 
 
@@ -471,9 +466,7 @@ def test_each_image_is_checked_once(data: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_check_images_false_skips_file_checks(data: Path) -> None:
-    manifest = read_manifest(
-        write_lines(data / "pairs.jsonl", [pair(0, chosen="nope.png")]), check_images=False
-    )
+    manifest = read_manifest(write_lines(data / "pairs.jsonl", [pair(0, chosen="nope.png")]), check_images=False)
     assert manifest.records[0].chosen == data / "nope.png"
 
 
@@ -501,9 +494,7 @@ def test_prompts_view_dedups_in_first_seen_order(data: Path) -> None:
 def test_write_manifest_round_trip(data: Path) -> None:
     outside = make_png(data.parent / f"{data.name}-outside" / "x.png")
     rows = [
-        pair(
-            0, subset="1-pert", perturbed_prompt="swapped", category="left", meta={"seed": 1, "tags": ["a"]}
-        ),
+        pair(0, subset="1-pert", perturbed_prompt="swapped", category="left", meta={"seed": 1, "tags": ["a"]}),
         pair(1, rejected=str(outside)),
         {k: v for k, v in pair(2).items() if k != "id"},
     ]

@@ -121,9 +121,7 @@ def test_declared_groups_without_pairs_and_unlabelled_pairs():
     assert math.isnan(result["subset/2-3 pert/accuracy"]) and math.isnan(result["subset/2-3 pert/tie_rate"])
     assert result["category/swap/num_pairs"] == 0
     keys = list(result)
-    assert keys.index("subset/2-3 pert/accuracy") < keys.index(
-        "subset/1 pert/accuracy"
-    )  # declared order kept
+    assert keys.index("subset/2-3 pert/accuracy") < keys.index("subset/1 pert/accuracy")  # declared order kept
 
     plain = PairwiseAccuracy()
     plain.update(chosen=torch.tensor([1.0]), rejected=torch.zeros(1))
@@ -145,9 +143,7 @@ def test_all_ties_and_no_pairs_give_nan_rates():
 def test_reset_clears_pairs_and_labels_are_recorded_again():
     metric = _hand_metric()
     metric.reset()
-    metric.update(
-        chosen=torch.tensor([0.0]), rejected=torch.tensor([1.0]), subsets=["1 pert"], categories=["swap"]
-    )
+    metric.update(chosen=torch.tensor([0.0]), rejected=torch.tensor([1.0]), subsets=["1 pert"], categories=["swap"])
     result = _floats(metric.compute())
     assert result["num_pairs"] == 1 and result["accuracy"] == 0.0
     assert result["subset/1 pert/num_pairs"] == 1 and "subset/2-3 pert/num_pairs" not in result
@@ -159,9 +155,7 @@ def test_forward_returns_batch_values_and_accumulates():
     assert batch["accuracy"].item() == 0.5 and batch["subset/a/accuracy"].item() == 1.0
     metric(chosen=torch.tensor([1.0]), rejected=torch.zeros(1), subsets=["a"])
     result = _floats(metric.compute())
-    assert (
-        result["num_pairs"] == 3 and result["subset/a/num_pairs"] == 2 and result["subset/b/num_pairs"] == 1
-    )
+    assert result["num_pairs"] == 3 and result["subset/a/num_pairs"] == 2 and result["subset/b/num_pairs"] == 1
 
 
 def test_label_validation():
@@ -219,11 +213,7 @@ def test_metric_reports_bootstrap_ci_per_group():
     metric = _hand_metric(bootstrap_samples=200, ci_seed=5)
     result = _floats(metric.compute())
     for prefix in ("", "subset/1 pert/", "category/swap/"):
-        assert (
-            result[f"{prefix}accuracy_ci_low"]
-            <= result[f"{prefix}accuracy"]
-            <= result[f"{prefix}accuracy_ci_high"]
-        )
+        assert result[f"{prefix}accuracy_ci_low"] <= result[f"{prefix}accuracy"] <= result[f"{prefix}accuracy_ci_high"]
     outcomes = pair_outcomes(chosen=torch.tensor(CHOSEN), rejected=torch.tensor(REJECTED))
     assert (result["accuracy_ci_low"], result["accuracy_ci_high"]) == pytest.approx(
         bootstrap_ci(outcomes, num_samples=200, seed=5)

@@ -134,7 +134,9 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = SpatialScore.from_pretrained(tmp_path / "ckpt")
     pics = images(3, seed=9)
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
-    torch.testing.assert_close(loaded.score(prompts=prompts, images=pics), model.score(prompts=prompts, images=pics), rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded.score(prompts=prompts, images=pics), model.score(prompts=prompts, images=pics), rtol=0, atol=0
+    )
 
 
 def test_from_pretrained_errors(tmp_path):
@@ -151,7 +153,9 @@ def test_activation_checkpointing_same_loss_and_grads():
         model.train()
         batch = model.encoder(prompts=PROMPTS * 2, images=images(4, seed=5))
         out = model(**batch)
-        loss = bradley_terry_loss(chosen=out.mu[:2], rejected=out.mu[2:]) + out.mu.square().mean() + out.log_sigma.mean()
+        loss = (
+            bradley_terry_loss(chosen=out.mu[:2], rejected=out.mu[2:]) + out.mu.square().mean() + out.log_sigma.mean()
+        )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n or "head" in n)
@@ -218,7 +222,9 @@ def test_module_trains_in_train_mode():
     """HF loads models in eval mode; training must not inherit it (LoRA dropout, activation checkpointing)."""
     from spatialscore.module import SpatialScoreModule
 
-    module = SpatialScoreModule(model=SpatialScoreConfig(lora=LoraSettings(rank=4, dropout=0.1), activation_checkpointing=True))
+    module = SpatialScoreModule(
+        model=SpatialScoreConfig(lora=LoraSettings(rank=4, dropout=0.1), activation_checkpointing=True)
+    )
     module.configure_model()
     assert all(m.training for m in module.model.modules())
 
@@ -237,7 +243,9 @@ def test_save_records_the_weights_sha256_and_load_refuses_a_flipped_byte(tmp_pat
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01  # inside the last tensor's bytes: safetensors itself would load it without complaint
     weights.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=re.escape(str(weights)) + rf": SHA-256 [0-9a-f]{{64}} differs from {config['weights_sha256']}"):
+    with pytest.raises(
+        ValueError, match=re.escape(str(weights)) + rf": SHA-256 [0-9a-f]{{64}} differs from {config['weights_sha256']}"
+    ):
         SpatialScore.from_pretrained(tmp_path / "ckpt")
 
 
@@ -248,8 +256,10 @@ def test_save_records_the_weights_sha256_and_load_refuses_a_flipped_byte(tmp_pat
         (lambda raw: {**raw, "head_hidden_size": "big"}, r"field 'head_hidden_size' must be int, got str 'big'"),
         (lambda raw: {**raw, "lora": {**raw["lora"], "rank": 4.5}}, r"field 'lora.rank' must be int, got float 4.5"),
         (lambda raw: {**raw, "backbone": {**raw["backbone"], "colour": "red"}}, r"unknown field 'backbone.colour'"),
-        (lambda raw: {**raw, "backbone": {**raw["backbone"], "dtype": "float8"}},
-         r"field 'backbone.dtype' must be Literal\['float32', 'bfloat16', 'float16'\], got str 'float8'"),
+        (
+            lambda raw: {**raw, "backbone": {**raw["backbone"], "dtype": "float8"}},
+            r"field 'backbone.dtype' must be Literal\['float32', 'bfloat16', 'float16'\], got str 'float8'",
+        ),
         (lambda raw: {**raw, "lora": None}, r"field 'lora' must be a JSON object, got NoneType"),
         (lambda raw: {**raw, "weights_sha256": 5}, r"field 'weights_sha256' must be 64 lowercase hex digits"),
         (lambda raw: [raw], r"must hold a JSON object, got list"),

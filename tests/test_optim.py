@@ -30,7 +30,9 @@ def test_warmup_then_constant_with_a_rate_per_group() -> None:
 
 
 def test_cosine_to_a_floor_reaches_it_at_the_last_step() -> None:
-    config = OptimizerConfig(lr=1.0, warmup_steps=2, schedule="cosine_with_min_lr", schedule_kwargs={"min_lr_rate": 0.1})
+    config = OptimizerConfig(
+        lr=1.0, warmup_steps=2, schedule="cosine_with_min_lr", schedule_kwargs={"min_lr_rate": 0.1}
+    )
     lrs = [a for a, _ in _lrs(config, steps=13, total=12)]
     assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
     assert lrs[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
@@ -69,9 +71,13 @@ def test_bad_settings_are_refused_by_name(settings: dict, message: str) -> None:
 def test_unknown_group_and_missing_run_length_are_refused() -> None:
     params = {"a": [torch.nn.Parameter(torch.zeros(1))]}
     with pytest.raises(ValueError, match=r"group_lr names unknown groups \['lora'\]; this module's groups: a"):
-        configure_adamw(groups=params, known_groups=("a",), config=OptimizerConfig(group_lr={"lora": 1.0}), total_steps=lambda: 5)
+        configure_adamw(
+            groups=params, known_groups=("a",), config=OptimizerConfig(group_lr={"lora": 1.0}), total_steps=lambda: 5
+        )
     with pytest.raises(ValueError, match=r"'cosine' needs the number of training steps: set trainer.max_steps"):
-        configure_adamw(groups=params, known_groups=("a",), config=OptimizerConfig(schedule="cosine"), total_steps=lambda: math.inf)
+        configure_adamw(
+            groups=params, known_groups=("a",), config=OptimizerConfig(schedule="cosine"), total_steps=lambda: math.inf
+        )
 
 
 def test_frozen_groups_are_left_out_and_their_rate_accepted() -> None:
@@ -82,13 +88,27 @@ def test_frozen_groups_are_left_out_and_their_rate_accepted() -> None:
 
 
 def test_spellings_of_0_1_0_are_read_from_checkpoints_with_a_warning() -> None:
-    old = {"lr": 1e-3, "head_lr": 1e-2, "token_lr": None, "vision_lr": 2e-3, "weight_decay": 0.0,
-           "betas": [0.9, 0.99], "warmup_steps": 5, "schedule": "cosine", "min_lr_ratio": 0.2}
+    old = {
+        "lr": 1e-3,
+        "head_lr": 1e-2,
+        "token_lr": None,
+        "vision_lr": 2e-3,
+        "weight_decay": 0.0,
+        "betas": [0.9, 0.99],
+        "warmup_steps": 5,
+        "schedule": "cosine",
+        "min_lr_ratio": 0.2,
+    }
     with pytest.warns(DeprecationWarning, match="spelling of 0.1.0"):
         config = OptimizerConfig.from_dict(old)
-    assert config == OptimizerConfig(lr=1e-3, group_lr={"head": 1e-2, "vision": 2e-3}, betas=(0.9, 0.99),
-                                     warmup_steps=5, schedule="cosine_with_min_lr",
-                                     schedule_kwargs={"min_lr_rate": 0.2})
+    assert config == OptimizerConfig(
+        lr=1e-3,
+        group_lr={"head": 1e-2, "vision": 2e-3},
+        betas=(0.9, 0.99),
+        warmup_steps=5,
+        schedule="cosine_with_min_lr",
+        schedule_kwargs={"min_lr_rate": 0.2},
+    )
     with pytest.warns(DeprecationWarning):
         assert OptimizerConfig.from_dict({"warmup_steps": 3, "schedule": "constant", "min_lr_ratio": 0.1}).schedule == (
             "constant_with_warmup"

@@ -35,8 +35,14 @@ def make_module(reward: Reward, *, overlap_reward: bool = False) -> FluxGRPOModu
 
 @pytest.fixture(scope="module")
 def prompt_data(tmp_path_factory) -> SyntheticData:
-    return SyntheticData(directory=str(tmp_path_factory.mktemp("overlap-data")), train_pairs=16, val_pairs=2,
-                         test_pairs=0, stages=(1,), eval_stages=(1,))
+    return SyntheticData(
+        directory=str(tmp_path_factory.mktemp("overlap-data")),
+        train_pairs=16,
+        val_pairs=2,
+        test_pairs=0,
+        stages=(1,),
+        eval_stages=(1,),
+    )
 
 
 class Recording(LeftRed):
@@ -65,8 +71,9 @@ def test_overlapped_steps_equal_synchronous_steps_bit_for_bit(prompt_data, monke
     for overlap in (False, True):
         advantages.clear()
         recorded = Recording()
-        module = make_module(WeightedReward(rewards=[recorded, LeftRed(name="b")], weights=[1.0, 0.5]),
-                             overlap_reward=overlap)
+        module = make_module(
+            WeightedReward(rewards=[recorded, LeftRed(name="b")], weights=[1.0, 0.5]), overlap_reward=overlap
+        )
         module.configure_model()
         start = {k: v.clone() for k, v in module.transformer.state_dict().items()}
         logged = fit(module, prompt_data, steps=2)

@@ -36,8 +36,10 @@ def test_interrupted_stage_runs_again(tmp_path):
 
 def test_stage_config_moves_run_folders(tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text("dirpath: runs/spatialrl/sft-tiny/checkpoints\npath: runs/spatialrl/sft-tiny/policy\n"
-                    "root: runs/spatialrl/tiny\n")
+    base.write_text(
+        "dirpath: runs/spatialrl/sft-tiny/checkpoints\npath: runs/spatialrl/sft-tiny/policy\n"
+        "root: runs/spatialrl/tiny\n"
+    )
     moved = stage_config(base, moves={"runs/spatialrl/tiny": "out/rl-rule", "runs/spatialrl/sft-tiny": "out/sft"})
     assert moved == "dirpath: out/sft/checkpoints\npath: out/sft/policy\nroot: out/rl-rule\n"
 
@@ -53,13 +55,20 @@ def test_drop_heldout_removes_perturbations_onto_heldout_prompts(tmp_path):
 def test_summary_markdown_reports_every_number():
     summary = {
         "settings": {"seed": 3},
-        "filter": {"filter": {"train": {"kept": 5, "total": 10, "pooled": 4,
-                                        "dropped": {"chosen: missing objects": 5}}}},
+        "filter": {
+            "filter": {"train": {"kept": 5, "total": 10, "pooled": 4, "dropped": {"chosen: missing objects": 5}}}
+        },
         "reward_model_heldout_accuracy": {"spatialscore": 0.9123, "spatialscore-1": 0.95},
-        "policies": {"sft": {"strict_correct": 0.15, "strict_extra": 0.36, "strict_missing": 0.63,
-                             "spatialscore": -1.2},
-                     "rl": {"strict_correct": 0.55, "strict_extra": 0.2, "strict_missing": 0.1, "spatialscore": 1.5,
-                            "vs_start": {"strict_correct": [0.4, 0.32, 0.48], "strict_extra": [-0.16, -0.2, -0.1]}}},
+        "policies": {
+            "sft": {"strict_correct": 0.15, "strict_extra": 0.36, "strict_missing": 0.63, "spatialscore": -1.2},
+            "rl": {
+                "strict_correct": 0.55,
+                "strict_extra": 0.2,
+                "strict_missing": 0.1,
+                "spatialscore": 1.5,
+                "vs_start": {"strict_correct": [0.4, 0.32, 0.48], "strict_extra": [-0.16, -0.2, -0.1]},
+            },
+        },
         "divergence": {"probe-1": {"diverged": True, "val/reward": [0.1, 0.9], "val/strict_correct": [0.5, 0.2]}},
         "seconds": {"sft": 240.0, "rl-rule": 600.0},
         "loop_seconds": 240.0,

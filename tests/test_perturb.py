@@ -243,9 +243,7 @@ def test_plugin_perturber_in_api(plugin_module: str) -> None:
     for result in results:
         assert_consistent(result.prompt, result, allowed=(1,), kinds=("llm",))
     assert {s.reason for s in skipped} == {"no 'left' to rewrite"}
-    _, bad = perturb_prompts(
-        PROMPTS[:2], num="1", seed=0, perturber=load_perturber(f"{plugin_module}:Broken")
-    )
+    _, bad = perturb_prompts(PROMPTS[:2], num="1", seed=0, perturber=load_perturber(f"{plugin_module}:Broken"))
     assert [s.reason for s in bad] == ["invalid perturber output: no edits recorded"] * 2
 
 
@@ -292,9 +290,7 @@ def test_cli_text_input_and_plugin(tmp_path: Path, plugin_module: str) -> None:
     src = tmp_path / "prompts.txt"
     src.write_text(PROMPTS[0] + "\n\n" + PROMPTS[IDS.index("piano_single")] + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    code = cli_main(
-        ["--prompts", str(src), "--out", str(out), "--perturber", f"{plugin_module}:FirstLeftToRight"]
-    )
+    code = cli_main(["--prompts", str(src), "--out", str(out), "--perturber", f"{plugin_module}:FirstLeftToRight"])
     assert code == 0
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == [1]

@@ -101,9 +101,7 @@ def test_non_relation_words_changed() -> None:
     got = problems("a yellow towel right of a sink", "yellow", "green")
     assert got and "words other than relation words changed" in got[0]
     assert rewrite_problems("She left the umbrella by the door.", "She right the umbrella by the door.")
-    assert rewrite_problems(
-        "the right answer is a cat left of a dog", "the left answer is a cat left of a dog"
-    )
+    assert rewrite_problems("the right answer is a cat left of a dog", "the left answer is a cat left of a dog")
 
 
 def test_framing_text_dragged_into_a_swap() -> None:
@@ -170,9 +168,7 @@ def test_implausible_landmark_flips() -> None:
     assert problems("The floor beneath the armchair is wet.", "beneath", "above") == [
         "implausible: 'the floor' placed above or on something"
     ]
-    assert "implausible: 'the sky' placed below something" in problems(
-        "The sky above is pale.", "above", "below"
-    )
+    assert "implausible: 'the sky' placed below something" in problems("The sky above is pale.", "above", "below")
 
 
 def test_stale_left_right_and_same_corner() -> None:
@@ -181,9 +177,7 @@ def test_stale_left_right_and_same_corner() -> None:
     assert got == ["'hare' is now placed both left and right (a later left/right mention not updated?)"]
     assert problems(prompt, "A fox sits to the left of a hare", "A hare sits to the left of a fox")
     corners = "A map hangs in the top-left corner and a clock in the top-right corner."
-    assert problems(corners, "top-right", "top-left") == [
-        "two mentions now name the same position 'top-left'"
-    ]
+    assert problems(corners, "top-right", "top-left") == ["two mentions now name the same position 'top-left'"]
     assert problems(corners, "top-right", "bottom-right") == []
     labels = "The left jar is amber, the right one is clear."
     assert problems(labels, "right", "left") == ["two mentions now name the same position 'left'"]

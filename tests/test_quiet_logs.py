@@ -17,8 +17,17 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Lightning's litlogger / litmodels tips and its ModelCheckpoint warning (with a code sample) under manual
 # optimisation; the FutureWarning of Lightning's own use of torch's deprecated LeafSpec; Lightning's warning
 # that the GRPO transformer was in eval mode.
-NOISE = ("gemm_4bit", "trust_remote_code", "torchvision", "💡 Tip", "litlogger", "litmodels", "manual optimization",
-         "LeafSpec", "in eval mode at the start of training")
+NOISE = (
+    "gemm_4bit",
+    "trust_remote_code",
+    "torchvision",
+    "💡 Tip",
+    "litlogger",
+    "litmodels",
+    "manual optimization",
+    "LeafSpec",
+    "in eval mode at the start of training",
+)
 
 # Run in a fresh interpreter: records every attempt to resolve a host name (the kernel hub lookup starts there).
 NETWORK_PROBE = """
@@ -33,8 +42,16 @@ socket.getaddrinfo = refuse
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        },
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -51,7 +68,9 @@ def test_help_prints_nothing_on_stderr(module, args, tmp_path):
 
 
 def test_local_commands_import_no_bitsandbytes_and_reach_no_network(tmp_path):
-    code = NETWORK_PROBE + """
+    code = (
+        NETWORK_PROBE
+        + """
 from spatialscore.cli import main
 try:
     main(["synth", "--help"])
@@ -60,6 +79,7 @@ except SystemExit:
 import spatialscore.data.synthetic, spatialscore.data.verify, spatialrl.cli
 print("bitsandbytes" in sys.modules, attempts)
 """
+    )
     proc = run_python(code, tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == "False []"
     assert proc.stderr.strip() == ""
@@ -68,7 +88,9 @@ print("bitsandbytes" in sys.modules, attempts)
 def test_training_stacks_import_bitsandbytes_only_for_a_quantized_backbone(tmp_path):
     """LoRA on SpatialScore and on FLUX without bitsandbytes; then QLoRA in the same process still gets its
     bitsandbytes layers (transformers imports it when the quantized backbone loads)."""
-    code = NETWORK_PROBE + """
+    code = (
+        NETWORK_PROBE
+        + """
 import spatialscore.module, spatialrl.module, spatialrl.sft, spatialrl.callbacks, spatialrl.evaluate
 from spatialscore.backbone import BackboneConfig
 from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
@@ -82,6 +104,7 @@ import bitsandbytes as bnb
 print("bitsandbytes" in sys.modules, any(isinstance(m, bnb.nn.Linear4bit) for m in qlora.modules()),
       any("lora_A" in n for n, _ in qlora.named_parameters()))
 """
+    )
     proc = run_python(code, tmp_path)
     lines = proc.stdout.strip().splitlines()
     assert lines[-2] == "False []"
@@ -136,9 +159,17 @@ def test_a_validation_killed_midway_is_rerun_on_resume(tmp_path, every_n_train_s
 
     def fit(*callbacks: L.Callback, ckpt_path: str | None = None) -> None:
         checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=every_n_train_steps)
-        trainer = L.Trainer(max_steps=30, val_check_interval=10, check_val_every_n_epoch=None, limit_val_batches=1,
-                            callbacks=[checkpoint, *callbacks], logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_steps=30,
+            val_check_interval=10,
+            check_val_every_n_epoch=None,
+            limit_val_batches=1,
+            callbacks=[checkpoint, *callbacks],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(Model(), ckpt_path=ckpt_path)
 
     with pytest.raises(SystemExit):
@@ -154,13 +185,21 @@ def grpo_config(tmp: Path) -> Path:
 
     data = tmp / "data"
     for offset, (split, pairs) in enumerate((("train", 4), ("val", 1))):
-        write_synthetic_dataset(data, num_pairs=pairs, seed=400 + offset, image_size=32, stages=(1,), split=split,
-                                show_progress=False)
+        write_synthetic_dataset(
+            data, num_pairs=pairs, seed=400 + offset, image_size=32, stages=(1,), split=split, show_progress=False
+        )
     config = yaml.safe_load((CONFIGS / "spatialrl" / "tiny.yaml").read_text())
     trainer = config["trainer"]
     del trainer["max_time"]
-    trainer.update(max_steps=2, val_check_interval=1, limit_val_batches=1, log_every_n_steps=1,
-                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp / "run"))
+    trainer.update(
+        max_steps=2,
+        val_check_interval=1,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp / "run"),
+    )
     for logger in trainer["logger"]:
         logger["init_args"]["save_dir"] = str(tmp / "run")
     for callback in trainer["callbacks"]:
@@ -171,8 +210,12 @@ def grpo_config(tmp: Path) -> Path:
     args["sampling"].update(num_steps=3, sde_steps=[0, 1], rollout_batch=8)
     args["grpo"].update(group_size=4, k=1, micro_batch=4)
     args["eval"].update(num_steps=2, samples_per_prompt=1, grid_prompts=1)
-    config["data"]["init_args"] = {"train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"),
-                                   "view": "prompts", "batch_size": 1}
+    config["data"]["init_args"] = {
+        "train": str(data / "train.jsonl"),
+        "val": str(data / "val.jsonl"),
+        "view": "prompts",
+        "batch_size": 1,
+    }
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -117,9 +117,7 @@ def test_export_only_swaps_and_counts(tmp_path: Path, capsys: pytest.CaptureFixt
     records = {r.id: r for r in read_manifest(export).records}
     originals = {r.id: r for r in read_manifest(pairs).records}
     assert list(records) == ["pair-0", "pair-1", "pair-3"]
-    assert (
-        records["pair-1"].chosen == originals["pair-1"].chosen
-    )  # swapped, then accepted: the last one counts
+    assert records["pair-1"].chosen == originals["pair-1"].chosen  # swapped, then accepted: the last one counts
     assert (records["pair-3"].chosen, records["pair-3"].rejected) == (
         originals["pair-3"].rejected,
         originals["pair-3"].chosen,
@@ -228,9 +226,7 @@ def test_good_requests_through_the_same_client_are_recorded(tmp_path: Path) -> N
         # Concurrent decisions from several connections: one complete line each.
         ids = [f"pair-{i}" for i in range(1, 6)]
         workers = [
-            threading.Thread(
-                target=request, args=(srv, "POST", "/api/decision", *decision_post({**GOOD, "id": i}))
-            )
+            threading.Thread(target=request, args=(srv, "POST", "/api/decision", *decision_post({**GOOD, "id": i})))
             for i in ids
         ]
         for worker in workers:
@@ -271,9 +267,7 @@ def test_a_dropped_connection_prints_no_traceback(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.slow
-def test_a_second_session_on_the_same_files_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_second_session_on_the_same_files_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pairs = write_pairs(tmp_path / "data")
     decisions, export = pairs.with_name("pairs.decisions.jsonl"), pairs.with_name("pairs.reviewed.jsonl")
     proc, url = start_review(pairs)
@@ -378,7 +372,8 @@ class Chromium:
         while not self.evaluate(expression):
             if time.monotonic() > deadline:
                 state = self.evaluate(
-                    "JSON.stringify({...document.body?.dataset, status: document.getElementById('status')?.textContent})"
+                    "JSON.stringify({...document.body?.dataset, "
+                    "status: document.getElementById('status')?.textContent})"
                 )
                 raise TimeoutError(f"still false after {timeout} s: {expression}; page: {state}")
             time.sleep(0.05)
@@ -405,7 +400,8 @@ class Chromium:
     def click(self, selector: str) -> None:
         """A real mouse click in the middle of the element."""
         x, y = self.evaluate(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            "e.scrollIntoView({block: 'center'});"
             " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         )
         for kind in ("mousePressed", "mouseReleased"):
@@ -460,9 +456,7 @@ def test_review_page_in_a_headless_browser(browser: Chromium, tmp_path: Path) ->
             "to the left of"
         ]
         assert browser.evaluate("document.querySelector('#perturbed mark').textContent") == "to the right of"
-        browser.wait_for(
-            "['chosen-img', 'rejected-img'].every(id => document.getElementById(id).naturalWidth === 16)"
-        )
+        browser.wait_for("['chosen-img', 'rejected-img'].every(id => document.getElementById(id).naturalWidth === 16)")
         browser.press("a")
         browser.wait_for(showing("pair-1"))
         browser.press("r")
@@ -486,9 +480,7 @@ def test_review_page_in_a_headless_browser(browser: Chromium, tmp_path: Path) ->
     try:
         browser.send("Page.navigate", url=url)
         browser.wait_for(showing("pair-4"))  # resumed at the first undecided pair
-        assert "1 accept · 1 reject · 1 swap · 1 skip · 2 undecided" in browser.evaluate(
-            "$('counts').textContent"
-        )
+        assert "1 accept · 1 reject · 1 swap · 1 skip · 2 undecided" in browser.evaluate("$('counts').textContent")
         browser.press("a")
         browser.wait_for(showing("pair-5"))
         assert browser.evaluate("$('perturbed-block').hidden") is True

@@ -96,9 +96,7 @@ def test_rule_reward_matches_rule_checker_with_fractions():
 
 def test_rule_reward_names_an_unparseable_prompt():
     prompts = [PROMPTS[0], "a red blob left of a blue square"]
-    with pytest.raises(
-        ValueError, match=re.escape("reward 'rule' cannot check prompt 1 'a red blob left of")
-    ):
+    with pytest.raises(ValueError, match=re.escape("reward 'rule' cannot check prompt 1 'a red blob left of")):
         RuleReward()(images=blank(2), prompts=prompts)
     with pytest.raises(ValueError, match="prompt 0 '': empty prompt"):
         RuleReward()(images=blank(1), prompts=[""])
@@ -128,9 +126,7 @@ def test_spatialscore_reward_equals_model_score(checkpoint, pixels):
     assert rewards.dtype == torch.float32 and rewards.device == images.device
     pil = model.score(prompts=PROMPTS, images=[Image.fromarray(p) for p in pixels]).mu
     torch.testing.assert_close(rewards, pil, rtol=0, atol=1e-5)
-    torch.testing.assert_close(
-        rewards, model.score(prompts=PROMPTS, images=list(pixels)).mu, rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(rewards, model.score(prompts=PROMPTS, images=list(pixels)).mu, rtol=0, atol=1e-5)
     # atol 1e-5 is meaningful only if the scores depend on the pixels by much more than that
     inverted = SpatialScoreReward(path)(images=1 - images, prompts=PROMPTS)
     assert (inverted - rewards).abs().max() > 1e-3
@@ -195,9 +191,7 @@ def test_weighted_reward_argument_errors():
 
 
 def test_weighted_reward_names_the_component_that_returned_nan():
-    weighted = WeightedReward(
-        rewards=[Fixed([1.0, 1.0], name="ok"), Fixed([1.0, np.nan], name="bad")], weights=[1, 1]
-    )
+    weighted = WeightedReward(rewards=[Fixed([1.0, 1.0], name="ok"), Fixed([1.0, np.nan], name="bad")], weights=[1, 1])
     with pytest.raises(
         NonFiniteRewardError,
         match=re.escape(
@@ -298,9 +292,7 @@ def test_rewards_parse_from_jsonargparse_config(tmp_path):
     assert isinstance(reward, WeightedReward) and reward.weights == [1.0, 0.5]
     rule, score = reward.rewards
     assert isinstance(rule, RuleReward) and rule.checker.tolerance == 40.0 and rule.name == "rule"
-    assert (
-        isinstance(score, SpatialScoreReward) and score.uncertainty_penalty == 0.1 and score.batch_size == 16
-    )
+    assert isinstance(score, SpatialScoreReward) and score.uncertainty_penalty == 0.1 and score.batch_size == 16
 
     single = ArgumentParser(exit_on_error=False)
     single.add_argument("--reward", type=Reward)

@@ -29,8 +29,9 @@ def rl_data(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("rl-prompts")
     for offset, (split, pairs) in enumerate((("train", 16), ("val", 2))):
-        write_synthetic_dataset(out, num_pairs=pairs, seed=300 + offset, image_size=32, stages=(1,), split=split,
-                                show_progress=False)
+        write_synthetic_dataset(
+            out, num_pairs=pairs, seed=300 + offset, image_size=32, stages=(1,), split=split, show_progress=False
+        )
     return out
 
 
@@ -48,11 +49,15 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, spread: bool = False)
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "default_root_dir": str(tmp / "run"),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp / "run"), "name": "csv"}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp / "run"), "name": "csv"},
+            },
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(tmp / "run" / "ckpt"), "save_last": True, "every_n_train_steps": 1}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp / "run" / "ckpt"), "save_last": True, "every_n_train_steps": 1},
+                },
                 {"class_path": "spatialrl.callbacks.ExportPolicy", "init_args": {"directory": str(tmp / "export")}},
             ],
         },
@@ -62,8 +67,15 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, spread: bool = False)
                 "reward": {"class_path": "toy_rewards.LeftRed"},
                 "lora": {"rank": 4},
                 "sampling": {"height": 32, "width": 32, "num_steps": 3, "rollout_batch": 4},
-                "grpo": {"group_size": 4, "k": 1, "micro_batch": 2, "kl_beta": 0.1, "clip_range": 0.2,
-                         "ppo_epochs": 2, "groups_across_ranks": spread},
+                "grpo": {
+                    "group_size": 4,
+                    "k": 1,
+                    "micro_batch": 2,
+                    "kl_beta": 0.1,
+                    "clip_range": 0.2,
+                    "ppo_epochs": 2,
+                    "groups_across_ranks": spread,
+                },
                 "optimizer": {"lr": 1e-2},
                 "ema_decay": 0.5,
                 "eval": {"num_steps": 3, "samples_per_prompt": 1, "at_start": False},
@@ -71,8 +83,12 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, spread: bool = False)
         },
         "data": {
             "class_path": "spatialscore.data.datamodule.PreferenceDataModule",
-            "init_args": {"train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"), "view": "prompts",
-                          "batch_size": 4},
+            "init_args": {
+                "train": str(data / "train.jsonl"),
+                "val": str(data / "val.jsonl"),
+                "view": "prompts",
+                "batch_size": 4,
+            },
         },
     }
     path = tmp / "config.yaml"
@@ -132,8 +148,15 @@ def test_killed_run_resumes_exactly(tmp_path, rl_data):
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     config = write_config(crashed, rl_data, max_steps=steps)
-    run_cli("fit", "--config", str(config), "--trainer.callbacks+=crash_callback.CrashAtStep",
-            "--trainer.callbacks.step=6", cwd=crashed, expect=17)
+    run_cli(
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.callbacks+=crash_callback.CrashAtStep",
+        "--trainer.callbacks.step=6",
+        cwd=crashed,
+        expect=17,
+    )
     ckpt = crashed / "run" / "ckpt" / "last.ckpt"
     state = torch.load(ckpt, weights_only=False)
     assert state["global_step"] == 4 and "ema" in state
@@ -152,8 +175,16 @@ def test_fsdp_run_with_ema_resumes_exactly(tmp_path, rl_data):
         folder.mkdir()
     run_cli("fit", "--config", str(write_config(full, rl_data, max_steps=steps)), *args, cwd=full)
     config = write_config(crashed, rl_data, max_steps=steps)
-    run_cli("fit", "--config", str(config), *args, "--trainer.callbacks+=crash_callback.CrashAtStep",
-            "--trainer.callbacks.step=6", cwd=crashed, expect=17)
+    run_cli(
+        "fit",
+        "--config",
+        str(config),
+        *args,
+        "--trainer.callbacks+=crash_callback.CrashAtStep",
+        "--trainer.callbacks.step=6",
+        cwd=crashed,
+        expect=17,
+    )
     ckpt = crashed / "run" / "ckpt" / "last.ckpt"
     assert ckpt.is_dir(), "FSDP2 checkpoints are sharded (torch.distributed.checkpoint folders)"
     run_cli("fit", "--config", str(config), "--ckpt_path", str(ckpt), *args, cwd=crashed)

@@ -42,9 +42,7 @@ def test_calculate_shift_is_linear_in_tokens():
 @pytest.mark.parametrize("image_seq_len", [64, 256, 1024, 4096, 8192])
 def test_matches_diffusers_flux_scheduler(num_steps, image_seq_len):
     scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
-    scheduler.set_timesteps(
-        sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), mu=calculate_shift(image_seq_len)
-    )
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), mu=calculate_shift(image_seq_len))
     ours = flux_sigmas(num_steps=num_steps, image_seq_len=image_seq_len)
     assert ours.dtype == torch.float32
     assert ours.shape == (num_steps + 1,)

@@ -65,8 +65,13 @@ def test_score_prints_one_json_line_per_image(capsys, export, image):
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_score_refuses_a_batch_size_below_one(capsys, export, image, value):
     code, _, err = score(capsys, "--model", export, "--prompt", PROMPT, "--batch-size", value, image)
-    assert_user_error(code, err, f"argument --batch-size: must be a positive integer, got {value!r}"
-                      if value == "two" else f"argument --batch-size: must be a positive integer, got {value}")
+    assert_user_error(
+        code,
+        err,
+        f"argument --batch-size: must be a positive integer, got {value!r}"
+        if value == "two"
+        else f"argument --batch-size: must be a positive integer, got {value}",
+    )
 
 
 def test_score_names_a_truncated_image(capsys, export, image, tmp_path):
@@ -95,9 +100,12 @@ def test_score_names_a_missing_model_folder(capsys, image, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (lambda raw: "{\"backbone\": ", "invalid JSON"),
+        (lambda raw: '{"backbone": ', "invalid JSON"),
         (lambda raw: {**raw, "head_hidden_size": [64]}, "field 'head_hidden_size' must be int, got list"),
-        (lambda raw: {**raw, "template": {**raw["template"], "system": 3}}, "field 'template.system' must be str | None"),
+        (
+            lambda raw: {**raw, "template": {**raw["template"], "system": 3}},
+            "field 'template.system' must be str | None",
+        ),
         (lambda raw: {**raw, "lora": {**raw["lora"], "ranks": 8}}, "unknown field 'lora.ranks'"),
     ],
     ids=["json", "type", "nested-type", "unknown"],
@@ -133,20 +141,36 @@ def test_score_a_manifest_writes_one_line_per_pair_and_the_accuracy(capsys, expo
         paths.append(tmp_path / f"img{i}.png")
         Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(paths[-1])
     prompts = [PROMPT, "a blue square above a red circle", "a green triangle below a blue square"]
-    rows = [{"id": f"p{i}", "prompt": prompts[i], "chosen": paths[2 * i].name, "rejected": paths[2 * i + 1].name}
-            for i in range(3)]
+    rows = [
+        {"id": f"p{i}", "prompt": prompts[i], "chosen": paths[2 * i].name, "rejected": paths[2 * i + 1].name}
+        for i in range(3)
+    ]
     write_manifest(tmp_path / "pairs.jsonl", rows)
     out = tmp_path / "scores.jsonl"
-    code, stdout, err = score(capsys, "--model", export, "--manifest", tmp_path / "pairs.jsonl", "--out", out,
-                              "--batch-size", "4", "--no-progress")
+    code, stdout, err = score(
+        capsys,
+        "--model",
+        export,
+        "--manifest",
+        tmp_path / "pairs.jsonl",
+        "--out",
+        out,
+        "--batch-size",
+        "4",
+        "--no-progress",
+    )
     assert code == 0, err
     assert stdout == ""
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     model = SpatialScore.from_pretrained(export)
     expected = model.score(prompts=[p for p in prompts for _ in (0, 1)], images=[str(p) for p in paths])
     assert [line["id"] for line in lines] == ["p0", "p1", "p2"]
-    np.testing.assert_allclose([[x["chosen_score"], x["rejected_score"]] for x in lines],
-                               expected.mu.reshape(3, 2).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [[x["chosen_score"], x["rejected_score"]] for x in lines],
+        expected.mu.reshape(3, 2).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert [x["chosen_wins"] for x in lines] == [x["chosen_score"] > x["rejected_score"] for x in lines]
     accuracy = sum(x["chosen_wins"] for x in lines) / 3
     assert f"pairwise accuracy {accuracy:.4f} over 3 pairs" in err
@@ -155,13 +179,19 @@ def test_score_a_manifest_writes_one_line_per_pair_and_the_accuracy(capsys, expo
 def test_score_a_prompt_image_list_keeps_extra_keys_and_names_a_bad_line(capsys, export, image, tmp_path):
     listing = tmp_path / "list.jsonl"
     shutil.copy(image, tmp_path / "a.png")
-    listing.write_text(json.dumps({"prompt": PROMPT, "image": "a.png", "tag": 7}) + "\n"
-                       + json.dumps({"prompt": "a blue square above a red circle", "image": str(image)}) + "\n")
+    listing.write_text(
+        json.dumps({"prompt": PROMPT, "image": "a.png", "tag": 7})
+        + "\n"
+        + json.dumps({"prompt": "a blue square above a red circle", "image": str(image)})
+        + "\n"
+    )
     code, out, err = score(capsys, "--model", export, "--list", listing, "--no-progress")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["prompt"], r.get("tag"), r["image"]) for r in rows] == [
-        (PROMPT, 7, str(tmp_path / "a.png")), ("a blue square above a red circle", None, str(image))]
+        (PROMPT, 7, str(tmp_path / "a.png")),
+        ("a blue square above a red circle", None, str(image)),
+    ]
     assert rows[0]["score"] != rows[1]["score"]
     listing.write_text(json.dumps({"prompt": PROMPT, "image": "a.png"}) + "\n" + '{"prompt": 3, "image": "a.png"}\n')
     code, _, err = score(capsys, "--model", export, "--list", listing)

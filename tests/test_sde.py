@@ -118,9 +118,7 @@ def test_empirical_mean_and_std_of_samples(kind):
     x = torch.tensor([[0.3, -1.2, 2.0]]).expand(n, 3)
     v = torch.tensor([[-0.5, 0.7, 1.1]]).expand(n, 3)
     gen = torch.Generator().manual_seed(4)
-    out = sde_step(
-        velocity=v, sample=x, sigma=0.79, sigma_next=0.65, noise_level=0.9, kind=kind, generator=gen
-    )
+    out = sde_step(velocity=v, sample=x, sigma=0.79, sigma_next=0.65, noise_level=0.9, kind=kind, generator=gen)
     std = out.std[0].item()
     assert std > 0
     torch.testing.assert_close(out.prev_sample.mean(0), out.mean[0], rtol=0, atol=5 * std / math.sqrt(n))
@@ -132,9 +130,7 @@ def test_bf16_inputs_give_finite_float32_results():
     x, v, z = tensors(shape=(2, 8, 64))
     x16, v16 = x.bfloat16(), v.bfloat16()
     for kind in KINDS:
-        out = sde_step(
-            velocity=v16, sample=x16, sigma=0.273, sigma_next=0.0, noise_level=0.9, kind=kind, noise=z
-        )
+        out = sde_step(velocity=v16, sample=x16, sigma=0.273, sigma_next=0.0, noise_level=0.9, kind=kind, noise=z)
         ref = sde_step(
             velocity=v16.float(),
             sample=x16.float(),

@@ -55,8 +55,19 @@ def free_port() -> int:
 def start_server(export: Path, port: int, log: Path, *options: str) -> subprocess.Popen:
     """``spatialscore serve`` in its own process group, once ``/health`` answers 200."""
     env = {**os.environ, TOKEN_ENV: TOKEN, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "spatialscore.cli", "serve", "--model", str(export), "--port", str(port),
-               "--log-level", "warning", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "spatialscore.cli",
+        "serve",
+        "--model",
+        str(export),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *options,
+    ]
     with open(log, "ab") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -216,7 +227,10 @@ def test_bad_requests_are_refused_with_4xx(server, monkeypatch):
     truncated = base64.b64encode(base64.b64decode(small)[:100]).decode()
     cases = {
         "over the limit of 4 per request": {"prompts": ["p"] * 5, "images": [small] * 5},
-        "over the limit of 20000 bytes": {"prompts": ["p"], "images": [png(rng.integers(0, 256, (96, 96, 3), np.uint8))]},
+        "over the limit of 20000 bytes": {
+            "prompts": ["p"],
+            "images": [png(rng.integers(0, 256, (96, 96, 3), np.uint8))],
+        },
         "over the limit of 16384": {"prompts": ["p"], "images": [png(np.zeros((200, 200, 3), np.uint8))]},
         "not a PNG, JPEG, WEBP image": {"prompts": ["p"], "images": [base64.b64encode(b"GIF89a not really").decode()]},
         "not base64": {"prompts": ["p"], "images": ["@@@@"]},
@@ -254,16 +268,15 @@ class KillsTheServer(RemoteReward):
         return rewards
 
 
-def test_server_killed_mid_step_fails_it_naming_url_and_prompt_and_a_restart_recovers(
-    served, tmp_path, monkeypatch
-):
+def test_server_killed_mid_step_fails_it_naming_url_and_prompt_and_a_restart_recovers(served, tmp_path, monkeypatch):
     from test_overlap import fit, make_module
 
     from spatialscore.data.datamodule import SyntheticData
 
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    data = SyntheticData(directory=str(tmp_path / "data"), train_pairs=8, val_pairs=2, test_pairs=0, stages=(1,),
-                         eval_stages=(1,))
+    data = SyntheticData(
+        directory=str(tmp_path / "data"), train_pairs=8, val_pairs=2, test_pairs=0, stages=(1,), eval_stages=(1,)
+    )
     reward = KillsTheServer(served.url, batch_size=4, retries=2, backoff=0.05)
     reward.process = served.process
     # rollout chunks of 5: the first is scored, then the server dies while the step samples the next
@@ -324,8 +337,11 @@ def test_remote_reward_retries_then_names_url_and_prompt(stub):
     assert len(Scripted.requests) == 3 and Scripted.requests[0]["prompts"] == ["a red circle"]
 
     Scripted.requests, Scripted.script = [], [(500, "boom", 0.0)]
-    with pytest.raises(RemoteRewardError, match=rf"POST {stub}/predict \(prompt 'a red circle'\) failed after 3 "
-                                                "attempts: HTTP 500: boom"):
+    with pytest.raises(
+        RemoteRewardError,
+        match=rf"POST {stub}/predict \(prompt 'a red circle'\) failed after 3 "
+        "attempts: HTTP 500: boom",
+    ):
         reward(images=image, prompts=["a red circle"])
     assert len(Scripted.requests) == 3
 
@@ -354,10 +370,16 @@ def test_remote_reward_batches_and_orders_concurrent_requests(stub):
 def test_remote_reward_parses_from_yaml_alone_and_in_a_weighted_sum():
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--reward", type=Reward)
-    remote = {"class_path": "spatialrl.rewards.RemoteReward",
-              "init_args": {"url": "http://10.0.0.5:8000", "batch_size": 4, "retries": 1, "token_env": "MY_TOKEN"}}
-    config = {"reward": {"class_path": "spatialrl.rewards.WeightedReward",
-                         "init_args": {"weights": [1.0, 0.5], "rewards": [remote, {"class_path": "spatialrl.rewards.RuleReward"}]}}}
+    remote = {
+        "class_path": "spatialrl.rewards.RemoteReward",
+        "init_args": {"url": "http://10.0.0.5:8000", "batch_size": 4, "retries": 1, "token_env": "MY_TOKEN"},
+    }
+    config = {
+        "reward": {
+            "class_path": "spatialrl.rewards.WeightedReward",
+            "init_args": {"weights": [1.0, 0.5], "rewards": [remote, {"class_path": "spatialrl.rewards.RuleReward"}]},
+        }
+    }
     reward = parser.instantiate(parser.parse_string(yaml.safe_dump(config))).reward
     parsed = reward.rewards[0]
     assert isinstance(parsed, RemoteReward) and parsed.url == "http://10.0.0.5:8000"

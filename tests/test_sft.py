@@ -77,12 +77,7 @@ def _mean_loss(module: FlowMatchingModule, batch: dict[str, Any]) -> float:
     """The loss of ``batch`` averaged over 8 fixed draws of sigma and noise."""
     with torch.no_grad():
         return float(
-            np.mean(
-                [
-                    float(module.loss(batch, generator=torch.Generator().manual_seed(100 + s)))
-                    for s in range(8)
-                ]
-            )
+            np.mean([float(module.loss(batch, generator=torch.Generator().manual_seed(100 + s))) for s in range(8)])
         )
 
 
@@ -131,9 +126,7 @@ def test_trainable_parameters_rank0_vs_lora() -> None:
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
     assert {n.replace(".base_layer", "") for n in frozen} == {n for n, _ in transformer.named_parameters()}
     (group,) = lora.configure_optimizers()["optimizer"].param_groups
-    assert {id(p) for p in group["params"]} == {
-        id(p) for p in lora.transformer.parameters() if p.requires_grad
-    }
+    assert {id(p) for p in group["params"]} == {id(p) for p in lora.transformer.parameters() if p.requires_grad}
 
 
 def test_lora_export_round_trip(tmp_path: Path) -> None:
@@ -174,10 +167,14 @@ def test_trained_text_encoders_learn_and_are_exported(tmp_path: Path, which: str
     L.seed_everything(0)
     module = FlowMatchingModule(policy=_source(), text_encoders=which, optimizer=OptimizerConfig(lr=1e-2))
     module.configure_model()
-    before = {name: {n: p.detach().clone() for n, p in getattr(module.policy, name).named_parameters()}
-              for name in ("text_encoder", "text_encoder_2")}
+    before = {
+        name: {n: p.detach().clone() for n, p in getattr(module.policy, name).named_parameters()}
+        for name in ("text_encoder", "text_encoder_2")
+    }
     export = tmp_path / "policy"
-    _trainer(max_steps=3, limit_val_batches=0, callbacks=[ExportPolicy(str(export))]).fit(module, _loader(images, prompts))
+    _trainer(max_steps=3, limit_val_batches=0, callbacks=[ExportPolicy(str(export))]).fit(
+        module, _loader(images, prompts)
+    )
     trained = {"text_encoder_2"} | ({"text_encoder"} if which == "both" else set())
     for name, old in before.items():
         moved = any(not torch.equal(p, old[n]) for n, p in getattr(module.policy, name).named_parameters())
@@ -200,9 +197,7 @@ def test_trained_text_encoders_learn_and_are_exported(tmp_path: Path, which: str
 
 def test_validation_on_prompts_view_samples_and_scores() -> None:
     _, prompts = _scenes(2, seed=3)
-    loader = DataLoader(
-        [prompts], batch_size=None, collate_fn=lambda p: {"prompts": p, "metadata": [{}] * len(p)}
-    )
+    loader = DataLoader([prompts], batch_size=None, collate_fn=lambda p: {"prompts": p, "metadata": [{}] * len(p)})
     module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=0), val_samples=3, val_steps=2)
     (metrics,) = _trainer().validate(module, loader)
     assert set(metrics) == {"val/strict_correct", "val/strict_extra", "val/strict_missing", "val/strict_lenient"}
@@ -233,12 +228,8 @@ def test_presence_reward() -> None:
 
 def test_vae_pretraining_standardises_latents(tmp_path: Path) -> None:
     config = TinyFluxConfig(vae_channels=(8, 16, 16), latent_channels=4, vae_pretrain_steps=3)
-    policy = FluxPolicy.from_pretrained(
-        build_tiny_flux(tmp_path / "flux", seed=0, config=config), dtype=torch.float32
-    )
-    random = FluxPolicy.from_pretrained(
-        build_tiny_flux(tmp_path / "random", seed=0, config=TINY), dtype=torch.float32
-    )
+    policy = FluxPolicy.from_pretrained(build_tiny_flux(tmp_path / "flux", seed=0, config=config), dtype=torch.float32)
+    random = FluxPolicy.from_pretrained(build_tiny_flux(tmp_path / "random", seed=0, config=TINY), dtype=torch.float32)
     vae = policy.vae
     held_out = procedural_images(count=256, image_size=32, seed=1)  # what build_tiny_flux measures on
     shift, scale = latent_statistics(vae, images=held_out)

@@ -233,9 +233,7 @@ def test_rerun_is_a_no_op_and_other_settings_or_foreign_files_are_refused(tmp_pa
     assert not list((own / "images").iterdir())
 
 
-@pytest.mark.parametrize(
-    "kwargs", [dict(num_pairs=0), dict(stages=(7,)), dict(image_size=16), dict(split="../x")]
-)
+@pytest.mark.parametrize("kwargs", [dict(num_pairs=0), dict(stages=(7,)), dict(image_size=16), dict(split="../x")])
 def test_writer_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
         write_synthetic_dataset(tmp_path, **{"num_pairs": 1, "seed": 0, "show_progress": False, **kwargs})
@@ -343,8 +341,7 @@ def test_parse_the_documented_templates():
     assert relations[5].objects == (("red", "circle"), ("green", "triangle"), ("blue", "square"))
     assert "; ".join(r.text for r in relations) == prompt
     assert (
-        Relation("below", (("orange", "diamond"), ("cyan", "circle"))).text
-        == "an orange diamond below a cyan circle"
+        Relation("below", (("orange", "diamond"), ("cyan", "circle"))).text == "an orange diamond below a cyan circle"
     )
 
 
@@ -380,9 +377,9 @@ def test_checker_is_robust_to_mild_noise_and_blur(pairs):
                 expected.append(score)
         assert checker(images=images, prompts=prompts) == pytest.approx(expected)
     blurred = [(pair, perfect.filter(ImageFilter.GaussianBlur(0.5))) for pair, perfect, _ in sample]
-    assert checker(images=[b for _, b in blurred], prompts=[p.perfect.prompt for p, _ in blurred]) == [
-        1.0
-    ] * len(blurred)
+    assert checker(images=[b for _, b in blurred], prompts=[p.perfect.prompt for p, _ in blurred]) == [1.0] * len(
+        blurred
+    )
 
 
 class _FakeTensor:
@@ -418,6 +415,7 @@ def test_checker_accepts_pil_arrays_batches_and_tensors(pairs):
 
 def test_checker_accepts_real_torch_tensors(pairs):
     import torch
+
     pair, perfect, perturbed = pairs[-2]
     batch = torch.from_numpy(np.stack([_as_chw(perfect), _as_chw(perturbed)])).to(torch.bfloat16)
     scores = RuleChecker()(images=batch, prompts=[pair.perfect.prompt] * 2)

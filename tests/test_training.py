@@ -46,9 +46,16 @@ def write_config(tmp: Path, data: Path, *, max_steps: int, curriculum: bool, eve
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(tmp / "run" / "ckpt"), "save_last": True, "every_n_train_steps": every},
+                    "init_args": {
+                        "dirpath": str(tmp / "run" / "ckpt"),
+                        "save_last": True,
+                        "every_n_train_steps": every,
+                    },
                 },
-                {"class_path": "spatialscore.callbacks.ExportSpatialScore", "init_args": {"directory": str(tmp / "export")}},
+                {
+                    "class_path": "spatialscore.callbacks.ExportSpatialScore",
+                    "init_args": {"directory": str(tmp / "export")},
+                },
             ],
             **trainer,
         },
@@ -101,7 +108,9 @@ def test_fit_validate_test_and_score(tmp_path, synthetic_dir):
     run_cli("fit", "--config", str(config), cwd=tmp_path)
     rows = metrics(tmp_path)
     assert any("val/accuracy" in r and r["val/accuracy"] for r in rows)
-    assert any(r.get("val/subset/2-3-pert/num_pairs") for r in rows) or any(r.get("val/subset/1-pert/num_pairs") for r in rows)
+    assert any(r.get("val/subset/2-3-pert/num_pairs") for r in rows) or any(
+        r.get("val/subset/1-pert/num_pairs") for r in rows
+    )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(next((tmp_path / "run" / "tb").glob("version_*"))))
@@ -111,8 +120,16 @@ def test_fit_validate_test_and_score(tmp_path, synthetic_dir):
     out = run_cli("test", "--config", str(config), "--ckpt_path", str(ckpt), cwd=tmp_path)
     assert "test/accuracy" in out.stdout
     image = next((synthetic_dir / "images").glob("*.png"))
-    scored = run_cli("score", "--model", str(tmp_path / "export"), "--prompt", "a red circle to the left of a blue square",
-                     str(image), str(image), cwd=tmp_path)
+    scored = run_cli(
+        "score",
+        "--model",
+        str(tmp_path / "export"),
+        "--prompt",
+        "a red circle to the left of a blue square",
+        str(image),
+        str(image),
+        cwd=tmp_path,
+    )
     lines = [json.loads(line) for line in scored.stdout.strip().splitlines()]
     assert len(lines) == 2 and lines[0]["score"] == lines[1]["score"] and lines[0]["sigma"] > 0
 
@@ -126,8 +143,15 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, synthetic_dir, curricu
         folder.mkdir()
     run_cli("fit", "--config", str(write_config(full, synthetic_dir, max_steps=steps, curriculum=curriculum)), cwd=full)
     config = write_config(crashed, synthetic_dir, max_steps=steps, curriculum=curriculum)
-    run_cli("fit", "--config", str(config), "--trainer.callbacks+=crash_callback.CrashAtStep",
-            "--trainer.callbacks.step=15", cwd=crashed, expect=17)
+    run_cli(
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.callbacks+=crash_callback.CrashAtStep",
+        "--trainer.callbacks.step=15",
+        cwd=crashed,
+        expect=17,
+    )
     ckpt = crashed / "run" / "ckpt" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 14
     run_cli("fit", "--config", str(config), "--ckpt_path", str(ckpt), cwd=crashed)
@@ -170,10 +194,20 @@ def test_fsdp_checkpoint_resumes(tmp_path, synthetic_dir):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     for folder in (full, crashed):
         folder.mkdir()
-    run_cli("fit", "--config", str(write_config(full, synthetic_dir, max_steps=steps, curriculum=True)), *args, cwd=full)
+    run_cli(
+        "fit", "--config", str(write_config(full, synthetic_dir, max_steps=steps, curriculum=True)), *args, cwd=full
+    )
     config = write_config(crashed, synthetic_dir, max_steps=steps, curriculum=True)
-    run_cli("fit", "--config", str(config), *args, "--trainer.callbacks+=crash_callback.CrashAtStep",
-            "--trainer.callbacks.step=5", cwd=crashed, expect=17)
+    run_cli(
+        "fit",
+        "--config",
+        str(config),
+        *args,
+        "--trainer.callbacks+=crash_callback.CrashAtStep",
+        "--trainer.callbacks.step=5",
+        cwd=crashed,
+        expect=17,
+    )
     ckpt = crashed / "run" / "ckpt" / "last.ckpt"
     assert ckpt.is_dir(), "FSDP2 checkpoints are sharded (torch.distributed.checkpoint folders)"
     run_cli("fit", "--config", str(config), "--ckpt_path", str(ckpt), *args, cwd=crashed)

@@ -43,8 +43,16 @@ def manifest(tmp_path: Path, pairs: dict[str, tuple[tuple, tuple]], *, name: str
     for pair_id, (chosen, rejected) in pairs.items():
         for role, objects in (("chosen", chosen), ("rejected", rejected)):
             draw(*objects).save(tmp_path / f"{pair_id}-{role}.png")
-        rows.append({"id": pair_id, "prompt": LEFT, "perturbed_prompt": RIGHT, "chosen": f"{pair_id}-chosen.png",
-                     "rejected": f"{pair_id}-rejected.png", "category": "flip"})
+        rows.append(
+            {
+                "id": pair_id,
+                "prompt": LEFT,
+                "perturbed_prompt": RIGHT,
+                "chosen": f"{pair_id}-chosen.png",
+                "rejected": f"{pair_id}-rejected.png",
+                "category": "flip",
+            }
+        )
     write_manifest(tmp_path / name, rows)
     return tmp_path / name
 
@@ -62,15 +70,19 @@ def test_rule_verifier_keeps_right_chosen_and_violating_rejected(tmp_path):
     result = filter_pairs(pairs=manifest(tmp_path, PAIRS), out=tmp_path / "kept.jsonl", show_progress=False)
     assert [r.id for r in read_manifest(tmp_path / "kept.jsonl").records] == ["good", "dirty-negative"]
     assert (result.total, result.kept, result.pooled) == (5, 2, 0)
-    assert result.dropped == {"chosen: duplicated objects": 1, "rejected shows the prompt": 1,
-                              "chosen: missing objects": 1}
+    assert result.dropped == {
+        "chosen: duplicated objects": 1,
+        "rejected shows the prompt": 1,
+        "chosen: missing objects": 1,
+    }
     report = json.loads(result.report.read_text())
     assert report["written"] == 2 and report["dropped"] == result.dropped and report["settings"]["pool"] is False
 
 
 def test_faithful_rejected_must_show_its_own_prompt(tmp_path):
-    result = filter_pairs(pairs=manifest(tmp_path, PAIRS), out=tmp_path / "kept.jsonl", rejected="faithful",
-                          show_progress=False)
+    result = filter_pairs(
+        pairs=manifest(tmp_path, PAIRS), out=tmp_path / "kept.jsonl", rejected="faithful", show_progress=False
+    )
     assert [r.id for r in read_manifest(tmp_path / "kept.jsonl").records] == ["good"]
     assert result.dropped["rejected does not show its own prompt: missing objects"] == 1
 
@@ -94,12 +106,17 @@ def test_pool_pairs_verified_images_across_seeds(tmp_path):
 def test_review_decisions_as_verifier(tmp_path):
     path = manifest(tmp_path, PAIRS)
     decisions = tmp_path / "decisions.jsonl"
-    lines = [("good", "accept"), ("duplicate", "swap"), ("same-layout", "reject"), ("missing", "accept"),
-             ("missing", "skip")]  # the last decision counts; "dirty-negative" is undecided
-    decisions.write_text("".join(json.dumps({"id": i, "decision": d, "time": "2026-12-04T00:00:00Z"}) + "\n"
-                                 for i, d in lines))
-    result = filter_pairs(pairs=path, out=tmp_path / "kept.jsonl", verifier=f"review:{decisions}",
-                          show_progress=False)
+    lines = [
+        ("good", "accept"),
+        ("duplicate", "swap"),
+        ("same-layout", "reject"),
+        ("missing", "accept"),
+        ("missing", "skip"),
+    ]  # the last decision counts; "dirty-negative" is undecided
+    decisions.write_text(
+        "".join(json.dumps({"id": i, "decision": d, "time": "2026-12-04T00:00:00Z"}) + "\n" for i, d in lines)
+    )
+    result = filter_pairs(pairs=path, out=tmp_path / "kept.jsonl", verifier=f"review:{decisions}", show_progress=False)
     kept = {r.id: r for r in read_manifest(tmp_path / "kept.jsonl").records}
     assert sorted(kept) == ["duplicate", "good"]
     assert kept["duplicate"].chosen.name == "duplicate-rejected.png" and kept["duplicate"].meta["review"] == "swap"
@@ -134,11 +151,21 @@ class DrawingPipeline:
 
 def test_make_pairs_filter_pairs_datamodule_joint(tmp_path):
     prompts = tmp_path / "perturbed.jsonl"
-    prompts.write_text(json.dumps({"id": "p", "prompt": LEFT, "perturbed_prompt": RIGHT, "num_perturbations": 1,
-                                   "edits": [{"kind": "flip", "start": 20, "end": 24, "before": "left",
-                                              "after": "right"}]}) + "\n")
-    rendered = make_pairs(prompts=prompts, pipeline=DrawingPipeline(), out=tmp_path / "pairs", images_per_prompt=12,
-                          show_progress=False)
+    prompts.write_text(
+        json.dumps(
+            {
+                "id": "p",
+                "prompt": LEFT,
+                "perturbed_prompt": RIGHT,
+                "num_perturbations": 1,
+                "edits": [{"kind": "flip", "start": 20, "end": 24, "before": "left", "after": "right"}],
+            }
+        )
+        + "\n"
+    )
+    rendered = make_pairs(
+        prompts=prompts, pipeline=DrawingPipeline(), out=tmp_path / "pairs", images_per_prompt=12, show_progress=False
+    )
     result = filter_pairs(pairs=rendered.manifest, out=tmp_path / "kept" / "train.jsonl", show_progress=False)
     assert result.total == 12 and 0 < result.kept < 12 and set(result.dropped) == {"chosen: missing objects"}
     data = PreferenceDataModule(train=str(tmp_path / "kept" / "train.jsonl"), batch_size=2)
@@ -203,9 +230,16 @@ def test_edit_object_refuses_when_there_is_no_room_and_unknown_kinds():
 def test_hard_negatives_add_one_verified_pair_per_written_pair(tmp_path):
     from spatialscore.data.strict import judge
 
-    path = manifest(tmp_path, {"a": (SHOWS_LEFT, SHOWS_RIGHT), "b": (SHOWS_LEFT, (RED["right"],)),
-                               "c": (SHOWS_LEFT, SHOWS_RIGHT), "d": (SHOWS_LEFT, SHOWS_RIGHT),
-                               "x": ((RED["left"],), SHOWS_RIGHT)})
+    path = manifest(
+        tmp_path,
+        {
+            "a": (SHOWS_LEFT, SHOWS_RIGHT),
+            "b": (SHOWS_LEFT, (RED["right"],)),
+            "c": (SHOWS_LEFT, SHOWS_RIGHT),
+            "d": (SHOWS_LEFT, SHOWS_RIGHT),
+            "x": ((RED["left"],), SHOWS_RIGHT),
+        },
+    )
     result = filter_pairs(pairs=path, out=tmp_path / "kept.jsonl", hard_negatives=True, show_progress=False)
     records = read_manifest(tmp_path / "kept.jsonl").records
     assert (result.kept, sum(result.negatives.values())) == (4, 4) and len(records) == 8

@@ -25,9 +25,7 @@ __all__ = ["latent_statistics", "pretrain_autoencoder", "procedural_images"]
 _ALL_STAGES: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 
 
-def procedural_images(
-    *, count: int, image_size: int, seed: int, stages: Sequence[int] = _ALL_STAGES
-) -> Tensor:
+def procedural_images(*, count: int, image_size: int, seed: int, stages: Sequence[int] = _ALL_STAGES) -> Tensor:
     """``count`` float32 images ``(count, 3, H, W)`` in [0, 1]: the perfect and perturbed scene of procedural
     pairs ``generate_pair(seed=(seed, i))``, cycling through ``stages`` (the default, stages 1-6, covers all 8
     colours, 2-5 objects and overlaps)."""
@@ -46,9 +44,7 @@ def latent_statistics(vae: AutoencoderKL, *, images: Tensor, batch_size: int = 6
 
     The mode (not a sample) because that is what the supervised flow-matching mode encodes.
     """
-    latents = torch.cat(
-        [vae.encode(chunk * 2 - 1).latent_dist.mode() for chunk in images.split(batch_size)]
-    ).double()
+    latents = torch.cat([vae.encode(chunk * 2 - 1).latent_dist.mode() for chunk in images.split(batch_size)]).double()
     return float(latents.mean()), float(1.0 / latents.std())
 
 

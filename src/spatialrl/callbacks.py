@@ -173,7 +173,8 @@ class RewardDivergence(L.Callback):
             best = max(range(len(self.scores)), key=self.scores.__getitem__)
             rank_zero_warn(
                 f"RewardDivergence: stopping at step {trainer.global_step}: {self.reward} rose "
-                f"{self.rewards[best]:.3f} -> {reward:.3f} while {self.judge} fell {self.scores[best]:.3f} -> {score:.3f}"
+                f"{self.rewards[best]:.3f} -> {reward:.3f} while {self.judge} fell "
+                f"{self.scores[best]:.3f} -> {score:.3f}"
             )
             trainer.should_stop = True
 

@@ -188,8 +188,7 @@ def resolve_sampling(
             values[key], sources[key] = default, "default"
     if conflicts:
         raise SpecError(
-            f"the policies were exported with different sampling settings ({SETTINGS_FILE}): "
-            + "; ".join(conflicts)
+            f"the policies were exported with different sampling settings ({SETTINGS_FILE}): " + "; ".join(conflicts)
         )
     return values, sources
 
@@ -211,9 +210,7 @@ def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = N
     if head == "spatialscore" and colon:
         if not Path(tail).is_dir():
             raise SpecError(f"reward {spec!r}: no SpatialScore folder at {tail}")
-        return SpatialScoreReward(
-            tail, batch_size=batch_size, device=device, name=name if named else "spatialscore"
-        )
+        return SpatialScoreReward(tail, batch_size=batch_size, device=device, name=name if named else "spatialscore")
     module_name, _, attribute = body.rpartition(".")
     if not module_name or not all(part.isidentifier() for part in body.split(".")):
         raise SpecError(f"reward {spec!r}: unknown form; forms: {'; '.join(REWARD_FORMS)}")
@@ -316,8 +313,14 @@ def evaluate_policies(
     grid: dict[str, Tensor] = {}
     seconds: dict[str, dict[str, float]] = {}
     for number, spec in enumerate(policies, start=1):
-        with tqdm(total=len(flat), desc=f"policy {number}/{len(policies)} {spec.name}", unit="img",
-                  disable=not progress, postfix="loading", dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(flat),
+            desc=f"policy {number}/{len(policies)} {spec.name}",
+            unit="img",
+            disable=not progress,
+            postfix="loading",
+            dynamic_ncols=True,
+        ) as bar:
             start = time.perf_counter()
             policy = spec.source.load(device=device)
             loaded = time.perf_counter()
@@ -326,8 +329,17 @@ def evaluate_policies(
             sampling = scoring = 0.0
             offset, tick = 0, time.perf_counter()
             bar.set_postfix_str("sampling")
-            for images in ode_images(policy, prompts=prompts, samples_per_prompt=n, seed=seed, num_steps=num_steps,
-                                     height=height, width=width, guidance=guidance, batch_size=batch_size):
+            for images in ode_images(
+                policy,
+                prompts=prompts,
+                samples_per_prompt=n,
+                seed=seed,
+                num_steps=num_steps,
+                height=height,
+                width=width,
+                guidance=guidance,
+                batch_size=batch_size,
+            ):
                 mid = time.perf_counter()
                 sampling += mid - tick
                 bar.set_postfix_str("scoring")
@@ -336,8 +348,11 @@ def evaluate_policies(
                     values = reward_components(reward, images=images, prompts=flat[rows], metadata=flat_meta[rows])
                     for name, value in values.items():
                         parts[name].append(value.cpu())
-                firsts += [images[j - offset].cpu() for j in range(offset, offset + len(images))
-                           if j % n < grid_samples and j // n < grid_rows]  # first samples of the grid's prompts
+                firsts += [
+                    images[j - offset].cpu()
+                    for j in range(offset, offset + len(images))
+                    if j % n < grid_samples and j // n < grid_rows
+                ]  # first samples of the grid's prompts
                 offset += len(images)
                 tick = time.perf_counter()
                 scoring += tick - mid
@@ -349,9 +364,7 @@ def evaluate_policies(
         grid[spec.name] = torch.stack(firsts)
         seconds[spec.name] = {"load": loaded - start, "sampling": sampling, "scoring": scoring}
         del policy  # one policy in memory at a time
-    results = _summarise(
-        scores, policies=policies, columns=columns, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed
-    )
+    results = _summarise(scores, policies=policies, columns=columns, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
     results["settings"] = {
         "prompts": len(prompts),
         "samples_per_prompt": n,
@@ -370,18 +383,30 @@ def evaluate_policies(
         "max_sequence_length": {p.name: p.source.sequence_length() for p in policies},
     }
     results["per_prompt"] = [
-        {"prompt": prompt, "metadata": dict(meta), "scores": {
-            p: {r: scores[p][r][i].tolist() for r in scores[p]} for p in scores
-        }}
+        {
+            "prompt": prompt,
+            "metadata": dict(meta),
+            "scores": {p: {r: scores[p][r][i].tolist() for r in scores[p]} for p in scores},
+        }
         for i, (prompt, meta) in enumerate(zip(prompts, metadata, strict=True))
     ]
     results["seconds"] = seconds
-    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    results["machine"] = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     results["command"] = list(sys.argv if command is None else command)
     if out_dir is not None:
-        _write_outputs(Path(out_dir), results, grid=grid, prompts=prompts[:grid_rows], reward=rewards[0].name,
-                       samples=min(grid_samples, n))
+        _write_outputs(
+            Path(out_dir),
+            results,
+            grid=grid,
+            prompts=prompts[:grid_rows],
+            reward=rewards[0].name,
+            samples=min(grid_samples, n),
+        )
     return results
 
 
@@ -405,16 +430,26 @@ def _summarise(
         for column in columns:
             values = scores[spec.name][column]
             mean, low, high = bootstrap_mean_ci(values.mean(axis=1), resamples=resamples)
-            block[column] = {"mean": mean, "ci_low": low, "ci_high": high, "std": float(values.std()),
-                                  "n": int(values.size)}
+            block[column] = {
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "std": float(values.std()),
+                "n": int(values.size),
+            }
         out["policies"][spec.name] = {"rewards": block}
     for spec in policies[1:]:
         block = {}
         for column in columns:
             diff = scores[spec.name][column] - scores[first][column]
             mean, low, high = bootstrap_mean_ci(diff.mean(axis=1), resamples=resamples)
-            block[column] = {"mean": mean, "ci_low": low, "ci_high": high,
-                                  "win_rate": float((diff > 0).mean()), "tie_rate": float((diff == 0).mean())}
+            block[column] = {
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "win_rate": float((diff > 0).mean()),
+                "tie_rate": float((diff == 0).mean()),
+            }
         out["paired"][f"{spec.name} - {first}"] = block
     return out
 
@@ -433,14 +468,25 @@ def format_tables(results: Mapping[str, Any]) -> str:
     """Markdown: mean [95% CI] per policy (rows) and reward (columns), then the paired differences."""
     rewards = results["rewards"]
     header = "| policy | " + " | ".join(rewards) + " |\n|---|" + "---|" * len(rewards) + "\n"
-    lines = [header + "\n".join(
-        f"| {name} | " + " | ".join(_cell(block["rewards"][r]) for r in rewards) + " |"
-        for name, block in results["policies"].items()
-    )]
+    lines = [
+        header
+        + "\n".join(
+            f"| {name} | " + " | ".join(_cell(block["rewards"][r]) for r in rewards) + " |"
+            for name, block in results["policies"].items()
+        )
+    ]
     if results["paired"]:
-        lines.append("| paired difference | " + " | ".join(rewards) + " |\n|---|" + "---|" * len(rewards) + "\n"
-                     + "\n".join(f"| {name} | " + " | ".join(_cell(block[r], signed=True) for r in rewards) + " |"
-                                 for name, block in results["paired"].items()))
+        lines.append(
+            "| paired difference | "
+            + " | ".join(rewards)
+            + " |\n|---|"
+            + "---|" * len(rewards)
+            + "\n"
+            + "\n".join(
+                f"| {name} | " + " | ".join(_cell(block[r], signed=True) for r in rewards) + " |"
+                for name, block in results["paired"].items()
+            )
+        )
     s = results["settings"]
     ci = f"95% bootstrap CI over prompts ({s['bootstrap']} resamples)" if s["bootstrap"] else "no CIs"
     lines.append(
@@ -490,48 +536,82 @@ def cli_main(argv: list[str] | None = None) -> int:
         "score them with one or more rewards: mean and 95%% bootstrap CI, paired differences, image grid.",
         epilog="policy specs: " + "; ".join(POLICY_FORMS) + ". reward specs: " + "; ".join(REWARD_FORMS),
     )
-    parser.add_argument("--policy", required=True, action="append",
-                        help="policy spec (repeatable; the first is the baseline of the paired differences)")
-    parser.add_argument("--prompts", required=True,
-                        help="pair manifest (.jsonl/.parquet) or text file with one prompt per line")
-    parser.add_argument("--reward", action="append",
-                        help="reward spec (repeatable; default: strict, the strict judge and its diagnostics)")
+    parser.add_argument(
+        "--policy",
+        required=True,
+        action="append",
+        help="policy spec (repeatable; the first is the baseline of the paired differences)",
+    )
+    parser.add_argument(
+        "--prompts", required=True, help="pair manifest (.jsonl/.parquet) or text file with one prompt per line"
+    )
+    parser.add_argument(
+        "--reward",
+        action="append",
+        help="reward spec (repeatable; default: strict, the strict judge and its diagnostics)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     recorded = f"default: what the policy folders recorded in {SETTINGS_FILE} at export, else"
     parser.add_argument("--steps", type=int, default=None, help=f"ODE steps ({recorded} {EvalSpec.num_steps})")
-    parser.add_argument("--samples-per-prompt", type=int, default=EvalSpec.samples_per_prompt,
-                        help=f"samples of each prompt per policy (default {EvalSpec.samples_per_prompt})")
+    parser.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=EvalSpec.samples_per_prompt,
+        help=f"samples of each prompt per policy (default {EvalSpec.samples_per_prompt})",
+    )
     parser.add_argument("--height", type=int, default=None, help=f"image height ({recorded} {SamplingSpec.height})")
     parser.add_argument("--width", type=int, default=None, help=f"image width ({recorded} {SamplingSpec.width})")
     parser.add_argument("--seed", type=int, default=EvalSpec.seed, help="initial-noise seed (as eval.seed)")
-    parser.add_argument("--guidance", type=float, default=SamplingSpec.guidance,
-                        help=f"FLUX guidance scale (default {SamplingSpec.guidance}, as sampling.guidance)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=SamplingSpec.guidance,
+        help=f"FLUX guidance scale (default {SamplingSpec.guidance}, as sampling.guidance)",
+    )
     parser.add_argument("--batch-size", type=int, default=SamplingSpec.rollout_batch, help="images per sampling pass")
     parser.add_argument("--reward-batch-size", type=int, default=16, help="images per SpatialScore forward")
     parser.add_argument("--device", default=None, help="default: cuda if available")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
-    parser.add_argument("--max-sequence-length", type=int, default=None,
-                        help="T5 prompt length (default: the one each policy folder was trained with, else 512)")
+    parser.add_argument(
+        "--max-sequence-length",
+        type=int,
+        default=None,
+        help="T5 prompt length (default: the one each policy folder was trained with, else 512)",
+    )
     parser.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--grid-prompts", type=int, default=8, help="prompts (rows) in grid.png")
     parser.add_argument("--grid-samples", type=int, default=1, help="samples of each prompt per policy in grid.png")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars (one per policy, over its images, on stderr)")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (one per policy, over its images, on stderr)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    for flag in ("steps", "height", "width", "samples_per_prompt", "batch_size", "reward_batch_size",
-                 "grid_prompts", "grid_samples"):
+    for flag in (
+        "steps",
+        "height",
+        "width",
+        "samples_per_prompt",
+        "batch_size",
+        "reward_batch_size",
+        "grid_prompts",
+        "grid_samples",
+    ):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        policies = [parse_policy_spec(s, dtype=args.dtype, max_sequence_length=args.max_sequence_length)
-                    for s in args.policy]
-        rewards = [parse_reward_spec(s, batch_size=args.reward_batch_size, device=device)
-                   for s in args.reward or ["strict"]]
+        policies = [
+            parse_policy_spec(s, dtype=args.dtype, max_sequence_length=args.max_sequence_length) for s in args.policy
+        ]
+        rewards = [
+            parse_reward_spec(s, batch_size=args.reward_batch_size, device=device) for s in args.reward or ["strict"]
+        ]
         prompts, metadata = read_prompts(args.prompts)
         chosen, sources = resolve_sampling(policies, height=args.height, width=args.width, num_steps=args.steps)
     except (SpecError, OSError, ValueError) as error:
@@ -543,11 +623,24 @@ def cli_main(argv: list[str] | None = None) -> int:
             parser.error(f"duplicate {name} names {names}; name them with NAME=SPEC")
     print(describe_sampling(chosen, sources), file=sys.stderr, flush=True)
     results = evaluate_policies(
-        policies=policies, prompts=prompts, metadata=metadata, rewards=rewards, num_steps=args.steps,
-        samples_per_prompt=args.samples_per_prompt, height=args.height, width=args.width, seed=args.seed,
-        guidance=args.guidance, batch_size=args.batch_size, device=device, bootstrap=args.bootstrap,
-        grid_prompts=args.grid_prompts, grid_samples=args.grid_samples, out_dir=args.out,
-        command=["spatialrl", "evaluate", *argv], progress=args.progress,
+        policies=policies,
+        prompts=prompts,
+        metadata=metadata,
+        rewards=rewards,
+        num_steps=args.steps,
+        samples_per_prompt=args.samples_per_prompt,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        guidance=args.guidance,
+        batch_size=args.batch_size,
+        device=device,
+        bootstrap=args.bootstrap,
+        grid_prompts=args.grid_prompts,
+        grid_samples=args.grid_samples,
+        out_dir=args.out,
+        command=["spatialrl", "evaluate", *argv],
+        progress=args.progress,
     )
     print(format_tables(results), end="")
     print(f"wrote {args.out}/results.json, table.md, grid.png")

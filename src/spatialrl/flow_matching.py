@@ -79,9 +79,7 @@ def sample_timesteps(
         normal = torch.randn(batch, generator=generator, device=device, dtype=torch.float32)
         sigma = torch.sigmoid(mean + std * normal)
     elif kind == "uniform":
-        sigma = torch.rand(batch, generator=generator, device=device, dtype=torch.float32).clamp(
-            _EPS, 1 - _EPS
-        )
+        sigma = torch.rand(batch, generator=generator, device=device, dtype=torch.float32).clamp(_EPS, 1 - _EPS)
     else:
         raise ValueError(f"kind must be 'logit_normal' or 'uniform', got {kind!r}")
     return sigma if shift is None else shift_sigmas(sigma, shift)
@@ -105,9 +103,7 @@ def noisy_latents(*, latents: Tensor, noise: Tensor, sigma: float | Tensor) -> T
     return (1 - s) * latents + s * noise
 
 
-def flow_matching_loss(
-    *, velocity: Tensor, latents: Tensor, noise: Tensor, weighting: Tensor | None = None
-) -> Tensor:
+def flow_matching_loss(*, velocity: Tensor, latents: Tensor, noise: Tensor, weighting: Tensor | None = None) -> Tensor:
     """Scalar float32 ``mean((v - (eps - x0))^2)``; with ``weighting`` ``(B,)``, the per-sample means are
     weighted by it before the batch mean. Computed in float32 whatever the velocity's dtype."""
     if not velocity.shape == latents.shape == noise.shape:

@@ -97,7 +97,8 @@ def build_tiny_flux(directory: str | Path, *, seed: int = 0, config: TinyFluxCon
     """Write a randomly initialised FLUX of ``config``'s size to ``directory`` in the FLUX.1-dev layout.
 
     ``model_index.json`` and subfolders ``transformer/ vae/ text_encoder/ text_encoder_2/ tokenizer/ tokenizer_2/
-    scheduler/`` as on the hub, so the folder loads through :meth:`FluxPolicy.from_pretrained` and ``FluxPipeline.from_pretrained``.
+    scheduler/`` as on the hub, so the folder loads through :meth:`FluxPolicy.from_pretrained` and
+    ``FluxPipeline.from_pretrained``.
     Deterministic for ``seed`` (VAE pretraining: on one machine and thread count). The folder is written to a
     temporary sibling and renamed into place.
     """
@@ -286,17 +287,13 @@ class FluxPolicy:
             raise FileNotFoundError(f"{path}: no transformer/config.json (expected a diffusers FLUX folder)")
         kwargs = {"local_files_only": True}
         return cls(
-            transformer=FluxTransformer2DModel.from_pretrained(
-                path / "transformer", torch_dtype=dtype, **kwargs
-            ).to(device),
+            transformer=FluxTransformer2DModel.from_pretrained(path / "transformer", torch_dtype=dtype, **kwargs).to(
+                device
+            ),
             vae=AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype, **kwargs).to(device),
-            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **kwargs).to(
-                device
-            ),
+            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, **kwargs).to(device),
             tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer", **kwargs),
-            text_encoder_2=T5EncoderModel.from_pretrained(path / "text_encoder_2", dtype=dtype, **kwargs).to(
-                device
-            ),
+            text_encoder_2=T5EncoderModel.from_pretrained(path / "text_encoder_2", dtype=dtype, **kwargs).to(device),
             tokenizer_2=T5TokenizerFast.from_pretrained(path / "tokenizer_2", **kwargs),
             scheduler_config=FlowMatchEulerDiscreteScheduler.load_config(path / "scheduler", **kwargs),
             max_sequence_length=max_sequence_length,
@@ -381,9 +378,7 @@ class FluxPolicy:
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        pooled = self.text_encoder(
-            clip_ids.to(self.text_encoder.device), output_hidden_states=False
-        ).pooler_output
+        pooled = self.text_encoder(clip_ids.to(self.text_encoder.device), output_hidden_states=False).pooler_output
         t5_ids = self.tokenizer_2(
             prompts,
             padding="max_length",
@@ -438,12 +433,8 @@ class FluxPolicy:
         """Inverse of :meth:`pack_latents`: ``(B, h/2 * w/2, 4C) -> (B, C, h, w)``."""
         batch, tokens, dim = packed.shape
         if tokens != (latent_height // 2) * (latent_width // 2) or dim % 4:
-            raise ValueError(
-                f"packed latents {tuple(packed.shape)} do not fit a {latent_height}x{latent_width} grid"
-            )
-        patches = packed.view(batch, latent_height // 2, latent_width // 2, dim // 4, 2, 2).permute(
-            0, 3, 1, 4, 2, 5
-        )
+            raise ValueError(f"packed latents {tuple(packed.shape)} do not fit a {latent_height}x{latent_width} grid")
+        patches = packed.view(batch, latent_height // 2, latent_width // 2, dim // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return patches.reshape(batch, dim // 4, latent_height, latent_width)
 
     def latent_image_ids(self, height: int, width: int) -> Tensor:
@@ -506,7 +497,5 @@ class FluxPolicy:
         rows, cols = self.latent_size(height, width)
         latents = self.unpack_latents(latents, latent_height=rows, latent_width=cols)
         latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        image = self.vae.decode(latents.to(device=self.vae.device, dtype=self.vae.dtype), return_dict=False)[
-            0
-        ]
+        image = self.vae.decode(latents.to(device=self.vae.device, dtype=self.vae.dtype), return_dict=False)[0]
         return (image.float() * 0.5 + 0.5).clamp(0, 1)

@@ -224,9 +224,7 @@ def ppo_clip_loss(
     if clip_range <= 0:
         raise ValueError(f"clip_range must be positive, got {clip_range}")
     if log_prob.shape != old_log_prob.shape:
-        raise ValueError(
-            f"log_prob {tuple(log_prob.shape)} and old_log_prob {tuple(old_log_prob.shape)} differ"
-        )
+        raise ValueError(f"log_prob {tuple(log_prob.shape)} and old_log_prob {tuple(old_log_prob.shape)} differ")
     if torch.broadcast_shapes(advantages.shape, log_prob.shape) != log_prob.shape:
         raise ValueError(f"advantages {tuple(advantages.shape)} do not broadcast to {tuple(log_prob.shape)}")
     if mask is not None and mask.shape != log_prob.shape:

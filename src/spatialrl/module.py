@@ -387,18 +387,21 @@ class FluxGRPOModule(L.LightningModule):
         sde_steps = self._trained_steps()
         for start in range(0, len(prompts), s.rollout_batch):
             chunk = slice(start, start + s.rollout_batch)
-            yield chunk, sample(
-                self.policy,
-                prompts=prompts[chunk],
-                height=s.height,
-                width=s.width,
-                num_steps=s.num_steps,
-                noise_level=s.noise_level,
-                kind=s.kind,
-                sde_steps=sde_steps,
-                initial_noise=initial[chunk],
-                step_noise=step_noise[chunk],
-                guidance=s.guidance,
+            yield (
+                chunk,
+                sample(
+                    self.policy,
+                    prompts=prompts[chunk],
+                    height=s.height,
+                    width=s.width,
+                    num_steps=s.num_steps,
+                    noise_level=s.noise_level,
+                    kind=s.kind,
+                    sde_steps=sde_steps,
+                    initial_noise=initial[chunk],
+                    step_noise=step_noise[chunk],
+                    guidance=s.guidance,
+                ),
             )
 
     def _global_prompts(self, batch: dict[str, Any]) -> tuple[list[str], list[dict], list[int]]:
@@ -514,7 +517,12 @@ class FluxGRPOModule(L.LightningModule):
         local_adv = self._local_rows(advantages).reshape(-1)
         stats = self._train_on(traj, keep=local_keep, advantages=local_adv, kept_total=kept_total)
         clock.append(time.perf_counter())
-        stats.update({f"seconds_{name}": b - a for name, a, b in zip(("rollout", "reward", "update"), clock[:-1], clock[1:], strict=True)})
+        stats.update(
+            {
+                f"seconds_{name}": b - a
+                for name, a, b in zip(("rollout", "reward", "update"), clock[:-1], clock[1:], strict=True)
+            }
+        )
         self._log_train(rewards=rewards, keep=keep, advantages=advantages, stats=stats, parts=parts)
 
     def _train_on(self, traj: Trajectory, *, keep: Tensor, advantages: Tensor, kept_total: int) -> dict[str, float]:
@@ -533,8 +541,14 @@ class FluxGRPOModule(L.LightningModule):
         counts = self.all_gather(torch.tensor(len(kept), device=self.device)).reshape(-1)
         n_max = int(counts.max())
         norm = world / max(kept_total * steps, 1)
-        totals: dict[str, float] = {"clip_fraction": 0.0, "approx_kl": 0.0, "kl": 0.0, "policy_loss": 0.0,
-                                    "grad_norm": 0.0, "passes": 0.0}
+        totals: dict[str, float] = {
+            "clip_fraction": 0.0,
+            "approx_kl": 0.0,
+            "kl": 0.0,
+            "policy_loss": 0.0,
+            "grad_norm": 0.0,
+            "passes": 0.0,
+        }
         terms = 0
         later_terms = 0  # terms of the PPO epochs after the first (on-policy, ratio 1) one
         for epoch in range(g.ppo_epochs):

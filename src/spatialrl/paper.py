@@ -97,7 +97,11 @@ class _Until(Exception):
 
 
 def run_stage(
-    folder: Path, settings: Mapping[str, Any], work: Callable[[], Mapping[str, Any] | None], *, log: Callable[[str], None]
+    folder: Path,
+    settings: Mapping[str, Any],
+    work: Callable[[], Mapping[str, Any] | None],
+    *,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Run ``work`` unless ``folder/stage.json`` records the same ``settings``; return the stage record.
 
@@ -203,8 +207,12 @@ def _run_stages(
             raise _Until
 
     seed_arg = [f"--seed_everything={seed}"]
-    runs = {"sft": "runs/spatialrl/sft-tiny", "rm": "runs/paper/spatialscore", "rl": "runs/paper/rl-spatialscore",
-            "rule": "runs/spatialrl/tiny"}
+    runs = {
+        "sft": "runs/spatialrl/sft-tiny",
+        "rm": "runs/paper/spatialscore",
+        "rl": "runs/paper/rl-spatialscore",
+        "rule": "runs/spatialrl/tiny",
+    }
 
     def lightning(name: str, package: str, base: str, moves: Mapping[str, str], extra: Sequence[str] = ()) -> Path:
         folder = out / name
@@ -226,10 +234,18 @@ def _run_stages(
         counts = {}
         for split, texts in (("train", train), ("heldout", held)):
             (prompts_dir / f"{split}.txt").write_text("\n".join(texts) + "\n")
-            code = perturb.cli_main([
-                "--prompts", str(prompts_dir / f"{split}.txt"), "--out", str(prompts_dir / f"{split}_perturbed.jsonl"),
-                "--num", "1", "--seed", str(seed),
-            ])
+            code = perturb.cli_main(
+                [
+                    "--prompts",
+                    str(prompts_dir / f"{split}.txt"),
+                    "--out",
+                    str(prompts_dir / f"{split}_perturbed.jsonl"),
+                    "--num",
+                    "1",
+                    "--seed",
+                    str(seed),
+                ]
+            )
             if code:
                 raise RuntimeError(f"spatialscore perturb failed on {split} prompts")
             counts[split] = len(texts)
@@ -237,8 +253,12 @@ def _run_stages(
         return {"prompts": counts, "train_perturbations_dropped_as_heldout": leaked}
 
     stage("prompts", {"rl_config": Path(settings.rl_config).read_text(), "seed": seed}, prompts)
-    render = {"steps": settings.steps, "height": settings.size, "width": settings.size,
-              "call_kwargs": {"max_sequence_length": _max_sequence_length(policy)}}
+    render = {
+        "steps": settings.steps,
+        "height": settings.size,
+        "width": settings.size,
+        "call_kwargs": {"max_sequence_length": _max_sequence_length(policy)},
+    }
 
     def rendering(name: str, generator: Path, jobs: Sequence[tuple[str, int, int, str]]) -> None:
         """make-pairs with ``generator`` for each (split, images per prompt, seed, id prefix)."""
@@ -249,61 +269,112 @@ def _run_stages(
                 source = prompts_dir / f"{split}_perturbed.jsonl"
                 if prefix:
                     source = _prefixed(source, out / name / f"{split}_perturbed.jsonl", prefix=prefix)
-                result = make_pairs(prompts=source, pipeline=generator, out=out / name / split, seed=pair_seed,
-                                    batch_size=64, images_per_prompt=per_prompt, **render)
+                result = make_pairs(
+                    prompts=source,
+                    pipeline=generator,
+                    out=out / name / split,
+                    seed=pair_seed,
+                    batch_size=64,
+                    images_per_prompt=per_prompt,
+                    **render,
+                )
                 done[split] = result.written + result.already_done
             return {"pairs": done}
 
         stage(name, {**render, "generator": str(generator), "jobs": jobs}, work)
 
-    rendering("pairs", policy, [("train", settings.images_per_prompt, 2 * seed, ""),
-                                ("heldout", settings.heldout_images_per_prompt, 2 * seed + 1, "")])
+    rendering(
+        "pairs",
+        policy,
+        [
+            ("train", settings.images_per_prompt, 2 * seed, ""),
+            ("heldout", settings.heldout_images_per_prompt, 2 * seed + 1, ""),
+        ],
+    )
 
     def filtering(name: str, splits: Mapping[str, Sequence[Path]]) -> None:
         def work() -> dict[str, Any]:  # hard negatives for training only: held-out pairs stay the generator's own
-            return {split: filter_pairs(pairs=sources, out=out / name / f"{split}.jsonl", verifier="rule",
-                                        rejected=settings.rejected, pool=True,
-                                        hard_negatives=settings.hard_negatives and split == "train").to_dict()
-                    for split, sources in splits.items()}
+            return {
+                split: filter_pairs(
+                    pairs=sources,
+                    out=out / name / f"{split}.jsonl",
+                    verifier="rule",
+                    rejected=settings.rejected,
+                    pool=True,
+                    hard_negatives=settings.hard_negatives and split == "train",
+                ).to_dict()
+                for split, sources in splits.items()
+            }
 
-        wanted = {"verifier": "rule", "rejected": settings.rejected, "pool": True,
-                  "hard_negatives": settings.hard_negatives,
-                  "splits": {k: [str(p) for p in v] for k, v in splits.items()}}
+        wanted = {
+            "verifier": "rule",
+            "rejected": settings.rejected,
+            "pool": True,
+            "hard_negatives": settings.hard_negatives,
+            "splits": {k: [str(p) for p in v] for k, v in splits.items()},
+        }
         stage(name, wanted, work)
 
     train_sources = [out / "pairs" / "train" / "pairs.jsonl"]
     filtering("filter", {"train": train_sources, "heldout": [out / "pairs" / "heldout" / "pairs.jsonl"]})
     heldout = out / "filter" / "heldout.jsonl"
     reward_model = "spatialscore"
-    lightning(reward_model, "spatialscore", settings.rm_config, {"rm": reward_model},
-              [f"--data.train={out / 'filter' / 'train.jsonl'}", f"--data.val={heldout}"])
+    lightning(
+        reward_model,
+        "spatialscore",
+        settings.rm_config,
+        {"rm": reward_model},
+        [f"--data.train={out / 'filter' / 'train.jsonl'}", f"--data.val={heldout}"],
+    )
     for r in range(1, settings.rounds + 1):
         # Hardening: a short RL run shows how the policy games the current reward model; its renders of the
         # training prompts join the pool, their failures become rejected images, and the reward model is retrained.
-        probe = lightning(f"probe-{r}", "spatialrl", settings.rl_config, {"sft": "sft", "rm": reward_model,
-                                                                          "rl": f"probe-{r}"},
-                          [f"--trainer.max_time=00:00:{settings.probe_minutes:02d}:00"])
-        rendering(f"pairs-{r}", probe / "policy", [("train", settings.probe_images_per_prompt, 2 * seed + 2 * r,
-                                                    f"probe{r}-")])
+        probe = lightning(
+            f"probe-{r}",
+            "spatialrl",
+            settings.rl_config,
+            {"sft": "sft", "rm": reward_model, "rl": f"probe-{r}"},
+            [f"--trainer.max_time=00:00:{settings.probe_minutes:02d}:00"],
+        )
+        rendering(
+            f"pairs-{r}",
+            probe / "policy",
+            [("train", settings.probe_images_per_prompt, 2 * seed + 2 * r, f"probe{r}-")],
+        )
         train_sources.append(out / f"pairs-{r}" / "train" / "pairs.jsonl")
         filtering(f"filter-{r}", {"train": list(train_sources)})
         reward_model = f"spatialscore-{r}"
-        lightning(reward_model, "spatialscore", settings.rm_config, {"rm": reward_model},
-                  [f"--data.train={out / f'filter-{r}' / 'train.jsonl'}", f"--data.val={heldout}"])
-    lightning("rl-spatialscore", "spatialrl", settings.rl_config,
-              {"sft": "sft", "rm": reward_model, "rl": "rl-spatialscore"})
-    policies = {"sft": policy, **{f"probe-{r}": out / f"probe-{r}" / "policy" for r in range(1, settings.rounds + 1)},
-                "spatialscore": out / "rl-spatialscore" / "policy"}
+        lightning(
+            reward_model,
+            "spatialscore",
+            settings.rm_config,
+            {"rm": reward_model},
+            [f"--data.train={out / f'filter-{r}' / 'train.jsonl'}", f"--data.val={heldout}"],
+        )
+    lightning(
+        "rl-spatialscore", "spatialrl", settings.rl_config, {"sft": "sft", "rm": reward_model, "rl": "rl-spatialscore"}
+    )
+    policies = {
+        "sft": policy,
+        **{f"probe-{r}": out / f"probe-{r}" / "policy" for r in range(1, settings.rounds + 1)},
+        "spatialscore": out / "rl-spatialscore" / "policy",
+    }
     if settings.compare_rule:
-        policies["rule"] = lightning("rl-rule", "spatialrl", settings.rule_config,
-                                     {"sft": "sft", "rule": "rl-rule"}) / "policy"
+        policies["rule"] = (
+            lightning("rl-rule", "spatialrl", settings.rule_config, {"sft": "sft", "rule": "rl-rule"}) / "policy"
+        )
     evaluate_args = [
         *(f"--policy={name}={path}" for name, path in policies.items()),
-        f"--prompts={prompts_dir / 'heldout.txt'}", "--reward=strict",
+        f"--prompts={prompts_dir / 'heldout.txt'}",
+        "--reward=strict",
         f"--reward=spatialscore=spatialscore:{out / reward_model / 'export'}",
-        f"--out={out / 'evaluate'}", f"--seed={settings.eval_seed}",
-        f"--samples-per-prompt={settings.eval_samples}", f"--steps={settings.steps}",
-        f"--height={settings.size}", f"--width={settings.size}", "--device=cpu",
+        f"--out={out / 'evaluate'}",
+        f"--seed={settings.eval_seed}",
+        f"--samples-per-prompt={settings.eval_samples}",
+        f"--steps={settings.steps}",
+        f"--height={settings.size}",
+        f"--width={settings.size}",
+        "--device=cpu",
     ]
 
     def evaluate() -> None:
@@ -390,12 +461,18 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     for name, splits in summary["filter"].items():
         for split, result in splits.items():
             dropped = "; ".join(f"{n} {reason}" for reason, n in result["dropped"].items())
-            lines.append(f"- {name}, {split} pairs: {result['kept']} of {result['total']} kept, {result['pooled']} "
-                         f"pooled across seeds (dropped: {dropped})")
+            lines.append(
+                f"- {name}, {split} pairs: {result['kept']} of {result['total']} kept, {result['pooled']} "
+                f"pooled across seeds (dropped: {dropped})"
+            )
     for name, accuracy in summary["reward_model_heldout_accuracy"].items():
         lines.append(f"- {name}: pairwise accuracy on held-out generated pairs {accuracy:.3f}")
-    lines += ["", "| policy | strict accuracy | vs start (95% CI) | extra objects | vs start (95% CI) | "
-              "missing objects | SpatialScore |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| policy | strict accuracy | vs start (95% CI) | extra objects | vs start (95% CI) | "
+        "missing objects | SpatialScore |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def paired(values: Mapping[str, Any], key: str) -> str:
         if "vs_start" not in values:
@@ -404,16 +481,20 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
     for name, values in summary["policies"].items():
-        lines.append(f"| {name} | {values['strict_correct']:.3f} | {paired(values, 'strict_correct')} | "
-                     f"{values['strict_extra']:.3f} | {paired(values, 'strict_extra')} | "
-                     f"{values['strict_missing']:.3f} | {values['spatialscore']:.3f} |")
+        lines.append(
+            f"| {name} | {values['strict_correct']:.3f} | {paired(values, 'strict_correct')} | "
+            f"{values['strict_extra']:.3f} | {paired(values, 'strict_extra')} | "
+            f"{values['strict_missing']:.3f} | {values['spatialscore']:.3f} |"
+        )
     lines.append("")
     for name, values in summary["divergence"].items():
         verdict = "diverged" if values["diverged"] else "did not diverge"
-        lines.append(f"- {name}: training reward and strict judge {verdict} over the validations "
-                     f"(val/reward {values['val/reward'][0]:.3f} -> {values['val/reward'][-1]:.3f}, "
-                     f"val/strict_correct {values['val/strict_correct'][0]:.3f} -> "
-                     f"{values['val/strict_correct'][-1]:.3f})")
+        lines.append(
+            f"- {name}: training reward and strict judge {verdict} over the validations "
+            f"(val/reward {values['val/reward'][0]:.3f} -> {values['val/reward'][-1]:.3f}, "
+            f"val/strict_correct {values['val/strict_correct'][0]:.3f} -> "
+            f"{values['val/strict_correct'][-1]:.3f})"
+        )
     times = ", ".join(f"{name} {s:.0f} s" for name, s in summary["seconds"].items())
     lines += [f"- wall-clock: {times}; the loop (without rl-rule): {summary['loop_seconds'] / 60:.1f} min", ""]
     return "\n".join(lines)
@@ -427,31 +508,65 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage (prompt data stay fixed)")
     for name in ("sft_config", "rm_config", "rl_config", "rule_config"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name), help="base config")
-    parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt,
-                        help="pairs rendered per training prompt (one seed each)")
-    parser.add_argument("--heldout-images-per-prompt", type=int, default=defaults.heldout_images_per_prompt,
-                        help="pairs rendered per held-out prompt (the reward model's validation pairs)")
-    parser.add_argument("--rejected", choices=("violates", "faithful"), default=defaults.rejected,
-                        help="filter-pairs' check of the rejected image")
-    parser.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=defaults.hard_negatives,
-                        help="train the reward model also on edited copies of its verified chosen images "
-                        "(filter-pairs --hard-negatives; without them the policy games it, README)")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds,
-                        help="hardening rounds: probe RL, its renders as negatives, reward model retrained")
+    parser.add_argument(
+        "--images-per-prompt",
+        type=int,
+        default=defaults.images_per_prompt,
+        help="pairs rendered per training prompt (one seed each)",
+    )
+    parser.add_argument(
+        "--heldout-images-per-prompt",
+        type=int,
+        default=defaults.heldout_images_per_prompt,
+        help="pairs rendered per held-out prompt (the reward model's validation pairs)",
+    )
+    parser.add_argument(
+        "--rejected",
+        choices=("violates", "faithful"),
+        default=defaults.rejected,
+        help="filter-pairs' check of the rejected image",
+    )
+    parser.add_argument(
+        "--hard-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.hard_negatives,
+        help="train the reward model also on edited copies of its verified chosen images "
+        "(filter-pairs --hard-negatives; without them the policy games it, README)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="hardening rounds: probe RL, its renders as negatives, reward model retrained",
+    )
     parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
-    parser.add_argument("--probe-images-per-prompt", type=int, default=defaults.probe_images_per_prompt,
-                        help="pairs rendered per training prompt by each hardening round's probe policy")
+    parser.add_argument(
+        "--probe-images-per-prompt",
+        type=int,
+        default=defaults.probe_images_per_prompt,
+        help="pairs rendered per training prompt by each hardening round's probe policy",
+    )
     parser.add_argument("--compare-rule", action="store_true", help="also run GRPO with the strict rule reward")
     parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="samples per held-out prompt")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage (sft, prompts, pairs, filter, ...)")
     args = parser.parse_args(argv)
     settings = PaperSettings(
-        out=args.out, seed=args.seed, sft_config=args.sft_config, rm_config=args.rm_config,
-        rl_config=args.rl_config, rule_config=args.rule_config, images_per_prompt=args.images_per_prompt,
-        heldout_images_per_prompt=args.heldout_images_per_prompt, rejected=args.rejected,
-        hard_negatives=args.hard_negatives, rounds=args.rounds,
-        probe_minutes=args.probe_minutes, probe_images_per_prompt=args.probe_images_per_prompt,
-        compare_rule=args.compare_rule, eval_samples=args.eval_samples, until=args.until,
+        out=args.out,
+        seed=args.seed,
+        sft_config=args.sft_config,
+        rm_config=args.rm_config,
+        rl_config=args.rl_config,
+        rule_config=args.rule_config,
+        images_per_prompt=args.images_per_prompt,
+        heldout_images_per_prompt=args.heldout_images_per_prompt,
+        rejected=args.rejected,
+        hard_negatives=args.hard_negatives,
+        rounds=args.rounds,
+        probe_minutes=args.probe_minutes,
+        probe_images_per_prompt=args.probe_images_per_prompt,
+        compare_rule=args.compare_rule,
+        eval_samples=args.eval_samples,
+        until=args.until,
     )
     try:
         run_paper(settings, log=lambda line: print(f"[spatialrl paper] {line}", file=sys.stderr, flush=True))

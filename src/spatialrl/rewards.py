@@ -82,16 +82,12 @@ class Reward(abc.ABC):
         return {self.name: self(images=images, prompts=prompts, metadata=metadata)}
 
 
-def _check_inputs(
-    images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None
-) -> None:
+def _check_inputs(images: Tensor, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None) -> None:
     """Raise if the batch does not follow the reward interface."""
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images must be a float (B, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
-        )
+        raise ValueError(f"images must be a float (B, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a sequence of strings")
     if len(prompts) != images.shape[0]:
@@ -111,9 +107,7 @@ def _check_output(name: str, rewards: Any, prompts: Sequence[str], device: torch
     if bad:
         shown = bad[:_MAX_REPORTED]
         values = rewards[shown].tolist()
-        listed = ", ".join(
-            f"index {i} ({v}) prompt {prompts[i]!r}" for i, v in zip(shown, values, strict=True)
-        )
+        listed = ", ".join(f"index {i} ({v}) prompt {prompts[i]!r}" for i, v in zip(shown, values, strict=True))
         if len(bad) > len(shown):
             listed += ", ..."
         raise NonFiniteRewardError(
@@ -360,9 +354,7 @@ class WeightedReward(Reward):
         name: the total's label in logs and error messages.
     """
 
-    def __init__(
-        self, *, rewards: Sequence[Reward], weights: Sequence[float], name: str = "weighted"
-    ) -> None:
+    def __init__(self, *, rewards: Sequence[Reward], weights: Sequence[float], name: str = "weighted") -> None:
         if not rewards:
             raise ValueError("WeightedReward needs at least one reward")
         if len(rewards) != len(weights):

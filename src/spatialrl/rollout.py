@@ -64,8 +64,17 @@ class Trajectory:
     final_latents: Tensor
     images: Tensor
 
-    _BATCHED = ("prompt_embeds", "pooled", "latents", "next_latents", "log_probs", "means", "stds", "final_latents",
-                "images")
+    _BATCHED = (
+        "prompt_embeds",
+        "pooled",
+        "latents",
+        "next_latents",
+        "log_probs",
+        "means",
+        "stds",
+        "final_latents",
+        "images",
+    )
 
     def select(self, rows: Tensor | Sequence[int]) -> Trajectory:
         """The sub-batch ``rows`` (e.g. a training micro-batch), sharing the sampling settings."""
@@ -101,9 +110,7 @@ def sde_mask_random(num_steps: int, *, fraction: float, seed: int, exclude_last:
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     candidates = num_steps - 1 if exclude_last else num_steps
-    chosen = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[
-        : round(fraction * candidates)
-    ]
+    chosen = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[: round(fraction * candidates)]
     mask = torch.zeros(num_steps, dtype=torch.bool)
     mask[chosen] = True
     return mask
@@ -146,7 +153,8 @@ def sample(
     ``initial_noise`` is packed ``(B, tokens, 4C)`` like ``FluxPipeline(latents=...)``; otherwise it is drawn
     unpacked ``(B, C, h, w)`` from ``generator`` and packed, as FluxPipeline does, so the same seed gives the
     same start. SDE noise comes from ``generator`` too, unless ``step_noise`` ``(B, num_steps, tokens, 4C)``
-    gives each step's standard-normal draw (so a sample's randomness need not depend on its batch). With ``noise_level=0`` every step is the Euler ODE step
+    gives each step's standard-normal draw (so a sample's randomness need not depend on its batch). With
+    ``noise_level=0`` every step is the Euler ODE step
     and the images equal FluxPipeline's. The transformer runs in its dtype; each step is float32.
     """
     mask = step_mask(sde_steps, num_steps)
@@ -158,9 +166,7 @@ def sample(
     if initial_noise is None:
         noise_device = generator.device if generator is not None else device
         shape = (batch, policy.latent_channels, rows, cols)
-        latents = policy.pack_latents(
-            torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
-        )
+        latents = policy.pack_latents(torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32))
     else:
         expected = (batch, (rows // 2) * (cols // 2), 4 * policy.latent_channels)
         if tuple(initial_noise.shape) != expected:

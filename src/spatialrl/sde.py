@@ -57,9 +57,7 @@ def _per_batch(value: float | Tensor, like: Tensor) -> Tensor:
     batch = like.shape[0]
     tensor = torch.as_tensor(value, dtype=torch.float32, device=like.device)
     if tensor.ndim > 1 or (tensor.ndim == 1 and tensor.shape[0] not in (1, batch)):
-        raise ValueError(
-            f"sigmas must be floats or tensors of shape (B,) = ({batch},), got {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"sigmas must be floats or tensors of shape (B,) = ({batch},), got {tuple(tensor.shape)}")
     return tensor.reshape(-1, *([1] * (like.ndim - 1))).expand(batch, *([1] * (like.ndim - 1)))
 
 
@@ -143,9 +141,7 @@ def sde_step(
 
     if prev_sample is not None:
         if prev_sample.shape != x.shape:
-            raise ValueError(
-                f"prev_sample {tuple(prev_sample.shape)} and sample {tuple(x.shape)} differ in shape"
-            )
+            raise ValueError(f"prev_sample {tuple(prev_sample.shape)} and sample {tuple(x.shape)} differ in shape")
         prev = prev_sample.float()
     elif noise_level == 0:
         prev = mean

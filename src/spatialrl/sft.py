@@ -145,9 +145,7 @@ class FlowMatchingModule(L.LightningModule):
         """
         expected = (3, self.height, self.width)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"images must have shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
-            )
+            raise ValueError(f"images must have shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
         vae = self.policy.vae
         latents = vae.encode((images * 2 - 1).to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
         latents = (latents.float() - vae.config.shift_factor) * vae.config.scaling_factor
@@ -163,9 +161,7 @@ class FlowMatchingModule(L.LightningModule):
         policy = self._frozen_to_device()
         latents = self.encode_images(batch["images"])
         noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        sigma = sample_timesteps(latents.shape[0], generator=generator, **asdict(self.timesteps)).to(
-            latents.device
-        )
+        sigma = sample_timesteps(latents.shape[0], generator=generator, **asdict(self.timesteps)).to(latents.device)
         # trained encoders change every step: encode afresh, with gradients
         prompt_embeds, pooled = policy.encode_prompts(list(batch["prompts"]), cache=self.text_encoders == "frozen")
         velocity = policy.velocity(

@@ -168,12 +168,15 @@ def tiny_config(tiny: TinyBackboneConfig, *, tokenizer: PreTrainedTokenizerBase)
         raise ValueError("tiny backbone: text head_dim must be even and vision heads must divide vision hidden")
     quarter = head_dim // 2
     mrope = [quarter - 2 * (quarter // 3), quarter // 3, quarter // 3]
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
-        ("image_token_id", "<|image_pad|>"),
-        ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"),
-        ("vision_end_token_id", "<|vision_end|>"),
-    )}
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(tok)
+        for name, tok in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer) + 8,
@@ -270,7 +273,9 @@ def resolve_backbone_path(config: BackboneConfig) -> Path:
     return directory
 
 
-def load_processor(path: str | Path, *, min_pixels: int | None = None, max_pixels: int | None = None) -> SpatialProcessor:
+def load_processor(
+    path: str | Path, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> SpatialProcessor:
     """Tokenizer (with the reward token added) and PIL image processor of a local checkpoint folder."""
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     add_reward_token(tokenizer)
@@ -332,5 +337,3 @@ def disable_cpu_inference_repacking(module: torch.nn.Module) -> None:
     for sub in module.modules():
         if hasattr(sub, "support_avx512bf16_for_cpu"):
             sub.support_avx512bf16_for_cpu = False
-
-

@@ -169,9 +169,7 @@ class RandomScorer:
 class SpatialScoreScorer:
     """A saved SpatialScore as a :class:`Scorer` (its ``mu``)."""
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, batch_size: int = 32, device: str | None = None
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, batch_size: int = 32, device: str | None = None) -> None:
         from spatialscore.model import SpatialScore
 
         self.model = SpatialScore.from_pretrained(path, device=device or _default_device())
@@ -226,9 +224,7 @@ def parse_scorer_spec(spec: str) -> ScorerSpec:
     return ScorerSpec(name, "plugin", body)
 
 
-def build_scorer(
-    spec: ScorerSpec, *, batch_size: int = 32, device: str | None = None, seed: int = 0
-) -> Scorer:
+def build_scorer(spec: ScorerSpec, *, batch_size: int = 32, device: str | None = None, seed: int = 0) -> Scorer:
     """Load the scorer of a parsed spec; ``seed`` is the default seed of ``random``."""
     if spec.kind == "rule":
         from spatialscore.data.synthetic import RuleChecker
@@ -271,9 +267,7 @@ def _load_plugin(spec: ScorerSpec) -> Scorer:
         try:
             obj = obj()
         except TypeError as error:
-            raise ScorerSpecError(
-                f"scorer {spec.target!r}: cannot instantiate without arguments: {error}"
-            ) from error
+            raise ScorerSpecError(f"scorer {spec.target!r}: cannot instantiate without arguments: {error}") from error
     if not callable(obj):
         raise ScorerSpecError(f"scorer {spec.target!r}: {type(obj).__name__} object is not callable")
     return obj
@@ -312,9 +306,7 @@ def _score_all(
     scores = {name: np.empty(len(queries)) for name in scorers}
     seconds = dict.fromkeys(scorers, 0.0)
     bars = {
-        name: tqdm(
-            total=len(queries), desc=f"scoring {name}", unit="img", position=i, disable=not show_progress
-        )
+        name: tqdm(total=len(queries), desc=f"scoring {name}", unit="img", position=i, disable=not show_progress)
         for i, name in enumerate(scorers)
     }
     loaded: dict[Path, Image.Image] = {}
@@ -322,8 +314,7 @@ def _score_all(
         for start in range(0, len(queries), batch_size):
             batch = queries[start : start + batch_size]
             loaded = {
-                path: loaded[path] if path in loaded else _load_rgb(path)
-                for path in dict.fromkeys(p for _, p in batch)
+                path: loaded[path] if path in loaded else _load_rgb(path) for path in dict.fromkeys(p for _, p in batch)
             }
             prompts = [prompt for prompt, _ in batch]
             images = [loaded[path] for _, path in batch]
@@ -427,9 +418,7 @@ def run_benchmark(
     pairwise = {name: s for name, s in scorers.items() if isinstance(s, PairwiseScorer)}
     pointwise = {name: s for name, s in scorers.items() if name not in pairwise}
     scores, seconds = (
-        _score_all(queries, pointwise, batch_size=batch_size, show_progress=show_progress)
-        if pointwise
-        else ({}, {})
+        _score_all(queries, pointwise, batch_size=batch_size, show_progress=show_progress) if pointwise else ({}, {})
     )
 
     results: dict[str, Any] = {
@@ -508,8 +497,7 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, num
 def _caption(results: Mapping[str, Any]) -> str:
     ci = f", [95% bootstrap CI, {results['bootstrap']} resamples]" if results["bootstrap"] else ""
     return (
-        f"Manifest `{results['manifest']}` ({results['num_pairs']} pairs). "
-        f"Pairwise accuracy (ties count half){ci}.\n"
+        f"Manifest `{results['manifest']}` ({results['num_pairs']} pairs). Pairwise accuracy (ties count half){ci}.\n"
     )
 
 
@@ -608,9 +596,7 @@ def draw_accuracy_chart(
                     draw.line([cx - cap, y_of(end), cx + cap, y_of(end)], fill=(0, 0, 0), width=2)
                 label_y = min(label_y, y_of(high))
             if bar >= 30:
-                draw.text(
-                    (bx + bar / 2, label_y - 3), f"{accuracy:.2f}", fill=(0, 0, 0), font=small, anchor="mb"
-                )
+                draw.text((bx + bar / 2, label_y - 3), f"{accuracy:.2f}", fill=(0, 0, 0), font=small, anchor="mb")
     draw.line([left, top, left, bottom], fill=(0, 0, 0))
     draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
     return image
@@ -665,9 +651,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed and default seed of random")
-    parser.add_argument(
-        "--device", default=None, help="device of spatialscore scorers (default: cuda if any)"
-    )
+    parser.add_argument("--device", default=None, help="device of spatialscore scorers (default: cuda if any)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -690,8 +674,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         scorers = {
-            s.name: build_scorer(s, batch_size=args.batch_size, device=args.device, seed=args.seed)
-            for s in specs
+            s.name: build_scorer(s, batch_size=args.batch_size, device=args.device, seed=args.seed) for s in specs
         }
     except ScorerSpecError as error:
         parser.error(str(error))

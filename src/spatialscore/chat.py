@@ -194,9 +194,7 @@ class EndpointConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_url, str) or not re.match(r"https?://", self.base_url):
-            raise ValueError(
-                f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}"
-            )
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}")
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
         if not isinstance(self.api_key_env, str) or not self.api_key_env:
@@ -247,8 +245,7 @@ def endpoint_options(
     if unknown:
         known = ", ".join([*ENDPOINT_OPTIONS, *own])
         raise ValueError(
-            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(known: {known})"
+            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (known: {known})"
         )
     missing = [key for key in ("base_url", "model") if key not in options]
     if missing:
@@ -356,9 +353,7 @@ class ChatEndpoint:
         except (AttributeError, IndexError, TypeError) as error:
             raise self._error(label, f"malformed reply without choices[0].message ({error})") from error
         if self.cache is not None:
-            self.cache.put(
-                key, {"endpoint": self.base_url, "model": self.model, "label": label, "content": content}
-            )
+            self.cache.put(key, {"endpoint": self.base_url, "model": self.model, "label": label, "content": content})
         return content
 
     def _error(self, label: str, cause: str) -> ChatEndpointError:

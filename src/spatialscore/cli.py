@@ -1,14 +1,14 @@
 """``spatialscore`` command line: LightningCLI for fit/validate/test, plus data and scoring tools.
 
-    spatialscore fit --config configs/spatialscore/tiny.yaml
-    spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
-    spatialscore score --model runs/spatialscore/export --prompt "a red circle left of a blue square" a.png b.png
-    spatialscore serve --model runs/spatialscore/export --port 8000 --max-batch-size 8
-    spatialscore perturb --prompts prompts.txt --out perturbed.jsonl --num 2-3
-    spatialscore verify-perturbations perturbed.jsonl --report report.jsonl
-    spatialscore make-pairs --prompts perturbed.jsonl --pipeline /models/FLUX.1-dev --out pairs/
-    spatialscore filter-pairs --pairs pairs/pairs.jsonl --out pairs/kept.jsonl --verifier rule
-    spatialscore review --pairs pairs/pairs.jsonl
+spatialscore fit --config configs/spatialscore/tiny.yaml
+spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
+spatialscore score --model runs/spatialscore/export --prompt "a red circle left of a blue square" a.png b.png
+spatialscore serve --model runs/spatialscore/export --port 8000 --max-batch-size 8
+spatialscore perturb --prompts prompts.txt --out perturbed.jsonl --num 2-3
+spatialscore verify-perturbations perturbed.jsonl --report report.jsonl
+spatialscore make-pairs --prompts perturbed.jsonl --pipeline /models/FLUX.1-dev --out pairs/
+spatialscore filter-pairs --pairs pairs/pairs.jsonl --out pairs/kept.jsonl --verifier rule
+spatialscore review --pairs pairs/pairs.jsonl
 """
 
 from __future__ import annotations
@@ -173,12 +173,16 @@ def score_main(argv: list[str]) -> int:
         for (_, image, extra), mu, sigma in zip(rows, out.mu.tolist(), out.sigma.tolist(), strict=True)
     ]
     if pairs is not None:
-        results = [_pair_result(record, chosen, rejected) for record, chosen, rejected in
-                   zip(pairs, results[0::2], results[1::2], strict=True)]
-        wins = sum(1.0 if r["chosen_wins"] else 0.5 if r["chosen_score"] == r["rejected_score"] else 0.0
-                   for r in results)
-        print(f"pairwise accuracy {wins / len(results):.4f} over {len(results)} pairs (ties count half)",
-              file=sys.stderr)
+        results = [
+            _pair_result(record, chosen, rejected)
+            for record, chosen, rejected in zip(pairs, results[0::2], results[1::2], strict=True)
+        ]
+        wins = sum(
+            1.0 if r["chosen_wins"] else 0.5 if r["chosen_score"] == r["rejected_score"] else 0.0 for r in results
+        )
+        print(
+            f"pairwise accuracy {wins / len(results):.4f} over {len(results)} pairs (ties count half)", file=sys.stderr
+        )
     text = "".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results)
     if args.out is None:
         sys.stdout.write(text)

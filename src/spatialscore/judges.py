@@ -142,9 +142,7 @@ class PointwiseJudge(_Judge):
 
     def score(self, prompt: str, image: Image.Image) -> int:
         """The judge's score of one image, 1 to 10."""
-        return self.chat.ask(
-            self.messages(prompt, image), check=parse_score, label=prompt, attempts=self.attempts
-        )
+        return self.chat.ask(self.messages(prompt, image), check=parse_score, label=prompt, attempts=self.attempts)
 
     def __call__(self, *, prompts: list[str], images: list[Image.Image]) -> list[float]:
         """Scores in [1, 10], one per (prompt, image), asked concurrently."""
@@ -188,9 +186,7 @@ class PairwiseJudge(_Judge):
         position gives). All 2N requests run concurrently.
         """
         if not len(prompts) == len(first) == len(second):
-            raise ValueError(
-                f"got {len(prompts)} prompts, {len(first)} first and {len(second)} second images"
-            )
+            raise ValueError(f"got {len(prompts)} prompts, {len(first)} first and {len(second)} second images")
         asks = [(p, a, b) for p, a, b in zip(prompts, first, second, strict=True)]
         asks += [(p, b, a) for p, a, b in zip(prompts, first, second, strict=True)]
         votes = self.chat.map(lambda ask: self.choice(*ask), asks)

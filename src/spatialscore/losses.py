@@ -56,9 +56,7 @@ def bradley_terry_loss(
     ``margin`` asks the chosen score to win by at least that much before the loss flattens out.
     """
     dtype = _compute_dtype(chosen, rejected, *([margin] if isinstance(margin, Tensor) else []))
-    diff = (
-        chosen.to(dtype) - rejected.to(dtype) - (margin.to(dtype) if isinstance(margin, Tensor) else margin)
-    )
+    diff = chosen.to(dtype) - rejected.to(dtype) - (margin.to(dtype) if isinstance(margin, Tensor) else margin)
     return _reduce(-F.logsigmoid(diff), reduction)
 
 

@@ -43,9 +43,7 @@ def pair_outcomes(*, chosen: Tensor, rejected: Tensor, tie_tolerance: float = 0.
     """Per-pair outcome codes (int8): ``WIN`` (1) if ``chosen - rejected > tie_tolerance``, ``TIE`` (0) if
     ``|chosen - rejected| <= tie_tolerance``, otherwise ``LOSS`` (-1), which includes NaN differences."""
     if chosen.shape != rejected.shape:
-        raise ValueError(
-            f"chosen and rejected must have the same shape, got {chosen.shape} and {rejected.shape}"
-        )
+        raise ValueError(f"chosen and rejected must have the same shape, got {chosen.shape} and {rejected.shape}")
     dtype = torch.promote_types(torch.promote_types(chosen.dtype, rejected.dtype), torch.float32)
     diff = chosen.detach().to(dtype).flatten() - rejected.detach().to(dtype).flatten()
     outcomes = torch.full_like(diff, LOSS, dtype=torch.int8)
@@ -217,9 +215,7 @@ class PairwiseAccuracy(Metric):
                 outcomes, num_samples=self.bootstrap_samples, alpha=self.ci_alpha, seed=self.ci_seed
             )
             values |= {"accuracy_ci_low": low, "accuracy_ci_high": high}
-        return {
-            key: torch.tensor(value, dtype=torch.float32, device=self.device) for key, value in values.items()
-        }
+        return {key: torch.tensor(value, dtype=torch.float32, device=self.device) for key, value in values.items()}
 
     def _group_summaries(
         self, prefix: str, outcomes: Tensor, ids: Tensor, declared: list[str], names: dict[int, str]
@@ -237,10 +233,6 @@ class PairwiseAccuracy(Metric):
         outcomes = self._state("outcomes")
         names = self._names()
         result = self._summary(outcomes)
-        result |= self._group_summaries(
-            "subset", outcomes, self._state("subset_ids"), self.subset_names, names
-        )
-        result |= self._group_summaries(
-            "category", outcomes, self._state("category_ids"), self.category_names, names
-        )
+        result |= self._group_summaries("subset", outcomes, self._state("subset_ids"), self.subset_names, names)
+        result |= self._group_summaries("category", outcomes, self._state("category_ids"), self.category_names, names)
         return result

@@ -71,7 +71,9 @@ class SpatialScoreModule(L.LightningModule):
         self.num_logged_pairs = num_logged_pairs
         backbone = self.model_config.backbone
         self.encoder = RewardInputEncoder(
-            load_processor(resolve_backbone_path(backbone), min_pixels=backbone.min_pixels, max_pixels=backbone.max_pixels),
+            load_processor(
+                resolve_backbone_path(backbone), min_pixels=backbone.min_pixels, max_pixels=backbone.max_pixels
+            ),
             template=self.model_config.template,
         )
         self.model: SpatialScore | None = None
@@ -164,7 +166,10 @@ class SpatialScoreModule(L.LightningModule):
         self._log_accuracy(self.test_accuracy, "test")
 
     def _log_pair_grid(self) -> None:
-        """A picture (to every logger that takes images) of a few validation pairs with their scores (all ranks score, rank 0 logs)."""
+        """A picture (to every logger that takes images) of a few validation pairs with their scores.
+
+        All ranks score, rank 0 logs.
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         manifest = getattr(datamodule, "manifests", {}).get("val")
         if manifest is None or self.num_logged_pairs <= 0 or self.trainer.sanity_checking:

@@ -233,7 +233,9 @@ def parse_devices(text: str) -> int | list[int] | str:
     except ValueError:
         values = []
     if not values or any(v < 0 for v in values) or ("," not in text and values[0] < 1):
-        raise argparse.ArgumentTypeError(f"must be 'auto', a count >= 1 or indices like 0,2 (3, for index 3); got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto', a count >= 1 or indices like 0,2 (3, for index 3); got {text!r}"
+        )
     return values if "," in text else values[0]
 
 
@@ -350,7 +352,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:  # before starting workers, which would each fail to load it
         SpatialScore.read_config(args.model)
         if not (Path(args.model) / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{Path(args.model) / WEIGHTS_NAME} not found: the SpatialScore folder has no weights")
+            raise FileNotFoundError(
+                f"{Path(args.model) / WEIGHTS_NAME} not found: the SpatialScore folder has no weights"
+            )
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     token = os.environ.get(TOKEN_ENV) or None

@@ -296,7 +296,8 @@ class CurriculumSampler(DistributedSampler):
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position is saved in Lightning checkpoints (Lightning's ``_Stateful`` protocol).
 
-    The state lives in its :class:`CurriculumSampler`, which knows how many batches the trainer has processed; on load it skips them, so a resumed run sees
+    The state lives in its :class:`CurriculumSampler`, which knows how many batches the trainer has processed;
+    on load it skips them, so a resumed run sees
     exactly the batches the uninterrupted run would.
     """
 

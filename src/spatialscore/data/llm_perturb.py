@@ -109,12 +109,7 @@ def edits_from_reply(prompt: str, reply: dict[str, Any]) -> tuple[str, list[Edit
             problems.append(f"edits[{i}] must be an object")
             continue
         kind, before, after, occurrence = (item.get(k) for k in ("kind", "before", "after", "occurrence"))
-        if (
-            not isinstance(kind, str)
-            or not isinstance(before, str)
-            or not before
-            or not isinstance(after, str)
-        ):
+        if not isinstance(kind, str) or not isinstance(before, str) or not before or not isinstance(after, str):
             problems.append(f'edits[{i}] needs string fields "kind", "before" (non-empty) and "after"')
             continue
         places = _occurrences(prompt, before)
@@ -123,13 +118,9 @@ def edits_from_reply(prompt: str, reply: dict[str, Any]) -> tuple[str, list[Edit
         elif not places:
             problems.append(f"edits[{i}]: {before!r} does not occur in the prompt (copy it exactly)")
         elif occurrence is None and len(places) > 1:
-            problems.append(
-                f'edits[{i}]: {before!r} occurs {len(places)} times in the prompt; give "occurrence"'
-            )
+            problems.append(f'edits[{i}]: {before!r} occurs {len(places)} times in the prompt; give "occurrence"')
         elif occurrence is not None and not 1 <= occurrence <= len(places):
-            problems.append(
-                f"edits[{i}]: occurrence {occurrence} of {before!r}, but it occurs {len(places)} times"
-            )
+            problems.append(f"edits[{i}]: occurrence {occurrence} of {before!r}, but it occurs {len(places)} times")
         else:
             start = places[(occurrence or 1) - 1]
             edits.append(Edit(kind, start, start + len(before), before, after))

@@ -266,8 +266,7 @@ def read_manifest(
         source = f"{display}:{row.line}"
         if row.problems:
             errors.extend(
-                ManifestError(reason, path=display, line=row.line, field=name)
-                for name, reason in row.problems
+                ManifestError(reason, path=display, line=row.line, field=name) for name, reason in row.problems
             )
             bad_sources.append(source)
             continue
@@ -320,9 +319,7 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[PairRecord | 
         row = _record_to_row(record, index=index, folder=folder)
         if "id" in row:
             if row["id"] in seen_ids:
-                raise ValueError(
-                    f"records[{index}]: duplicate id {row['id']!r} (also records[{seen_ids[row['id']]}])"
-                )
+                raise ValueError(f"records[{index}]: duplicate id {row['id']!r} (also records[{seen_ids[row['id']]}])")
             seen_ids[row["id"]] = index
         lines.append(json_line(row))
 
@@ -409,9 +406,7 @@ def check_settings(
         atomic_write(path, lambda fh: fh.write((json.dumps(settings, indent=2) + "\n").encode()))
         return
     previous = json.loads(path.read_text(encoding="utf-8"))
-    changed = [
-        f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in settings if previous.get(k) != settings[k]
-    ]
+    changed = [f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in settings if previous.get(k) != settings[k]]
     if changed:
         raise ValueError(f"{path}: {path.parent} {made} with other settings ({'; '.join(changed)}); {hint}")
 
@@ -471,9 +466,7 @@ def _read_parquet_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, 
         parquet_file = pq.ParquetFile(path)
         schema = parquet_file.schema_arrow
     except pa.ArrowException as e:
-        raise ManifestValidationError(
-            [ManifestError(f"cannot read Parquet file: {e}", path=path)], path=path
-        ) from e
+        raise ManifestValidationError([ManifestError(f"cannot read Parquet file: {e}", path=path)], path=path) from e
     index_columns = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
     columns = [name for name in schema.names if name not in index_columns]
     schema_errors = [
@@ -602,9 +595,7 @@ def _assign_ids(parsed: list[_Row], stem: str) -> None:
             other, other_generated = first_use[record_id]
             mine = " (generated from the line number)" if generated else ""
             theirs = " (generated from the line number)" if other_generated else ""
-            row.problems.append(
-                ("id", f"duplicate id {record_id!r}{mine}: already used at line {other}{theirs}")
-            )
+            row.problems.append(("id", f"duplicate id {record_id!r}{mine}: already used at line {other}{theirs}"))
         else:
             first_use[record_id] = (row.line, generated)
 
@@ -652,9 +643,7 @@ def _check_row_images(
             result = results[image]
             if result is not None:
                 kind, detail = result
-                row.problems.append(
-                    (name, f"{kind}: {row.fields[name]}" + (f" ({detail})" if detail else ""))
-                )
+                row.problems.append((name, f"{kind}: {row.fields[name]}" + (f" ({detail})" if detail else "")))
 
 
 def _check_image(path: Path) -> tuple[str, str] | None:
@@ -807,8 +796,7 @@ def _record_to_row(record: PairRecord | Mapping[str, Any], *, index: int, folder
         }
     elif isinstance(record, Mapping):
         converted = {
-            k: os.fspath(v) if k in _IMAGE_FIELDS and isinstance(v, os.PathLike) else v
-            for k, v in record.items()
+            k: os.fspath(v) if k in _IMAGE_FIELDS and isinstance(v, os.PathLike) else v for k, v in record.items()
         }
         fields, problems = _parse_fields(converted)
         if problems:

@@ -166,9 +166,7 @@ def _parse_record(
         return [("subset", f"{obj['subset']!r} does not match num_perturbations={num} ({subset_for(num)!r})")]
     if perturbed == prompt:
         return SkippedPair(record_id, prompt, "perturbed prompt equals the prompt", source)
-    return PerturbedPrompt(
-        record_id, prompt, perturbed, tuple(sorted(edits, key=lambda e: e.start)), num, source
-    )
+    return PerturbedPrompt(record_id, prompt, perturbed, tuple(sorted(edits, key=lambda e: e.start)), num, source)
 
 
 def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
@@ -309,9 +307,7 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def _exclusive(out: Path) -> AbstractContextManager[None]:
     """Hold an exclusive lock on ``out`` so that two runs never append to one manifest."""
-    return exclusive_lock(
-        out / ".make_pairs.lock", busy=f"{out}: another make-pairs run is writing to this folder"
-    )
+    return exclusive_lock(out / ".make_pairs.lock", busy=f"{out}: another make-pairs run is writing to this folder")
 
 
 def _load_done(manifest: Path, jobs: Mapping[str, _Job]) -> dict[str, dict[str, Any]]:
@@ -328,12 +324,8 @@ def _load_done(manifest: Path, jobs: Mapping[str, _Job]) -> dict[str, dict[str, 
         try:
             row = parse_json_line(text.rstrip("\r"))
         except JSONLineError as exc:
-            raise ValueError(
-                f"{manifest}:{line}: invalid JSON ({exc.reason}); not a make-pairs manifest?"
-            ) from None
-        if not isinstance(row, dict) or not all(
-            isinstance(row.get(k), str) for k in ("id", "chosen", "rejected")
-        ):
+            raise ValueError(f"{manifest}:{line}: invalid JSON ({exc.reason}); not a make-pairs manifest?") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("id", "chosen", "rejected")):
             raise ValueError(f"{manifest}:{line}: expected a pair with string 'id', 'chosen' and 'rejected'")
         job = jobs.get(row["id"])
         if job is not None and (row.get("prompt"), row.get("perturbed_prompt")) != (
@@ -440,8 +432,7 @@ def make_pairs(
                 batch = todo[start : start + batch_size]
                 images = _render(pipeline, batch, settings)
                 rows = [
-                    _write_pair(out, job, c, r)
-                    for job, c, r in zip(batch, images[0::2], images[1::2], strict=True)
+                    _write_pair(out, job, c, r) for job, c, r in zip(batch, images[0::2], images[1::2], strict=True)
                 ]
                 _fsync_dir(out / IMAGE_DIR)  # the images are durable before any line names them
                 for job, chosen, rejected, row in zip(batch, images[0::2], images[1::2], rows, strict=True):
@@ -470,9 +461,7 @@ def _render(pipeline: Any, batch: list[_Job], settings: Mapping[str, Any]) -> li
         "width": settings["width"],
     }
     kwargs = {key: value for key, value in options.items() if value is not None}
-    output = pipeline(
-        prompt=prompts, generator=generators, output_type="pil", **kwargs, **settings["call_kwargs"]
-    )
+    output = pipeline(prompt=prompts, generator=generators, output_type="pil", **kwargs, **settings["call_kwargs"])
     images = list(getattr(output, "images", output))
     if len(images) != len(prompts) or not all(isinstance(im, Image.Image) for im in images):
         raise RuntimeError(
@@ -529,22 +518,14 @@ def cli_main(argv: list[str] | None = None) -> int:
         help="output of `spatialscore perturb` (JSONL); its .skipped.jsonl sibling is reported too",
     )
     parser.add_argument("--pipeline", required=True, type=Path, help="local diffusers pipeline folder")
-    parser.add_argument(
-        "--out", required=True, type=Path, help="output folder (created; resumed if it exists)"
-    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created; resumed if it exists)")
     parser.add_argument("--steps", type=int, default=None, help="inference steps (default: the pipeline's)")
-    parser.add_argument(
-        "--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)"
-    )
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="base seed; each pair's seed is derived from it and its id"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed; each pair's seed is derived from it and its id")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per pipeline call (2 images each)")
-    parser.add_argument(
-        "--images-per-prompt", type=int, default=1, help="pairs per prompt, each with its own seed"
-    )
+    parser.add_argument("--images-per-prompt", type=int, default=1, help="pairs per prompt, each with its own seed")
     parser.add_argument("--device", default="cpu", help="torch device to run the pipeline on (cpu, cuda, cuda:1, ...)")
     parser.add_argument(
         "--dtype",
@@ -609,9 +590,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     reasons = Counter(s.reason for s in result.skipped)
     if reasons:
         plural = "" if len(result.skipped) == 1 else "s"
-        print(
-            f"  {len(result.skipped)} prompt{plural} skipped -> {args.out / SKIPPED_NAME}:", file=sys.stderr
-        )
+        print(f"  {len(result.skipped)} prompt{plural} skipped -> {args.out / SKIPPED_NAME}:", file=sys.stderr)
         for reason, count in reasons.most_common():
             print(f"    {count} x {reason}", file=sys.stderr)
     return 0

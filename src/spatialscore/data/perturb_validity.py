@@ -93,9 +93,7 @@ _REL_PATTERNS: list[tuple[str, str]] = [
     (r"around|against|across|along|beyond|opposite|outside|at|by|facing", "other"),
 ]
 _REL = re.compile(
-    r"(?<![\w'’-])(?:"
-    + "|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(_REL_PATTERNS))
-    + r")(?![\w'’-])",
+    r"(?<![\w'’-])(?:" + "|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(_REL_PATTERNS)) + r")(?![\w'’-])",
     re.I,
 )
 _FRAME = re.compile(
@@ -209,9 +207,7 @@ def _compound_noun(word: str, chunk: Sequence[tuple[str, int, int]]) -> bool:
     low = word.lower()
     if low not in _FINITE or low + "s" not in _FINITE or len(chunk) < 2:
         return False
-    return chunk[0][0].lower() in {"a", "an", "the", "this", "that"} and not chunk[-1][0].lower().endswith(
-        "s"
-    )
+    return chunk[0][0].lower() in {"a", "an", "the", "this", "that"} and not chunk[-1][0].lower().endswith("s")
 
 
 def _head(words: Sequence[str]) -> str:
@@ -266,9 +262,7 @@ def _items(text: str) -> tuple[_Item, ...]:
                 _shape_word(w, words[k - 1] if k else before, words[k + 1] if k + 1 < len(words) else "")
                 for k, w in enumerate(words)
             ]
-            items.append(
-                _Item("np", " ".join(words), " ".join(shape), chunk[0][1], chunk[-1][2], _head(words))
-            )
+            items.append(_Item("np", " ".join(words), " ".join(shape), chunk[0][1], chunk[-1][2], _head(words)))
             chunk.clear()
 
     for k, (kind, word, start, end, key) in enumerate(raw):
@@ -403,12 +397,8 @@ def _labels(text: str) -> list[Counter[str]]:
     for sentence in re.finditer(r"[^.!?;]+", text):
         labels: Counter[str] = Counter()
         for m in _CORNER.finditer(sentence.group()):
-            labels[
-                f"{m.group(1).lower().replace('upper', 'top').replace('lower', 'bottom')}-{m.group(2).lower()}"
-            ] += 1
-        for m in re.finditer(
-            r"(?<![\w'’-])(?:the|its|their|a|an) (left|right)(?= (\w+))", sentence.group(), re.I
-        ):
+            labels[f"{m.group(1).lower().replace('upper', 'top').replace('lower', 'bottom')}-{m.group(2).lower()}"] += 1
+        for m in re.finditer(r"(?<![\w'’-])(?:the|its|their|a|an) (left|right)(?= (\w+))", sentence.group(), re.I):
             if m.group(2).lower() not in _RIGHT_NON_SPATIAL:
                 labels[m.group(1).lower()] += 1
         out.append(labels)
@@ -418,9 +408,7 @@ def _labels(text: str) -> list[Counter[str]]:
 def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str, perturbed: str) -> list[str]:
     problems: list[str] = []
     facts_b, facts_a = _facts(before), _facts(after)
-    changed = {
-        k for k, (x, y) in enumerate(zip(before, after, strict=True)) if x.norm != y.norm or x.key != y.key
-    }
+    changed = {k for k, (x, y) in enumerate(zip(before, after, strict=True)) if x.norm != y.norm or x.key != y.key}
     if not changed:
         return ["the perturbed prompt describes the same arrangement (only case or articles changed)"]
     touched = [
@@ -441,9 +429,7 @@ def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str,
                 problems.append(f"relation {text!r} has {role} {norm!r}, which is not a placeable object")
         if fa.key == "between" and fa.obj is not None and " & " not in fa.obj:
             words = fa.obj.split()
-            if not (
-                words[0] in {"two", "three", "both", "the", "these", "those"} and words[-1].endswith("s")
-            ):
+            if not (words[0] in {"two", "three", "both", "the", "these", "those"} and words[-1].endswith("s")):
                 problems.append(f"'between' in {text!r} has only one argument {fa.obj!r}")
         # 6. implausible placements of fixed landmarks (only where the edit made them)
         implausible = _implausible(fa)
@@ -452,9 +438,7 @@ def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str,
     # 6. self-contradictions new in the perturbed prompt
     old = _side_conflicts(prompt, before, facts_b)
     for noun in sorted(_side_conflicts(perturbed, after, facts_a) - old):
-        problems.append(
-            f"'{noun}' is now placed both left and right (a later left/right mention not updated?)"
-        )
+        problems.append(f"'{noun}' is now placed both left and right (a later left/right mention not updated?)")
     for labels_b, labels_a in zip(_labels(prompt), _labels(perturbed), strict=False):
         for label, count in sorted(labels_a.items()):
             if count > max(1, labels_b[label]) and len(labels_a) < len(labels_b):
@@ -499,9 +483,7 @@ def check_perturbation(prompt: str, perturbed: str, edits: Sequence[Edit]) -> li
         return ["the perturbed prompt equals the original"]
     problems = [f"edit {e.before!r} -> {e.after!r} changes nothing" for e in edits if e.before == e.after]
     idioms_after = Counter(m.group().lower() for m in NON_SPATIAL_IDIOM.finditer(perturbed))
-    for phrase, count in sorted(
-        Counter(m.group().lower() for m in NON_SPATIAL_IDIOM.finditer(prompt)).items()
-    ):
+    for phrase, count in sorted(Counter(m.group().lower() for m in NON_SPATIAL_IDIOM.finditer(prompt)).items()):
         if idioms_after[phrase] < count:
             problems.append(f"an edit changes the non-spatial phrase {phrase!r}")
     before, after = _items(prompt), _items(perturbed)
@@ -516,9 +498,7 @@ def check_perturbation(prompt: str, perturbed: str, edits: Sequence[Edit]) -> li
         return problems
     if _skeleton(before) != _skeleton(after):
         moved = _first_difference(_skeleton(before), _skeleton(after))
-        problems.append(
-            f"a verb, comma, clause word or framing text moved or a noun phrase was cut ({moved})"
-        )
+        problems.append(f"a verb, comma, clause word or framing text moved or a noun phrase was cut ({moved})")
         return problems
     np_b = Counter(it.shape for it in before if it.kind == "np")
     np_a = Counter(it.shape for it in after if it.kind == "np")

@@ -108,8 +108,7 @@ def classify_shape(mask: np.ndarray) -> str:
     """The shape (one of ``SHAPES``) whose drawing in the same bounding box overlaps the (h, w) boolean
     ``mask`` best (intersection over union)."""
     scores = {
-        shape: (mask & template).sum() / max((mask | template).sum(), 1)
-        for shape, template in _templates(*mask.shape)
+        shape: (mask & template).sum() / max((mask | template).sum(), 1) for shape, template in _templates(*mask.shape)
     }
     return max(scores, key=scores.get)
 
@@ -217,4 +216,6 @@ class StrictChecker:
 
     def __call__(self, *, images: Any, prompts: Sequence[str]) -> list[Judgement]:
         options = {"tolerance": self.tolerance, "min_pixels": self.min_pixels, "shape_min_side": self.shape_min_side}
-        return [judge(image, prompt, **options) for image, prompt in zip(image_list(images, prompts), prompts, strict=True)]
+        return [
+            judge(image, prompt, **options) for image, prompt in zip(image_list(images, prompts), prompts, strict=True)
+        ]

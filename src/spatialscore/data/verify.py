@@ -169,9 +169,7 @@ def in_turn(groups: Sequence[Sequence[Any]], turn: int) -> Any:
     return group[(turn // len(groups)) % len(group)]
 
 
-def _pooled(
-    records: Sequence[PairRecord], verdicts: Sequence[Verdict], *, rejected: RejectedCheck
-) -> list[PairRecord]:
+def _pooled(records: Sequence[PairRecord], verdicts: Sequence[Verdict], *, rejected: RejectedCheck) -> list[PairRecord]:
     """Cross-seed pairs for the records whose own pair was dropped (see the module docstring)."""
     check = _Judge()
     shows: dict[str, list[tuple[str, Path]]] = defaultdict(list)  # prompt -> images rendered from it, right
@@ -318,7 +316,10 @@ def filter_pairs(
     kept = [_swapped(r) if v.swap else r for r, v in zip(records, verdicts, strict=True) if v.keep]
     pooled = _pooled(records, verdicts, rejected=rejected) if pool else []
     if not kept and not pooled:
-        raise ValueError(f"{', '.join(map(str, paths))}: no pair passed the {verifier} verifier ({Counter(v.reason for v in verdicts)})")
+        raise ValueError(
+            f"{', '.join(map(str, paths))}: no pair passed the {verifier} verifier "
+            f"({Counter(v.reason for v in verdicts)})"
+        )
     out = Path(out)
     negatives = (
         _hard_negatives(kept + pooled, out.with_name(f"{out.stem}-negatives"), show_progress=show_progress)

@@ -51,9 +51,7 @@ def verify_perturbation(
     """
     problems = []
     if kinds is not None:
-        problems += [
-            f"edit kind {e.kind!r} is not one of {sorted(kinds)}" for e in edits if e.kind not in kinds
-        ]
+        problems += [f"edit kind {e.kind!r} is not one of {sorted(kinds)}" for e in edits if e.kind not in kinds]
     if num is not None and len(edits) not in num:
         wanted = " or ".join(str(n) for n in sorted(num))
         problems.append(f"{len(edits)} edit{'s' if len(edits) != 1 else ''}, {wanted} requested")
@@ -82,11 +80,7 @@ def _edits(raw: Any) -> tuple[list[Edit], list[str]]:
         if not isinstance(item, dict):
             problems.append(f"edits[{i}] must be an object")
             continue
-        wrong = [
-            k
-            for k, t in _EDIT_FIELDS.items()
-            if not isinstance(item.get(k), t) or isinstance(item.get(k), bool)
-        ]
+        wrong = [k for k, t in _EDIT_FIELDS.items() if not isinstance(item.get(k), t) or isinstance(item.get(k), bool)]
         if wrong:
             problems.append(f"edits[{i}] needs {', '.join(wrong)} ({', '.join(_EDIT_FIELDS)})")
             continue
@@ -148,9 +142,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         prog="spatialscore verify-perturbations",
         description="Check every record of perturbed-prompt files (JSONL) against the perturbation verifier.",
     )
-    parser.add_argument(
-        "files", nargs="+", type=Path, help="JSONL files (spatialscore perturb output, manifests)"
-    )
+    parser.add_argument("files", nargs="+", type=Path, help="JSONL files (spatialscore perturb output, manifests)")
     parser.add_argument(
         "--num", choices=NUM_CHOICES, default=None, help="required edits per record (default: as recorded)"
     )
@@ -186,10 +178,6 @@ def cli_main(argv: list[str] | None = None) -> int:
     if args.keep is not None:
         with args.keep.open("w", encoding="utf-8") as sink:
             for file_checks in checks.values():
-                sink.writelines(
-                    c.text if c.text.endswith("\n") else c.text + "\n" for c in file_checks if c.valid
-                )
-    print(
-        f"{parser.prog}: {total - invalid} of {total} records valid, {invalid} with problems", file=sys.stderr
-    )
+                sink.writelines(c.text if c.text.endswith("\n") else c.text + "\n" for c in file_checks if c.valid)
+    print(f"{parser.prog}: {total - invalid} of {total} records valid, {invalid} with problems", file=sys.stderr)
     return 1 if invalid else 0

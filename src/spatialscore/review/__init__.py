@@ -130,9 +130,7 @@ class DecisionLog:
         if obj.get("id") not in known:
             raise ValueError(f"{where}: field 'id': {obj.get('id')!r} is not a pair of the manifest")
         if obj.get("decision") not in DECISIONS:
-            raise ValueError(
-                f"{where}: field 'decision': {obj.get('decision')!r} is not one of {', '.join(DECISIONS)}"
-            )
+            raise ValueError(f"{where}: field 'decision': {obj.get('decision')!r} is not one of {', '.join(DECISIONS)}")
         if not isinstance(obj.get("time"), str):
             raise ValueError(f"{where}: field 'time': expected a string")
         elapsed = obj.get("elapsed_s")
@@ -239,9 +237,7 @@ class ReviewSession:
         self.manifest: Manifest = read_manifest(pairs)
         self.records = self.manifest.records
         self.index = {record.id: i for i, record in enumerate(self.records)}
-        self.decisions_path = (
-            Path(decisions) if decisions else pairs.with_name(f"{pairs.stem}.decisions.jsonl")
-        )
+        self.decisions_path = Path(decisions) if decisions else pairs.with_name(f"{pairs.stem}.decisions.jsonl")
         self.export_path = Path(export) if export else pairs.with_name(f"{pairs.stem}.reviewed.jsonl")
         for name, path in (("decisions", self.decisions_path), ("export", self.export_path)):
             if path.resolve() == pairs.resolve():
@@ -471,9 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not parts:
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif parts == ["api", "state"]:
-            self._json(
-                {"total": len(session.records), "next": session.next_undecided(), "counts": session.counts()}
-            )
+            self._json({"total": len(session.records), "next": session.next_undecided(), "counts": session.counts()})
         elif parts == ["api", "stats"]:
             self._json(session.stats())
         elif len(parts) == 3 and parts[:2] == ["api", "pair"]:
@@ -524,9 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
             if decision not in DECISIONS:
                 raise _BadRequest(HTTPStatus.BAD_REQUEST, f"decision must be one of {', '.join(DECISIONS)}")
             if elapsed is not None and not _valid_elapsed(elapsed):
-                raise _BadRequest(
-                    HTTPStatus.BAD_REQUEST, f"elapsed_s must be null or 0-{MAX_ELAPSED_S:.0f} seconds"
-                )
+                raise _BadRequest(HTTPStatus.BAD_REQUEST, f"elapsed_s must be null or 0-{MAX_ELAPSED_S:.0f} seconds")
             self._json(session.decide(pair_id=pair_id, decision=decision, elapsed_s=elapsed))
         elif parts == ["api", "export"]:
             self._body()
@@ -565,15 +557,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--export", type=Path, default=None, help="exported manifest (default: PAIRS_STEM.reviewed.jsonl)"
     )
-    parser.add_argument(
-        "--export-only", action="store_true", help="write the export from the decision log and exit"
-    )
+    parser.add_argument("--export-only", action="store_true", help="write the export from the decision log and exit")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         try:
-            session = stack.enter_context(
-                ReviewSession(pairs=args.pairs, decisions=args.decisions, export=args.export)
-            )
+            session = stack.enter_context(ReviewSession(pairs=args.pairs, decisions=args.decisions, export=args.export))
             if args.export_only:
                 print(f"spatialscore review: {_summary(session.export())}", file=sys.stderr)
                 return 0

@@ -117,9 +117,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             from spatialscore.chat import ChatEndpointError, parse_options
 
             fatal = (ChatEndpointError,)
-            perturber = load_perturber(
-                args.perturber, parse_options(args.perturber_option, what="--perturber-option")
-            )
+            perturber = load_perturber(args.perturber, parse_options(args.perturber_option, what="--perturber-option"))
         elif args.perturber_option:
             raise ValueError("--perturber-option needs --perturber")
         else:

@@ -1,4 +1,4 @@
-"""Perturbation records: Edit, PerturbationResult, SkippedPrompt, the Perturber protocol, and applying or diffing edits."""
+"""Perturbation records: Edit, PerturbationResult, SkippedPrompt, the Perturber protocol; applying, diffing edits."""
 
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def apply_edits(prompt: str, edits: Iterable[Edit]) -> str:
             raise ValueError(f"edit at {edit.start}:{edit.end} overlaps the previous edit")
         if prompt[edit.start : edit.end] != edit.before:
             raise ValueError(
-                f"edit at {edit.start}:{edit.end} expects {edit.before!r}, prompt has "
-                f"{prompt[edit.start : edit.end]!r}"
+                f"edit at {edit.start}:{edit.end} expects {edit.before!r}, prompt has {prompt[edit.start : edit.end]!r}"
             )
         out += [prompt[cursor : edit.start], edit.after]
         cursor = edit.end
@@ -111,9 +110,7 @@ def diff_edits(prompt: str, perturbed: str, *, kind: str = "rewrite") -> list[Ed
     """Word-level edits that turn ``prompt`` into ``perturbed`` (for perturbers that rewrite whole text)."""
     a = [m.span() for m in _DIFF_TOKEN.finditer(prompt)]
     b = [m.span() for m in _DIFF_TOKEN.finditer(perturbed)]
-    matcher = difflib.SequenceMatcher(
-        None, [prompt[s:e] for s, e in a], [perturbed[s:e] for s, e in b], autojunk=False
-    )
+    matcher = difflib.SequenceMatcher(None, [prompt[s:e] for s, e in a], [perturbed[s:e] for s, e in b], autojunk=False)
     edits = []
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":

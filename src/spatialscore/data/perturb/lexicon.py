@@ -1,4 +1,4 @@
-"""The word lists the rule engine and the validity rules read: relation words, their opposites, idioms and framing text."""
+"""The word lists the rule engine and the validity rules read: relation words, opposites, idioms, framing text."""
 
 from __future__ import annotations
 
@@ -185,9 +185,7 @@ _MATERIALS = set(
     "wooden wicker glass ceramic metal metallic stone marble plastic leather velvet woollen wool cotton linen "
     "porcelain clay iron steel paper straw concrete rattan bamboo".split()
 )
-_PREDICATIVE = set(
-    "is are was were looks look appears appear painted colored coloured glazed tinted dyed".split()
-)
+_PREDICATIVE = set("is are was were looks look appears appear painted colored coloured glazed tinted dyed".split())
 _POLES = {
     "left": ("h", 0),
     "leftmost": ("h", 0),
@@ -255,9 +253,7 @@ NON_SPATIAL_IDIOM = re.compile(
     r"impression|assumption|threat|strain|burden|name|auspices|tutelage|radar)\b"
     r"|(?:under|beneath|below|underneath|in|bathed in) (?:the |a |an )?"
     r"(?!(?:[\w'’-]+ ){0,2}(?:traffic|street|string|fairy|ceiling|pendant|tail|head|brake|porch|desk|"
-    r"reading|flood|neon|christmas|night|hanging) (?:light|lights|lamp)\b)(?:[\w'’-]+ ){0,3}?"
-    + _LIGHT
-    + r"(?![\w'’-])"
+    r"reading|flood|neon|christmas|night|hanging) (?:light|lights|lamp)\b)(?:[\w'’-]+ ){0,3}?" + _LIGHT + r"(?![\w'’-])"
     r"|(?:leave|leaves|leaving|left|lag|lags|lagging|lagged|fall|falls|falling|fell|stay|stays|staying|"
     r"stayed|remain|remains|remained|get|gets|got|put|puts) behind\b"
     r"|on (?:its|his|her|their|one's|all) (?:(?:two|four|hind|front|back|bare) )?(?:legs|feet|knees|back|"

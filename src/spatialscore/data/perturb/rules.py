@@ -219,9 +219,7 @@ _SLOT = re.compile(
     r"(?![\w-])" + _NIGHT,
     re.I,
 )
-_ROW_WORD = re.compile(
-    r"(?<![\w'’-])(top|upper|middle|center|centre|bottom|lower|front|back|left|right) (\w+)\b", re.I
-)
+_ROW_WORD = re.compile(r"(?<![\w'’-])(top|upper|middle|center|centre|bottom|lower|front|back|left|right) (\w+)\b", re.I)
 _ROW_HEAD = re.compile(
     r"(?<![\w-])from (?:left to right|right to left|top to bottom|bottom to top|front to back|back to front)"
     r"(?:\s*[:,]\s*|\s+(?:are|is|sit|sits|stand|stands|hang|hangs|we see|you see|there are|come|comes)\s+)",
@@ -298,8 +296,7 @@ def _compound_sites(text: str) -> list[_Candidate]:
             continue  # "the far left" is handled as a plain left/right site
         p1 = _prev_tokens(text, m.start(), 1)[0]
         if sep == " " and (
-            first in {"camera", "frame", "screen"}
-            or not (_is_det_poss(p1) or p1 in {"a", "an", "at", "in", "on"})
+            first in {"camera", "frame", "screen"} or not (_is_det_poss(p1) or p1 in {"a", "an", "at", "in", "on"})
         ):
             continue
         alternatives = [[(m.start(3), m.end(3), _OPPOSITE[second])]]
@@ -341,9 +338,7 @@ def _vd_sites(text: str) -> list[_Candidate]:
         alternatives = [[(m.start(1), m.end(1), word)] for word in ("foreground", "background")]
         out.append(_candidate(text, "anchor", alternatives))
     for m in _CENTER.finditer(text):
-        if any(
-            _slot_position(s.group(2)) != 1 for s in _SLOT.finditer(text, *_sentence_span(text, m.start()))
-        ):
+        if any(_slot_position(s.group(2)) != 1 for s in _SLOT.finditer(text, *_sentence_span(text, m.start()))):
             continue  # the middle of a left/centre/right row: moving it would duplicate a slot
         out.append(
             _candidate(
@@ -546,9 +541,7 @@ def _contrasting_labels(text: str, sites: list[_Candidate]) -> list[_Candidate]:
         if same_clause or same_noun:
             clashing |= {a, b}
             ea, eb = a.edits[0], b.edits[0]
-            out.append(
-                _candidate(text, "swap", [[(ea.start, ea.end, eb.before), (eb.start, eb.end, ea.before)]])
-            )
+            out.append(_candidate(text, "swap", [[(ea.start, ea.end, eb.before), (eb.start, eb.end, ea.before)]]))
     return [c for c in out if c] + [site for site in sites if site not in clashing]
 
 
@@ -640,9 +633,7 @@ def _right_np(text: str, pos: int, *, between: bool) -> tuple[int, int, list[str
     for k, tok in enumerate(toks[1:], start=1):
         low = tok.group().lower()
         if not low[0].isalnum() or low in _CLAUSE_WORDS:
-            if between and not (
-                low == "and" and k + 1 < len(toks) and toks[k + 1].group().lower() in _SWAP_DETS
-            ):
+            if between and not (low == "and" and k + 1 < len(toks) and toks[k + 1].group().lower() in _SWAP_DETS):
                 return None
             break
         if low in _NP_STOP or len(words) > 6:
@@ -761,9 +752,7 @@ def _row_sites(text: str) -> list[_Candidate]:
         positions = [_slot_position(s.group(2)) for s in slots]
         if len(slots) == 3 and sorted(positions) == [0, 1, 2]:
             spans = [s.span() for s in slots]
-            rotations = [
-                [(s, e, text[slice(*spans[(k + r) % 3])]) for k, (s, e) in enumerate(spans)] for r in (1, 2)
-            ]
+            rotations = [[(s, e, text[slice(*spans[(k + r) % 3])]) for k, (s, e) in enumerate(spans)] for r in (1, 2)]
             out.append(_candidate(text, "row_permute", rotations))
     groups: dict[str, list[re.Match[str]]] = {}
     for m in _ROW_WORD.finditer(text):

@@ -38,7 +38,8 @@ decides (a model first learns to see the layout); 1 = red and blue, left or righ
 all colours, adds predicate and attribute_swap; 5 = 2-3 objects, adds front/behind, corners, edges and anchor;
 6 = the full task: 2-5 objects, adds rows and row_permute, and 2-3 perturbations in half of the pairs.
 
-The package: ``scene``, ``render``, ``checker``, ``generate``, ``perturbations``, ``pairs``, ``write``; every public name is importable from here."""
+The package: ``scene``, ``render``, ``checker``, ``generate``, ``perturbations``, ``pairs``, ``write``; every
+public name is importable from here."""
 
 from __future__ import annotations
 

@@ -173,9 +173,7 @@ def _parse_cached(prompt: str) -> tuple[Relation, ...]:
             raise ValueError(f"an object is related to itself in {relation.text!r}")
         for colour, shape in relation.objects:
             if shapes.setdefault(colour, shape) != shape:
-                raise ValueError(
-                    f"colour {colour!r} names both a {shapes[colour]} and a {shape} in {prompt!r}"
-                )
+                raise ValueError(f"colour {colour!r} names both a {shapes[colour]} and a {shape} in {prompt!r}")
     return relations
 
 
@@ -239,9 +237,7 @@ def relation_score(
 ) -> float:
     """Fraction of the prompt's relations that hold in ``image`` (a missing object violates its relations)."""
     relations = _parse_cached(prompt)
-    return _score(
-        relations, detect_objects(image, _colours_of(relations), tolerance=tolerance, min_pixels=min_pixels)
-    )
+    return _score(relations, detect_objects(image, _colours_of(relations), tolerance=tolerance, min_pixels=min_pixels))
 
 
 class RuleChecker:

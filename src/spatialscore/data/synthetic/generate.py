@@ -49,7 +49,14 @@ class _StageSpec:
 _RED_BLUE = ("red", "blue")
 _STAGES: dict[int, _StageSpec] = {
     0: _StageSpec(
-        2, 2, _RED_BLUE, ("horizontal",), ("swap",), palette_order=True, predicates=("left_of",), relations=1,
+        2,
+        2,
+        _RED_BLUE,
+        ("horizontal",),
+        ("swap",),
+        palette_order=True,
+        predicates=("left_of",),
+        relations=1,
         mirrored=False,
     ),
     1: _StageSpec(2, 2, _RED_BLUE, ("horizontal",), ("swap",), palette_order=True, relations=1),

@@ -99,9 +99,7 @@ def _sample_layout(
     return None if placed is None else (placed, depth, row)
 
 
-def _draw_pair(
-    rng: np.random.Generator, stage: int, plan: Sequence[str]
-) -> tuple[Scene, Scene, set[int]] | None:
+def _draw_pair(rng: np.random.Generator, stage: int, plan: Sequence[str]) -> tuple[Scene, Scene, set[int]] | None:
     """One attempt at a scene pair: perfect scene, perturbed scene and the indices of the changed relations.
 
     Lay out the objects, pick one target relation per planned perturbation, perturb, then fill the prompt
@@ -124,18 +122,14 @@ def _draw_pair(
     if depth is not None:
         front, back = placed[depth[0]].ref, placed[depth[1]].ref
         required.append(
-            Relation("in_front_of", (front, back))
-            if rng.random() < 0.5
-            else Relation("behind", (back, front))
+            Relation("in_front_of", (front, back)) if rng.random() < 0.5 else Relation("behind", (back, front))
         )
     targets: list[Relation] = []
     for kind in plan:
         options = [
             r
             for r in dict.fromkeys([*required, *candidates])
-            if r not in targets
-            and _suits(kind, r, placed)
-            and not any(_conflicts(r, q) for q in required if q != r)
+            if r not in targets and _suits(kind, r, placed) and not any(_conflicts(r, q) for q in required if q != r)
         ]
         if not options:
             return None
@@ -210,9 +204,7 @@ def _depth_readable(scene: Scene, found: Mapping[str, Detection]) -> bool:
     return True
 
 
-def _generate(
-    rng: np.random.Generator, stage: int, image_size: int
-) -> tuple[ScenePair, Image.Image, Image.Image]:
+def _generate(rng: np.random.Generator, stage: int, image_size: int) -> tuple[ScenePair, Image.Image, Image.Image]:
     """Draw a perturbation plan (1 kind, or 2-3 distinct kinds at stage 3), then pairs until one verifies
     on the rendered pixels."""
     if stage not in _STAGES:
@@ -233,14 +225,10 @@ def _generate(
             and all(_slack(r, found) >= _PIXEL_CLEAR for r in scene.relations)
             and _depth_readable(scene, found)
             and _depth_readable(perturbed, perturbed_found)
-            and _consistent(
-                scene.relations, perturbed.relations, changed, found, perturbed_found, _PIXEL_CLEAR
-            )
+            and _consistent(scene.relations, perturbed.relations, changed, found, perturbed_found, _PIXEL_CLEAR)
         ):
             return ScenePair(scene, perturbed, tuple(plan), stage), image, perturbed_image
-    raise RuntimeError(
-        f"could not generate a verified stage-{stage} {'+'.join(plan)} pair at {image_size} px"
-    )
+    raise RuntimeError(f"could not generate a verified stage-{stage} {'+'.join(plan)} pair at {image_size} px")
 
 
 def generate_pair(*, seed: int | Sequence[int], stage: int = FULL_STAGE, image_size: int = 64) -> ScenePair:
@@ -254,7 +242,5 @@ def generate_pair(*, seed: int | Sequence[int], stage: int = FULL_STAGE, image_s
 
 def _checked_size(image_size: int) -> int:
     if image_size < 32:
-        raise ValueError(
-            f"image_size must be at least 32 px (objects stay a few pixels wide), got {image_size}"
-        )
+        raise ValueError(f"image_size must be at least 32 px (objects stay a few pixels wide), got {image_size}")
     return image_size

@@ -1,4 +1,7 @@
-"""Perturbations: each edits a scene so that a target relation fails (swap, flip, predicate, anchor, attribute swap, row permute)."""
+"""Perturbations: each edits a scene so that a target relation fails.
+
+Kinds: swap, flip, predicate, anchor, attribute swap, row permute.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +45,7 @@ def _index(objects: Sequence[SceneObject], ref: tuple[str, str]) -> int:
 def _fits(objects: Sequence[SceneObject], *moved: int) -> bool:
     """The moved objects lie inside the canvas and keep clear of every other object."""
     return all(
-        _inside(objects[i]) and all(_boxes_apart(objects[i], o) for k, o in enumerate(objects) if k != i)
-        for i in moved
+        _inside(objects[i]) and all(_boxes_apart(objects[i], o) for k, o in enumerate(objects) if k != i) for i in moved
     )
 
 
@@ -103,9 +105,7 @@ def _predicate(rng: np.random.Generator, objects: _Objects, rel: Relation) -> Re
         distance = sign * (a.half + b.half + _GAP + rng.uniform(0.01, 0.1))
         bx, by = b.centroid
         trial = list(objects)
-        trial[mover] = (
-            a.moved_to(bx, by + distance) if new_axis == "vertical" else a.moved_to(bx + distance, by)
-        )
+        trial[mover] = a.moved_to(bx, by + distance) if new_axis == "vertical" else a.moved_to(bx + distance, by)
         if _fits(trial, mover):
             objects[:] = trial
             return Relation(predicate, rel.objects)

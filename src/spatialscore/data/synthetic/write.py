@@ -36,8 +36,9 @@ def write_synthetic_dataset(
 
     Each scene pair yields the record (perfect prompt, chosen=perfect, rejected=perturbed) and its mirror
     (perturbed prompt, chosen=perturbed, rejected=perfect), so a scorer that ignores the prompt is exactly
-    at chance; stage 0, a warm-up whose prompts all say "red to the left of blue", has no mirrors. Stages are spread evenly over the pairs in order (a stage listed k times gets k shares). Output is byte-identical for a seed (with
-    the same numpy and Pillow). Pair i is ``generate_pair(seed=(seed, i), stage=...)``; its record ids are
+    at chance; stage 0, a warm-up whose prompts all say "red to the left of blue", has no mirrors. Stages are
+    spread evenly over the pairs in order (a stage listed k times gets k shares). Output is byte-identical for a
+    seed (with the same numpy and Pillow). Pair i is ``generate_pair(seed=(seed, i), stage=...)``; its record ids are
     ``{split}-{i:06d}`` and ``{split}-{i:06d}-mirror``; ``category`` joins the perturbation kinds with "+".
 
     The settings are recorded in ``out_dir/{split}.synth.json`` before anything else is written, and the manifest
@@ -104,9 +105,7 @@ def _write_synthetic(
     def write(sink: Any) -> None:
         for index in tqdm(range(num_pairs), desc=f"synth {split}", unit="pair", disable=not show_progress):
             stage = stages[index * len(stages) // num_pairs]
-            pair, perfect_image, perturbed_image = _generate(
-                np.random.default_rng((seed, index)), stage, image_size
-            )
+            pair, perfect_image, perturbed_image = _generate(np.random.default_rng((seed, index)), stage, image_size)
             name = f"{split}-{index:06d}"
             paths = {}
             for role, image in (("perfect", perfect_image), ("perturbed", perturbed_image)):
