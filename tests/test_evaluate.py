@@ -32,7 +32,7 @@ from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
 from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import write_synthetic_dataset
-from spatialscore.model import SpatialScore, SpatialScoreConfig
+from spatialscore.model import SpatialScore, SpatialScoreConfig, file_sha256
 from spatialscore.visualize import image_grid
 
 PROMPTS = ["a red circle to the left of a blue square", "a green star above a red circle", "a blue square below"]
@@ -267,7 +267,14 @@ def test_grid_shows_several_samples_per_policy_under_each_prompt(tmp_path):
 
 def test_export_records_the_sampling_settings(tuned_policy):
     recorded = json.loads((Path(tuned_policy) / SETTINGS_FILE).read_text())
-    assert recorded == {"max_sequence_length": 512, "height": 32, "width": 32, "num_steps": 2}  # eval's 2, not 3
+    lora = Path(tuned_policy) / "lora" / "pytorch_lora_weights.safetensors"
+    assert recorded == {
+        "max_sequence_length": 512,
+        "height": 32,
+        "width": 32,
+        "num_steps": 2,  # eval's 2, not 3
+        "weights_sha256": {"lora/pytorch_lora_weights.safetensors": file_sha256(lora)},
+    }
     sft = FlowMatchingModule(height=32, width=48, val_steps=5)
     assert sampling_settings(sft) == {"height": 32, "width": 48, "num_steps": 5}
     assert sampling_settings(L.LightningModule()) == {}

@@ -129,7 +129,15 @@ def test_save_and_load_round_trip(tmp_path):
     train_steps(model)
     model.save_pretrained(tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
-    assert "spatialscore.safetensors" in files and "spatialscore_config.json" in files
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "reward_head.safetensors",
+        "spatialscore_config.json",
+        "trained_backbone.safetensors",
+        "README.md",
+    } <= files  # the merger was trained fully
+    assert "spatialscore.safetensors" not in files
     assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".ckpt")]
     loaded = SpatialScore.from_pretrained(tmp_path / "ckpt")
     pics = images(3, seed=9)
@@ -236,17 +244,21 @@ def test_save_records_the_weights_sha256_and_load_refuses_a_flipped_byte(tmp_pat
 
     model = make_model(lora=LoraSettings(rank=4))
     model.save_pretrained(tmp_path / "ckpt")
-    weights = tmp_path / "ckpt" / "spatialscore.safetensors"
     config = json.loads((tmp_path / "ckpt" / "spatialscore_config.json").read_text())
-    assert config["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    SpatialScore.from_pretrained(tmp_path / "ckpt")  # the recorded hash matches
-    data = bytearray(weights.read_bytes())
-    data[-5] ^= 0x01  # inside the last tensor's bytes: safetensors itself would load it without complaint
-    weights.write_bytes(bytes(data))
-    with pytest.raises(
-        ValueError, match=re.escape(str(weights)) + rf": SHA-256 [0-9a-f]{{64}} differs from {config['weights_sha256']}"
-    ):
-        SpatialScore.from_pretrained(tmp_path / "ckpt")
+    hashes = config["weights_sha256"]
+    assert set(hashes) == {"adapter_model.safetensors", "reward_head.safetensors"}
+    for name, sha in hashes.items():
+        assert sha == hashlib.sha256((tmp_path / "ckpt" / name).read_bytes()).hexdigest()
+    SpatialScore.from_pretrained(tmp_path / "ckpt")  # the recorded hashes match
+    for name, sha in hashes.items():
+        weights = tmp_path / "ckpt" / name
+        original = weights.read_bytes()
+        data = bytearray(original)
+        data[-5] ^= 0x01  # inside the last tensor's bytes: safetensors itself would load it without complaint
+        weights.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=re.escape(str(weights)) + rf": SHA-256 [0-9a-f]{{64}} differs from {sha}"):
+            SpatialScore.from_pretrained(tmp_path / "ckpt")
+        weights.write_bytes(original)
 
 
 @pytest.mark.parametrize(

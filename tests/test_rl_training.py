@@ -101,7 +101,7 @@ def run_cli(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProce
 
 
 def adapter(tmp: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(tmp / "export" / "lora.safetensors"))
+    return load_file(str(tmp / "export" / "lora" / "pytorch_lora_weights.safetensors"))
 
 
 def logged_in(version: Path, key: str) -> list[float]:

@@ -123,7 +123,7 @@ def test_score_names_the_file_and_field_of_a_tampered_config(capsys, export, ima
 def test_score_refuses_modified_weights(capsys, export, image, tmp_path):
     folder = tmp_path / "export"
     shutil.copytree(export, folder)
-    weights = folder / "spatialscore.safetensors"
+    weights = folder / "reward_head.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x80
     weights.write_bytes(bytes(data))

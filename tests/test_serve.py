@@ -173,6 +173,17 @@ def test_serve_refuses_a_folder_that_is_not_an_export_before_starting(tmp_path, 
     assert exit_info.value.code == 2 and "not a SpatialScore folder" in capsys.readouterr().err
 
 
+def test_serve_refuses_an_export_missing_a_weights_file_before_starting(spatialscore_export, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "export"
+    shutil.copytree(spatialscore_export, broken)
+    (broken / "adapter_model.safetensors").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--model", str(broken)])
+    assert exit_info.value.code == 2 and "adapter_model.safetensors" in capsys.readouterr().err
+
+
 def test_health_and_bearer_token(server):
     assert requests.get(f"{server}/health", headers=auth(), timeout=5).text == "ok"
     body = {"prompts": PROMPTS[:1], "images": [png(np.zeros((8, 8, 3), np.uint8))]}

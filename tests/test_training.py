@@ -87,7 +87,8 @@ def run_cli(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProce
 
 
 def exported(tmp: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(tmp / "export" / "spatialscore.safetensors"))
+    """Every weights file of the export (adapter, head and reward token, trained base parts), in one dict."""
+    return {k: v for path in sorted((tmp / "export").glob("*.safetensors")) for k, v in load_file(str(path)).items()}
 
 
 def metrics(tmp: Path) -> list[dict[str, str]]:

@@ -12,25 +12,29 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from spatialrl.flux import SETTINGS_FILE, FluxPolicy
-from spatialrl.lora import add_lora, has_lora, merged_copy
+from spatialrl.lora import add_lora, has_lora, merged_copy, save_lora
+from spatialscore.model import SHA256_KEY, file_sha256
 
-__all__ = ["ExportPolicy", "RewardDivergence", "diverged", "export_policy", "sampling_settings"]
+__all__ = ["LORA_FOLDER", "ExportPolicy", "RewardDivergence", "diverged", "export_policy", "sampling_settings"]
+
+LORA_FOLDER = "lora"  # in an export: the adapter alone, as diffusers saves a FLUX LoRA
 
 
 def export_policy(module: L.LightningModule, directory: str | Path, *, is_global_zero: bool = True) -> None:
     """Write ``module``'s policy (a ``source``, ``lora`` and trained ``transformer``) to ``directory``.
 
     ``directory/`` is a complete FLUX folder in the diffusers layout with the LoRA adapter merged (loadable by
-    ``FluxSource(path=...)`` and ``FluxPipeline.from_pretrained``); ``directory/lora.safetensors`` holds the
-    adapter alone (peft key names) when there is one, and ``spatialrl.json`` the T5 length it was trained with
-    (read back by ``FluxSource``) and, when the module has them, the image ``height`` and ``width`` it sampled at
-    and its validation's ODE ``num_steps`` (:func:`sampling_settings`: ``spatialrl evaluate``'s defaults). The
-    weights are gathered as a full state dict first, so this works for sharded (FSDP2) models too; every rank
-    must call it.
+    ``FluxSource(path=...)`` and ``FluxPipeline.from_pretrained``). When there is an adapter,
+    ``directory/lora/pytorch_lora_weights.safetensors`` holds it alone, written by diffusers' FLUX LoRA saving
+    with its alpha and rank (:func:`~spatialrl.lora.save_lora`): ``FluxPipeline.load_lora_weights(directory /
+    "lora")`` on the base pipeline, then ``fuse_lora``, gives the merged transformer. ``spatialrl.json`` holds the
+    T5 length it was trained with (read back by ``FluxSource``), when the module has them the image ``height`` and
+    ``width`` it sampled at and its validation's ODE ``num_steps`` (:func:`sampling_settings`: ``spatialrl
+    evaluate``'s defaults), and under ``weights_sha256`` the SHA-256 of the LoRA file. The weights are gathered as
+    a full state dict first, so this works for sharded (FSDP2) models too; every rank must call it.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(module.transformer, options=options)
@@ -44,7 +48,8 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     policy = module.source.load(device="cpu")
     if has_lora(module.transformer):
         add_lora(policy.transformer, module.lora)
-    policy.transformer.load_state_dict({k: v.to(policy.dtype) for k, v in state.items()})
+    # the adapter keeps its fp32 master weights (add_lora), so the LoRA file is not rounded to the policy's dtype
+    policy.transformer.load_state_dict({k: v if "lora_" in k else v.to(policy.dtype) for k, v in state.items()})
     for name, encoder_state in encoders.items():  # text encoders the module trained (FlowMatchingModule)
         getattr(policy, name).load_state_dict(encoder_state)
     merged = FluxPolicy(
@@ -57,11 +62,11 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
         scheduler_config=policy.scheduler_config,
     )
     merged.save_pretrained(directory)
-    settings = {"max_sequence_length": policy.max_sequence_length, **sampling_settings(module)}
-    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    settings: dict[str, Any] = {"max_sequence_length": policy.max_sequence_length, **sampling_settings(module)}
     if has_lora(policy.transformer):
-        lora = {k: v.contiguous() for k, v in state.items() if "lora_" in k}
-        save_file(lora, str(directory / "lora.safetensors"))
+        weights = save_lora(policy.transformer, directory / LORA_FOLDER)
+        settings[SHA256_KEY] = {weights.relative_to(directory).as_posix(): file_sha256(weights)}
+    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def sampling_settings(module: L.LightningModule) -> dict[str, int]:

@@ -10,6 +10,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import Tensor
 
@@ -18,11 +19,13 @@ from spatialscore.strategies import fp32_master_weights
 
 with without_bitsandbytes():  # diffusers and peft import it when installed; FLUX is never quantized here
     from diffusers import FluxTransformer2DModel
+    from diffusers.loaders import FluxLoraLoaderMixin
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 __all__ = [
     "FLUX_LORA_TARGETS",
+    "LORA_WEIGHTS_NAME",
     "LoraSpec",
     "add_lora",
     "adapter_disabled",
@@ -30,7 +33,10 @@ __all__ = [
     "lora_state_dict",
     "load_lora_state_dict",
     "merged_copy",
+    "save_lora",
 ]
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers writes, and looks for, in a LoRA folder
 
 # Attention and feed-forward projections of the double-stream and single-stream blocks (Flow-GRPO's set plus
 # the single blocks' MLP/output projections, which hold half of FLUX's parameters).
@@ -126,6 +132,24 @@ def load_lora_state_dict(transformer: FluxTransformer2DModel, state: dict[str, T
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise ValueError(f"unexpected LoRA keys: {unexpected[:5]}")
+
+
+def save_lora(transformer: FluxTransformer2DModel, directory: str | Path) -> Path:
+    """Write the adapter with diffusers' own FLUX LoRA saving (``FluxPipeline.save_lora_weights``) to
+    ``directory/pytorch_lora_weights.safetensors`` and return that path.
+
+    Keys are diffusers' (``transformer.<module>.lora_A.weight``) and the adapter's peft ``LoraConfig`` (rank,
+    ``lora_alpha``, targets) is stored in the file's metadata, so a stock ``FluxPipeline.load_lora_weights(directory)``
+    rebuilds the adapter at its trained strength (alpha / rank) and ``fuse_lora`` gives :func:`merged_copy`.
+    """
+    if not has_lora(transformer):
+        raise ValueError("the transformer has no LoRA adapter to save")
+    FluxLoraLoaderMixin.save_lora_weights(
+        str(directory),
+        transformer_lora_layers=lora_state_dict(transformer),
+        transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+    )
+    return Path(directory) / LORA_WEIGHTS_NAME
 
 
 def merged_copy(transformer: FluxTransformer2DModel) -> FluxTransformer2DModel:

@@ -3,6 +3,7 @@
 spatialscore fit --config configs/spatialscore/tiny.yaml
 spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
 spatialscore score --model runs/spatialscore/export --prompt "a red circle left of a blue square" a.png b.png
+spatialscore export --model runs/spatialscore/export --out exports/merged --merged
 spatialscore serve --model runs/spatialscore/export --port 8000 --max-batch-size 8
 spatialscore perturb --prompts prompts.txt --out perturbed.jsonl --num 2-3
 spatialscore verify-perturbations perturbed.jsonl --report report.jsonl
@@ -243,6 +244,7 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "filter-pairs": _tool("spatialscore.data.verify"),
     "review": _tool("spatialscore.review"),
     "score": score_main,
+    "export": _tool("spatialscore.export"),
     "benchmark": _tool("spatialscore.benchmark"),
     "serve": _tool("spatialscore.serve"),
 }

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import numbers
+import re
 import shutil
 import types
 import typing
@@ -34,6 +35,7 @@ from spatialscore.backbone import (
     load_processor,
     resolve_backbone_path,
 )
+from spatialscore.card import TrainingFacts, write_model_card
 from spatialscore.data.encode import ImageLike, PromptTemplate, RewardInputEncoder
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
 from spatialscore.imports import without_bitsandbytes
@@ -44,8 +46,14 @@ with without_bitsandbytes():  # peft imports it when installed; only quantized b
     from peft import LoraConfig, inject_adapter_in_model
 
 CONFIG_NAME = "spatialscore_config.json"
-WEIGHTS_NAME = "spatialscore.safetensors"
-SHA256_KEY = "weights_sha256"  # in CONFIG_NAME: the SHA-256 of WEIGHTS_NAME, checked by from_pretrained
+SHA256_KEY = "weights_sha256"  # in CONFIG_NAME: the SHA-256 of each weights file, checked by from_pretrained
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft's file names: the folder is a peft adapter folder
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+HEAD_NAME = "reward_head.safetensors"  # the score head and the reward token's embedding row
+BACKBONE_WEIGHTS_NAME = "trained_backbone.safetensors"  # base weights trained fully (vision parts, rank-0 LM)
+WEIGHTS_NAME = "spatialscore.safetensors"  # exports before the peft layout: every trained weight in one file
+HEAD_SCHEMA = "spatialscore-reward-head/1"
+PEFT_PREFIX = "base_model.model.model."  # a PeftModel of Qwen2_5_VLForConditionalGeneration (its "model.")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -170,12 +178,75 @@ def _check_fields(cls: type, raw: Any, where: str) -> None:
             )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, as lowercase hex (recorded for every exported weights file)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def export_layout(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a :meth:`SpatialScore.trainable_state_dict` into the exported files and their key names.
+
+    :data:`ADAPTER_WEIGHTS_NAME`: the LoRA under peft's names for ``Qwen2_5_VLForConditionalGeneration``
+    (``base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight``); :data:`HEAD_NAME`: the
+    head (``head.*``) and ``reward_embedding``; :data:`BACKBONE_WEIGHTS_NAME`: fully trained base weights under
+    ``Qwen2_5_VLForConditionalGeneration``'s names (``model.visual.merger.mlp.0.weight``). Empty files are left out.
+    """
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in state.items():
+        if name.startswith("head.") or name == "reward_embedding":
+            file, key = HEAD_NAME, name
+        elif "lora_" in name:
+            file = ADAPTER_WEIGHTS_NAME
+            key = PEFT_PREFIX + re.sub(r"\.(lora_[AB])\.default\.", r".\1.", name.removeprefix("backbone."))
+        else:
+            file, key = BACKBONE_WEIGHTS_NAME, "model." + name.removeprefix("backbone.")
+        files.setdefault(file, {})[key] = tensor.contiguous()
+    return files
+
+
+def _from_export_layout(file: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`export_layout` for one file: :class:`SpatialScore` parameter names (the single file of
+    earlier exports already has them)."""
+    if file in (HEAD_NAME, WEIGHTS_NAME):
+        return dict(tensors)
+    if file == ADAPTER_WEIGHTS_NAME:
+        return {
+            "backbone." + re.sub(r"\.(lora_[AB])\.", r".\1.default.", key.removeprefix(PEFT_PREFIX)): tensor
+            for key, tensor in tensors.items()
+        }
+    return {"backbone." + key.removeprefix("model."): tensor for key, tensor in tensors.items()}
+
+
+def _load_weights(path: Path, sha: str | None, config_file: Path) -> dict[str, torch.Tensor]:
+    """A weights file of an export, refused (naming it) when unreadable or not of the recorded SHA-256."""
+    if sha is not None and (actual := file_sha256(path)) != sha:
+        raise ValueError(
+            f"{path}: SHA-256 {actual} differs from {sha} recorded in {config_file}: the weights "
+            "file is corrupt or was modified after export; export the model again"
+        )
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' SafetensorError (header or data unreadable)
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def lora_config(settings: LoraSettings, *, base_model: str | None = None) -> LoraConfig:
+    """The peft ``LoraConfig`` of :class:`LoraSettings` (language-model linears only, see :func:`lora_target_regex`)."""
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=lora_target_regex(settings.targets),
+        base_model_name_or_path=base_model,
+    )
 
 
 class RewardOutput(NamedTuple):
@@ -228,14 +299,8 @@ class SpatialScore(nn.Module):
         self.reward_token_id = self.encoder.reward_token_id
         backbone.requires_grad_(False)
         if config.lora.rank > 0:
-            lora = LoraConfig(
-                r=config.lora.rank,
-                lora_alpha=config.lora.alpha,
-                lora_dropout=config.lora.dropout,
-                target_modules=lora_target_regex(config.lora.targets),
-            )
             with without_bitsandbytes():  # a no-op for a quantized backbone: it imported bitsandbytes
-                backbone = inject_adapter_in_model(lora, backbone)
+                backbone = inject_adapter_in_model(lora_config(config.lora), backbone)
             for name, param in backbone.named_parameters():
                 param.requires_grad_("lora_" in name)
             fp32_master_weights(backbone, lora_only=True)
@@ -364,13 +429,25 @@ class SpatialScore(nn.Module):
                 state[name] = value.detach().cpu().contiguous()
         return state
 
-    def save_pretrained(self, directory: str | Path, *, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Write config JSON, safetensors weights and the processor files; nothing is pickled.
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        state: dict[str, torch.Tensor] | None = None,
+        facts: TrainingFacts | None = None,
+    ) -> None:
+        """Write the export: a peft adapter folder plus the head, the config, the processor files and a model card.
 
-        The base checkpoint is referenced by path; a tiny base built offline is copied to ``directory/base``
-        so that the folder is self-contained. ``state``: weights already gathered by
-        :meth:`trainable_state_dict` (distributed runs gather on all ranks and save on one). The config records
-        the SHA-256 of the weights file (``weights_sha256``), which :meth:`from_pretrained` checks.
+        Files (see :func:`export_layout`): ``adapter_config.json`` + ``adapter_model.safetensors`` (the LoRA, for
+        ``peft.PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration, directory)``; absent with
+        ``lora.rank: 0``), ``reward_head.safetensors`` (head and reward-token row; :data:`HEAD_SCHEMA` and the
+        prompt template in its metadata), ``trained_backbone.safetensors`` when base weights were trained fully,
+        ``spatialscore_config.json`` (the settings and, under ``weights_sha256``, the SHA-256 of each weights
+        file, which :meth:`from_pretrained` checks), the tokenizer (with the reward token) and image processor,
+        and ``README.md`` (:func:`~spatialscore.card.write_model_card` with ``facts``; None: all unknown). Nothing
+        is pickled. The base checkpoint is referenced by path; a tiny base built offline is copied to
+        ``directory/base`` so that the folder is self-contained. ``state``: weights already gathered by
+        :meth:`trainable_state_dict` (distributed runs gather on all ranks and save on one).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -378,18 +455,37 @@ class SpatialScore(nn.Module):
         if config.backbone.path is None:
             shutil.copytree(resolve_backbone_path(config.backbone), directory / "base", dirs_exist_ok=True)
             config.backbone.path = "base"
-        weights = directory / WEIGHTS_NAME
-        save_file(state if state is not None else self.trainable_state_dict(), str(weights))
-        record = {**config.to_dict(), SHA256_KEY: _sha256(weights)}
+        files = export_layout(state if state is not None else self.trainable_state_dict())
+        before, after = config.template.parts()
+        metadata = {
+            HEAD_NAME: {
+                "format": "pt",
+                "schema": HEAD_SCHEMA,
+                "reward_token": REWARD_TOKEN,
+                "reward_token_id": str(self.reward_token_id),
+                "text_before_prompt": before,
+                "text_after_prompt": after,
+            }
+        }
+        hashes = {}
+        for name, tensors in files.items():
+            save_file(tensors, str(directory / name), metadata=metadata.get(name, {"format": "pt"}))
+            hashes[name] = file_sha256(directory / name)
+        if config.lora.rank > 0:
+            lora_config(config.lora, base_model=config.backbone.path).save_pretrained(str(directory))
+        record = {**config.to_dict(), SHA256_KEY: hashes}
         (directory / CONFIG_NAME).write_text(json.dumps(record, indent=2))
         self.processor.tokenizer.save_pretrained(str(directory))
         self.processor.image_processor.save_pretrained(str(directory))
+        write_model_card(
+            directory, config=self.config, facts=facts or TrainingFacts(), base_model=config.backbone.path, merged=False
+        )
 
     @staticmethod
-    def read_config(directory: str | Path) -> tuple[SpatialScoreConfig, str | None]:
-        """The config of a folder written by :meth:`save_pretrained` and the weights' recorded SHA-256 (None for
-        folders written before it was recorded); a missing, malformed or tampered file is an error naming it
-        and, for a bad field, the field."""
+    def read_config(directory: str | Path) -> tuple[SpatialScoreConfig, dict[str, str]]:
+        """The config of a folder written by :meth:`save_pretrained` and the recorded SHA-256 of each weights file
+        (``{}`` for folders written before hashes were recorded); a missing, malformed or tampered file is an error
+        naming it and, for a bad field, the field."""
         config_file = Path(directory) / CONFIG_NAME
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file} not found: not a SpatialScore folder")
@@ -405,55 +501,90 @@ class SpatialScore(nn.Module):
             raise ValueError(f"{config_file}: must hold a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         sha = raw.pop(SHA256_KEY, None)
-        if sha is not None and not (
-            isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
-        ):
-            raise ValueError(f"{config_file}: field {SHA256_KEY!r} must be 64 lowercase hex digits, got {sha!r:.80}")
+        files = (ADAPTER_WEIGHTS_NAME, HEAD_NAME, BACKBONE_WEIGHTS_NAME)
+        if _is_sha256(sha):  # exports of the single-file layout
+            hashes = {WEIGHTS_NAME: sha}
+        elif sha is None:
+            hashes = {}
+        elif isinstance(sha, dict) and all(k in files and _is_sha256(v) for k, v in sha.items()):
+            hashes = dict(sha)
+        else:
+            raise ValueError(
+                f"{config_file}: field {SHA256_KEY!r} must be 64 lowercase hex digits, or an object giving them "
+                f"for {', '.join(files)}, got {sha!r:.80}"
+            )
         try:
             SpatialScoreConfig.check_dict(raw)
             config = SpatialScoreConfig.from_dict(raw)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{config_file}: {error}") from None
-        return config, sha
+        return config, hashes
+
+    @classmethod
+    def weight_files(cls, directory: str | Path) -> tuple[SpatialScoreConfig, dict[Path, str | None]]:
+        """The config and the weights files a saved folder's layout needs, each with its recorded SHA-256 (None:
+        not recorded). Checks that the config is sound and every file exists (an error naming the file), without
+        hashing or loading anything: a quick check before a slow start (``spatialscore serve``)."""
+        directory = Path(directory)
+        config, hashes = cls.read_config(directory)
+        if (directory / WEIGHTS_NAME).is_file() and not (directory / HEAD_NAME).is_file():
+            names = [WEIGHTS_NAME]  # the single-file layout of earlier exports
+        else:
+            names = [HEAD_NAME]
+            if config.lora.rank > 0:
+                names.append(ADAPTER_WEIGHTS_NAME)
+            if config.lora.rank == 0 or config.train_vision_merger or config.train_vision_tower:
+                names.append(BACKBONE_WEIGHTS_NAME)
+        for name in names:
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory / name} not found: the SpatialScore folder lacks weights {CONFIG_NAME} needs"
+                )
+        return config, {directory / name: hashes.get(name) for name in names}
+
+    @classmethod
+    def read_weights(cls, directory: str | Path) -> tuple[SpatialScoreConfig, dict[str, torch.Tensor]]:
+        """The config and the trained weights (under :class:`SpatialScore` names) of a saved folder.
+
+        Reads the peft layout of :meth:`save_pretrained` and, for folders exported before it, the single
+        ``spatialscore.safetensors`` (see :meth:`weight_files`). Each file is checked against its recorded SHA-256
+        first; a missing, unreadable or modified file is an error naming it.
+        """
+        config, files = cls.weight_files(directory)
+        config_file = Path(directory) / CONFIG_NAME
+        state = {}
+        for path, sha in files.items():
+            state.update(_from_export_layout(path.name, _load_weights(path, sha, config_file)))
+        return config, state
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, *, base_path: str | None = None, device: str | torch.device = "cpu"
     ) -> SpatialScore:
-        """Load a model saved by :meth:`save_pretrained`, offline; only JSON and safetensors are read.
+        """Load a model saved by :meth:`save_pretrained` (either layout, see :meth:`read_weights`), offline; only
+        JSON and safetensors are read.
 
-        ``base_path`` overrides where the Qwen2.5-VL base checkpoint lives (it is not copied into ``directory``).
+        ``base_path`` overrides where the Qwen2.5-VL base checkpoint lives (it is not copied into ``directory``);
+        a relative recorded base is read against ``directory``, and the model's config holds the absolute path.
         A weights file whose SHA-256 differs from the one recorded in the config (corrupted or modified after
         export) is refused, naming the file, before anything is built.
         """
         directory = Path(directory)
-        config, sha = cls.read_config(directory)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found: the SpatialScore folder has no weights")
-        if sha is not None and (actual := _sha256(weights)) != sha:
-            raise ValueError(
-                f"{weights}: SHA-256 {actual} differs from {sha} recorded in {directory / CONFIG_NAME}: the weights "
-                "file is corrupt or was modified after export; export the model again"
-            )
+        config, state = cls.read_weights(directory)
         if base_path is not None:
-            config.backbone.path = base_path
-        elif config.backbone.path is not None and not Path(config.backbone.path).is_absolute():
-            config.backbone.path = str(directory / config.backbone.path)
+            config.backbone.path = str(Path(base_path).resolve())
+        elif config.backbone.path is not None:  # absolute, so that a re-saved model still finds its base
+            config.backbone.path = str((directory / config.backbone.path).resolve())
         backbone, _ = load_backbone(config.backbone)
         processor = load_processor(directory)
         if REWARD_TOKEN not in processor.tokenizer.get_vocab():
             raise ValueError(f"{directory}: tokenizer lacks {REWARD_TOKEN}")
         model = cls(backbone, processor, config)
-        try:
-            state = load_file(str(weights))
-        except Exception as error:  # safetensors' SafetensorError (header or data unreadable)
-            raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
-            raise ValueError(f"{weights}: unexpected weights {result.unexpected_keys[:5]}")
+            raise ValueError(f"{directory}: unexpected weights {result.unexpected_keys[:5]}")
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         missing = [k for k in result.missing_keys if k in trainable]
         if missing:
-            raise ValueError(f"{weights}: missing weights {missing[:5]}")
+            raise ValueError(f"{directory}: missing weights {missing[:5]}")
         return model.to(device).eval()

@@ -33,7 +33,6 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import litserve as ls
@@ -347,14 +346,10 @@ def cli_main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-timeout must be >= 0, got {args.batch_timeout}")
     if not 1024 <= args.port <= 65535:
         parser.error(f"--port must be in 1024..65535, got {args.port}")
-    from spatialscore.model import WEIGHTS_NAME, SpatialScore
+    from spatialscore.model import SpatialScore
 
-    try:  # before starting workers, which would each fail to load it
-        SpatialScore.read_config(args.model)
-        if not (Path(args.model) / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(
-                f"{Path(args.model) / WEIGHTS_NAME} not found: the SpatialScore folder has no weights"
-            )
+    try:  # before starting workers, which would each fail to load it: config sound, every weights file there
+        SpatialScore.weight_files(args.model)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     token = os.environ.get(TOKEN_ENV) or None

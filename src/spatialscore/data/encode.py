@@ -40,13 +40,16 @@ class PromptTemplate:
     system: str | None = "You are a helpful assistant."
     instruction: str = "Judge whether the image shows the spatial layout described: "
 
+    def parts(self, *, reward_token: str = REWARD_TOKEN) -> tuple[str, str]:
+        """The text before and after the scene prompt: ``render(p) == before + p + after``."""
+        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system is not None else ""
+        before = f"{system}<|im_start|>user\n{IMAGE_PLACEHOLDER}{self.instruction}"
+        return before, f"<|im_end|>\n<|im_start|>assistant\n{reward_token}"
+
     def render(self, prompt: str, *, reward_token: str = REWARD_TOKEN) -> str:
         """The full text for one prompt, with one image placeholder and the reward token last."""
-        system = f"<|im_start|>system\n{self.system}<|im_end|>\n" if self.system is not None else ""
-        return (
-            f"{system}<|im_start|>user\n{IMAGE_PLACEHOLDER}{self.instruction}{prompt}<|im_end|>\n"
-            f"<|im_start|>assistant\n{reward_token}"
-        )
+        before, after = self.parts(reward_token=reward_token)
+        return before + prompt + after
 
 
 def to_uint8_rgb(image: ImageLike) -> np.ndarray:
