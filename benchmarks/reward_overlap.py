@@ -35,7 +35,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from reward_step import BENCH
-from serve import free_port, start_server, stop
+from serve import free_port, spatialscore_serve, start_server, stop
 from topk import MEDIUM
 
 from spatialrl.flux import FluxSource
@@ -128,25 +128,6 @@ def served_delayed(export: Path, delay: float) -> tuple:
     return start_server(command, port)
 
 
-def served_model(export: Path) -> tuple:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "spatialscore.cli",
-        "serve",
-        "--model",
-        str(export),
-        "--port",
-        str(port),
-        "--max-batch-size",
-        "1",
-        "--log-level",
-        "warning",
-    ]
-    return start_server(command, port)
-
-
 def bench_kind(kind: str, data: SyntheticData, folder: Path, *, steps: int, repeats: int, size: int) -> dict:
     """All four variants of one way of making the reward costly; the delay is calibrated on the rollout."""
     torch.manual_seed(0)
@@ -161,7 +142,7 @@ def bench_kind(kind: str, data: SyntheticData, folder: Path, *, steps: int, repe
         process, url = served_delayed(export, delay)
         local: Reward = DelayedSpatialScoreReward(str(export), delay=delay)
     else:
-        process, url = served_model(export)
+        process, url = spatialscore_serve(export, max_batch=1)  # batching off: see serve.py
         local = SpatialScoreReward(str(export), name="reward")
     remote = RemoteReward(url, batch_size=8, concurrency=2, name="reward")
     variants = {
