@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from spatialscore.data.datamodule import PreferenceDataModule
 from spatialscore.data.manifest import read_manifest, write_manifest
-from spatialscore.data.negatives import NEGATIVE_KINDS, edit_object
+from spatialscore.data.negatives import MIRRORED, NEGATIVE_KINDS, edit_object, mirror_image
 from spatialscore.data.pairs import make_pairs
 from spatialscore.data.synthetic import BACKGROUND, PALETTE, draw_shape
 from spatialscore.data.verify import cli_main, filter_pairs, in_turn
@@ -227,7 +228,26 @@ def test_edit_object_refuses_when_there_is_no_room_and_unknown_kinds():
         edit_object(crowded, prompt=prompt, kind="blurred", rng=np.random.default_rng(0))
 
 
-def test_hard_negatives_add_one_verified_pair_per_written_pair(tmp_path):
+def test_mirror_image_flips_along_the_relation_axes_only():
+    from spatialscore.data.strict import judge
+
+    left = np.asarray(draw(*SHOWS_LEFT))
+    mirrored, prompt = mirror_image(left, prompt=LEFT)
+    assert np.array_equal(mirrored, left[:, ::-1]) and prompt == RIGHT  # left-right only, the mirrored prompt
+    assert judge(mirrored, RIGHT).correct and not judge(mirrored, LEFT).correct
+    above = "a red circle above a blue square"
+    tall = np.asarray(draw(("red", "circle", (26, 4, 38, 16)), ("blue", "square", (26, 44, 38, 56))))
+    assert judge(tall, above).correct
+    flipped, prompt = mirror_image(tall, prompt=above)
+    assert np.array_equal(flipped, tall[::-1]) and prompt == "a red circle below a blue square"  # up-down
+    corner = np.asarray(draw(("red", "circle", (2, 2, 14, 14))))
+    flipped, prompt = mirror_image(corner, prompt="a red circle in the upper-left corner")
+    assert np.array_equal(flipped, corner[::-1, ::-1]) and prompt == "a red circle in the lower-right corner"
+    depth = "a red circle in front of a blue square"
+    assert mirror_image(left, prompt=depth) is None  # no image axis to mirror
+
+
+def test_hard_negatives_add_verified_pairs_per_written_pair_mirrored_both_ways(tmp_path):
     from spatialscore.data.strict import judge
 
     path = manifest(
@@ -242,19 +262,31 @@ def test_hard_negatives_add_one_verified_pair_per_written_pair(tmp_path):
     )
     result = filter_pairs(pairs=path, out=tmp_path / "kept.jsonl", hard_negatives=True, show_progress=False)
     records = read_manifest(tmp_path / "kept.jsonl").records
-    assert (result.kept, sum(result.negatives.values())) == (4, 4) and len(records) == 8
-    assert result.negatives == {kind: 1 for kind in NEGATIVE_KINDS}  # the kinds in turn
+    assert (result.kept, sum(result.negatives.values())) == (4, 12) and len(records) == 16
+    mirrored = {MIRRORED: 4, f"{MIRRORED}-reversed": 4}  # both directions for every pair
+    assert result.negatives == {**{kind: 1 for kind in NEGATIVE_KINDS}, **mirrored}  # object kinds in turn
     negatives = [r for r in records if r.category.startswith("hard_negative:")]
     for record in negatives:
         kind = record.category.split(":")[1]
         assert record.id == f"{record.meta['hard_negative']['from']}-{kind}" and record.perturbed_prompt is None
-        assert record.rejected.parent.name == "kept-negatives" and record.chosen.name.endswith("-chosen.png")
-        with Image.open(record.rejected) as image:
-            assert not judge(image.convert("RGB"), record.prompt).correct
-    assert json.loads(result.report.read_text())["written"] == 8
+        edited, original = (
+            (record.chosen, record.rejected)
+            if kind.endswith("reversed")
+            else (
+                record.rejected,
+                record.chosen,
+            )
+        )
+        assert edited.parent.name == "kept-negatives" and original.name.endswith("-chosen.png")
+        with Image.open(record.chosen) as chosen, Image.open(record.rejected) as rejected:
+            assert judge(chosen.convert("RGB"), record.prompt).correct
+            assert not judge(rejected.convert("RGB"), record.prompt).correct
+        assert record.prompt == (RIGHT if kind.endswith("reversed") else LEFT)
+    assert json.loads(result.report.read_text())["written"] == 16
     filter_pairs(pairs=path, out=tmp_path / "again.jsonl", hard_negatives=True, show_progress=False)
     first = {r.id: r.rejected for r in negatives}
     for record in read_manifest(tmp_path / "again.jsonl").records[4:]:  # seeded by the pair id: the same edits
-        assert Image.open(record.rejected).tobytes() == Image.open(first[record.id]).tobytes()
+        if not record.id.endswith("reversed"):
+            assert Image.open(record.rejected).tobytes() == Image.open(first[record.id]).tobytes()
     with pytest.raises(ValueError, match="need the rule verifier"):
         filter_pairs(pairs=path, out=tmp_path / "x.jsonl", verifier="review:none.jsonl", hard_negatives=True)

@@ -9,7 +9,8 @@
 3. ``pairs``: ``spatialscore make-pairs`` with the supervised tiny FLUX: its own images, one seed per pair.
 4. ``filter``: ``spatialscore filter-pairs --verifier rule --pool`` (the paper's human check, by the strict judge);
    the training pairs also get edited copies of their verified chosen images as negatives (an object erased,
-   duplicated, recoloured, or an extra one; :mod:`spatialscore.data.negatives`; ``--no-hard-negatives``: none).
+   duplicated, recoloured, or an extra one; the image mirrored; :mod:`spatialscore.data.negatives`;
+   ``--no-hard-negatives``: none).
 5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
 6. Hardening rounds (``--rounds``, default 1), each: ``probe-R``, a short GRPO run on the current reward model,
    shows how a policy games it; ``pairs-R`` renders the training prompts with that probe policy; ``filter-R``

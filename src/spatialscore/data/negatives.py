@@ -1,5 +1,5 @@
 """Hard negatives made from a generator's own verified images: one object erased, duplicated, recoloured, or an
-extra object added.
+extra object added; or the whole image mirrored.
 
 The paper's perturbations change the prompt's arrangement (swap, flip, predicate, attribute), so a reward model
 trained on them learns where the objects are, not whether exactly the named objects are drawn. A policy optimised
@@ -7,6 +7,13 @@ against such a model learns to draw a stretched, off-colour object or to leave o
 miniature"). These edits give it the missing kinds of negative: each takes an image that the strict judge accepts
 for its prompt and changes one object so that the judge rejects it, keeping everything else of the generator's
 rendering (background, shading, the other object).
+
+The object edits are failures a reward model can see without reading the prompt. ``mirror_image`` is the one it
+cannot: the image flipped along the axes of the prompt's relations shows the same objects, drawn the same way, in
+the opposite arrangement, which is the arrangement of the mirrored prompt it also returns. Used in both directions
+(the original preferred under the prompt, the flipped copy preferred under the mirrored prompt), only the relation
+words tell the two apart. One direction alone is not enough: a model then learns to spot a flipped rendering
+(the generator's images are not mirror-symmetric in their details) and calls it bad under every prompt.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ from scipy import ndimage
 from spatialscore.data.strict import judge
 from spatialscore.data.synthetic import BACKGROUND, PALETTE, colour_labels
 from spatialscore.data.synthetic.checker import _parse_cached
-from spatialscore.data.synthetic.scene import _DEFAULT_TOLERANCE
+from spatialscore.data.synthetic.scene import _DEFAULT_TOLERANCE, Relation
 
-__all__ = ["NEGATIVE_KINDS", "edit_object"]
+__all__ = ["MIRRORED", "NEGATIVE_KINDS", "edit_object", "mirror_image"]
 
 NEGATIVE_KINDS: tuple[str, ...] = ("missing", "duplicated", "recoloured", "extra")
+MIRRORED = "mirrored"  # the kind name of mirror_image negatives
 _COLOURS = tuple(PALETTE)
 _BACKGROUND_LABEL = len(PALETTE)
 # Colours near no palette colour (each > 60 RGB units from every palette colour and the background).
@@ -97,3 +105,53 @@ def edit_object(
             out[ys[own] + dy, xs[own] + dx] = image[ys[own], xs[own]] - image[ys[own], xs[own]].mean(axis=0) + paint
     edited = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return None if judge(edited, prompt, tolerance=tolerance).correct else edited
+
+
+# The image axes (numpy axis 1: left-right, 0: up-down) a relation's arrangement is read along; depth has none.
+_MIRROR_AXES: dict[str, tuple[int, ...]] = {"horizontal": (1,), "row": (1,), "vertical": (0,), "corner": (0, 1)}
+_EDGE_AXES: dict[str, tuple[int, ...]] = {"left": (1,), "right": (1,), "top": (0,), "bottom": (0,)}
+# What each word becomes when the image is flipped along an axis.
+_FLIPPED_WORDS: dict[int, dict[str, str]] = {
+    1: {"left_of": "right_of", "right_of": "left_of", "left": "right", "right": "left"},
+    0: {"above": "below", "below": "above", "upper": "lower", "lower": "upper", "top": "bottom", "bottom": "top"},
+}
+
+
+def _mirrored(relation: Relation, axes: set[int]) -> Relation:
+    """``relation`` as it reads in the image flipped along ``axes``."""
+    predicate, anchor, objects = relation.predicate, relation.anchor, relation.objects
+    for axis in axes:
+        words = _FLIPPED_WORDS[axis]
+        predicate = words.get(predicate, predicate)
+        anchor = "-".join(words.get(part, part) for part in anchor.split("-")) if anchor else anchor
+        if axis == 1 and predicate == "row":
+            objects = objects[::-1]
+    return Relation(predicate, objects, anchor)
+
+
+def mirror_image(
+    rgb: np.ndarray, *, prompt: str, tolerance: float = _DEFAULT_TOLERANCE
+) -> tuple[np.ndarray, str] | None:
+    """``rgb`` ((H, W, 3) uint8, an image the strict judge accepts for ``prompt``) flipped along every axis that
+    the prompt's relations are read along (left-right for left/right and rows, up-down for above/below, both for
+    corners, the edge's own axis for edges), and the mirrored prompt that the flipped image shows.
+
+    None when the prompt has no such relation (depth only), the judge would still accept the flipped image for
+    ``prompt`` (a symmetric layout), or it does not accept it for the mirrored prompt.
+    """
+    relations = _parse_cached(prompt)
+    axes: set[int] = set()
+    for relation in relations:
+        axes.update(
+            _EDGE_AXES.get(relation.anchor, ()) if relation.axis == "edge" else _MIRROR_AXES.get(relation.axis, ())
+        )
+    if not axes:
+        return None
+    flipped = np.ascontiguousarray(np.flip(rgb, axis=tuple(sorted(axes))))
+    mirrored_prompt = "; ".join(_mirrored(r, axes).text for r in relations)
+    if (
+        judge(flipped, prompt, tolerance=tolerance).correct
+        or not judge(flipped, mirrored_prompt, tolerance=tolerance).correct
+    ):
+        return None
+    return flipped, mirrored_prompt

@@ -20,10 +20,13 @@ one from the images rendered from its perturbed prompt that pass the rejected ch
 (wrong layout, missing, duplicated, extra objects) in turn; each such pair is marked ``meta.pooled`` with the ids
 its images come from.
 
-``hard_negatives=True`` (rule verifier only) adds, for every written pair, one more pair with the same chosen image
-against an edited copy of it (:mod:`spatialscore.data.negatives`): one object erased, duplicated, recoloured, or
-an extra object added, the kinds taken in turn and each edit checked by the strict judge. They teach a reward model
-the object-level failures that a policy optimised against it produces and the prompt perturbations never show.
+``hard_negatives=True`` (rule verifier only) adds, for every written pair, pairs against edited copies of its chosen
+image (:mod:`spatialscore.data.negatives`): one with an object erased, duplicated, recoloured, or an extra object
+added (the kinds taken in turn), and two with the whole image mirrored along the prompt's relation axes (the
+original preferred under the prompt; the copy preferred under the mirrored prompt); each image is checked by the
+strict judge. The object edits teach a reward model the
+object-level failures that a policy optimised against it produces and the prompt perturbations never show; the
+mirrored pairs make the arrangement pay only through the prompt's relation words (README, "filter-pairs").
 Their images go to ``OUT_STEM-negatives/``, their ``category`` is ``hard_negative:KIND``.
 """
 
@@ -46,7 +49,7 @@ from tqdm import tqdm
 
 from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import PairRecord, atomic_write, read_manifest, write_manifest
-from spatialscore.data.negatives import NEGATIVE_KINDS, edit_object
+from spatialscore.data.negatives import MIRRORED, NEGATIVE_KINDS, edit_object, mirror_image
 from spatialscore.data.strict import Judgement, judge
 
 __all__ = [
@@ -211,9 +214,30 @@ def _pooled(records: Sequence[PairRecord], verdicts: Sequence[Verdict], *, rejec
     return out
 
 
+def _negative_pair(
+    record: PairRecord, image: np.ndarray, folder: Path, kind: str, *, prompt: str | None = None
+) -> PairRecord:
+    """``record`` with ``image`` (saved under ``folder``) as its rejected image, marked as a ``kind`` hard negative;
+    with ``prompt``, the pair is reversed: that prompt, ``image`` chosen, the record's chosen image rejected."""
+    path = folder / f"{record.id}-{kind}.png"
+    Image.fromarray(image).save(path)
+    chosen, rejected = (path, record.chosen) if prompt is not None else (record.chosen, path)
+    return replace(
+        record,
+        id=f"{record.id}-{kind}",
+        prompt=prompt or record.prompt,
+        chosen=chosen,
+        rejected=rejected,
+        perturbed_prompt=None,
+        category=f"hard_negative:{kind}",
+        meta={**record.meta, "hard_negative": {"kind": kind, "from": record.id}},
+    )
+
+
 def _hard_negatives(records: Sequence[PairRecord], folder: Path, *, show_progress: bool) -> list[PairRecord]:
-    """One edited-negative pair per record (module docstring); the kinds in turn, the next kind when an edit
-    cannot be made; the edit is seeded by the record id, so a rerun writes the same images."""
+    """Edited-negative pairs per record (module docstring): an object edit, the kinds in turn (the next kind when
+    an edit cannot be made), and the chosen image mirrored, in both directions; the object edit is seeded by the
+    record id, so a rerun writes the same images."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for turn, record in enumerate(tqdm(records, desc="hard negatives", unit="pair", disable=not show_progress)):
@@ -222,21 +246,13 @@ def _hard_negatives(records: Sequence[PairRecord], folder: Path, *, show_progres
         for kind in (NEGATIVE_KINDS[(turn + i) % len(NEGATIVE_KINDS)] for i in range(len(NEGATIVE_KINDS))):
             edited = edit_object(rgb, prompt=record.prompt, kind=kind, rng=rng)
             if edited is not None:
+                out.append(_negative_pair(record, edited, folder, kind))
                 break
-        else:
-            continue
-        path = folder / f"{record.id}-{kind}.png"
-        Image.fromarray(edited).save(path)
-        out.append(
-            replace(
-                record,
-                id=f"{record.id}-{kind}",
-                rejected=path,
-                perturbed_prompt=None,
-                category=f"hard_negative:{kind}",
-                meta={**record.meta, "hard_negative": {"kind": kind, "from": record.id}},
-            )
-        )
+        mirrored = mirror_image(rgb, prompt=record.prompt)
+        if mirrored is not None:
+            image, mirrored_prompt = mirrored
+            out.append(_negative_pair(record, image, folder, MIRRORED))
+            out.append(_negative_pair(record, image, folder, f"{MIRRORED}-reversed", prompt=mirrored_prompt))
     return out
 
 
@@ -369,8 +385,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hard-negatives",
         action="store_true",
-        help="rule verifier: add one pair per written pair against an edited copy of its chosen image "
-        "(an object erased, duplicated, recoloured, or an extra one)",
+        help="rule verifier: add two pairs per written pair against edited copies of its chosen image "
+        "(an object erased, duplicated, recoloured, or an extra one; the image mirrored)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
