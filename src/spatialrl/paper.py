@@ -12,11 +12,12 @@
    duplicated, recoloured, or an extra one; the image mirrored; :mod:`spatialscore.data.negatives`;
    ``--no-hard-negatives``: none).
 5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
-6. Hardening rounds (``--rounds``, default 1), each: ``probe-R``, a short GRPO run on the current reward model,
-   shows how a policy games it; ``pairs-R`` renders the training prompts with that probe policy; ``filter-R``
-   verifies all renders so far as one pool, so the probe's failures become rejected images next to verified
-   chosen ones; ``spatialscore-R`` is the reward model retrained on them. These are the hard negatives the paper's
-   perturbation kinds do not make: the extra and duplicated objects a policy produces to game the reward model.
+6. Hardening rounds (``--rounds``, default 0: with the mirrored hard negatives the measured seeds needed none,
+   README), each: ``probe-R``, a short GRPO run on the current reward model, shows how a policy games it;
+   ``pairs-R`` renders the training prompts with that probe policy; ``filter-R`` verifies all renders so far as
+   one pool, so the probe's failures become rejected images next to verified chosen ones; ``spatialscore-R`` is
+   the reward model retrained on them. These are the hard negatives the paper's perturbation kinds do not make:
+   the extra and duplicated objects a policy produces to game the reward model.
 7. ``rl-spatialscore``: GRPO with the last reward model as the only reward (the strict judge is an eval metric).
 8. ``rl-rule`` (``--compare-rule``): the same GRPO with the strict rule reward, for comparison.
 9. ``evaluate``: ``spatialrl evaluate`` of the supervised start, the probes and the RL policies on the held-out
@@ -72,7 +73,7 @@ class PaperSettings:
     size: int = 32
     rejected: str = "violates"
     hard_negatives: bool = True
-    rounds: int = 1
+    rounds: int = 0
     probe_minutes: int = 3
     probe_images_per_prompt: int = 32
     compare_rule: bool = False
