@@ -40,7 +40,8 @@ from topk import MEDIUM
 
 from spatialrl.flux import FluxSource
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RemoteReward, Reward, SpatialScoreReward
 from spatialscore.backbone import BackboneConfig, TinyBackboneConfig
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData

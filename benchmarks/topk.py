@@ -28,7 +28,8 @@ import torch
 
 from spatialrl.flux import FluxSource, TinyFluxConfig
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RuleReward
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
 

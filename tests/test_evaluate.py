@@ -27,7 +27,8 @@ from spatialrl.evaluate import (
 )
 from spatialrl.flux import SETTINGS_FILE, FluxSource
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, SamplingSpec
+from spatialrl.config import EvalSpec, SamplingSpec
+from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
 from spatialrl.sft import FlowMatchingModule

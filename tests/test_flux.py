@@ -288,3 +288,21 @@ def test_encodings_cached_under_inference_mode_can_be_trained_on(policy: FluxPol
     )
     velocity.square().mean().backward()
     assert latents.grad is not None
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (48, 32)])
+def test_encode_equals_flux_kontext_image_latents(policy: FluxPolicy, height: int, width: int) -> None:
+    """``FluxPolicy.encode`` gives the latents of diffusers' FluxKontextPipeline for a conditioning image (the
+    posterior mode, shifted and scaled, packed): the inverse transform of ``decode``, which the ODE rollout's
+    equality with FluxPipeline pins."""
+    from diffusers import FluxKontextPipeline
+
+    images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height))
+    pipe = FluxKontextPipeline(**policy.pipeline().components)
+    ref = pipe._encode_vae_image(image=images * 2 - 1, generator=None)
+    ref = pipe._pack_latents(ref, 2, ref.shape[1], ref.shape[2], ref.shape[3])
+    ours = policy.encode(images)
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape and ours.std() > 1e-3
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="multiples"):
+        policy.encode(torch.rand(1, 3, 30, 32))

@@ -10,8 +10,11 @@ from spatialrl.grpo import (
     kl_step_size,
     kl_to_reference,
     maxvar_filter,
+    micro_batches,
+    objective_scale,
     ppo_clip_loss,
     select_groups,
+    step_objective,
     topk_filter,
 )
 from spatialrl.sde import sde_step
@@ -281,3 +284,57 @@ def test_kl_step_size_per_convention_and_kind():
     assert kl_step_size("flow_grpo", kind="cps", sigma=0.79, sigma_next=0.65) is None  # Flow-GRPO divides by std
     with pytest.raises(ValueError, match="flow_grpo"):
         kl_step_size("flowgrpo", kind="sde", sigma=0.79, sigma_next=0.65)
+
+
+@pytest.mark.parametrize(("kept", "micro_batch", "kl_beta"), [([5], 2, 0.0), ([5, 2, 0], 2, 0.3), ([3, 4], 4, 0.05)])
+def test_step_objectives_over_micro_batches_steps_and_ranks_are_the_mean_over_kept_terms(kept, micro_batch, kl_beta):
+    """Each rank pads to the most kept samples of any rank and weights every (micro-batch, step) term by
+    ``step_objective``; averaged over ranks (data parallelism's gradient mean) that is the mean PPO loss plus
+    beta times the mean KL over all kept (sample, step) terms of the global batch: padding weighs nothing, and a
+    rank without kept samples adds 0."""
+    steps, world = 3, len(kept)
+    gen = torch.Generator().manual_seed(sum(kept) + micro_batch)
+    losses = [torch.randn(n, steps, generator=gen) for n in kept]  # per-sample, per-step policy loss
+    kls = [torch.rand(n, steps, generator=gen) for n in kept]
+    scale = objective_scale(kept_terms=sum(kept) * steps, world=world)
+    length = max(kept)
+    per_rank = []
+    for loss, kl, n in zip(losses, kls, kept, strict=True):
+        total, rows_seen = torch.zeros(()), []
+        # padding rows point at sample 0, which a rank without samples does not have: give it one to index
+        loss, kl = (loss, kl) if n else (torch.full((1, steps), 7.0), torch.full((1, steps), 7.0))
+        for rows, real in micro_batches(torch.arange(n), length=length, size=micro_batch):
+            rows_seen += rows[real].tolist()
+            for j in range(steps):
+                weight = real.float()
+                mean_loss = (loss[rows, j] * weight).sum() / weight.sum().clamp_min(1)  # ppo_clip_loss's masked mean
+                total = total + step_objective(
+                    policy_loss=mean_loss, real=real, kl=kl[rows, j], kl_beta=kl_beta, scale=scale
+                )
+        assert rows_seen == list(range(n))
+        per_rank.append(total)
+    expected = (
+        torch.cat([x.reshape(-1) for x in losses]).mean() + kl_beta * torch.cat([x.reshape(-1) for x in kls]).mean()
+    )
+    torch.testing.assert_close(torch.stack(per_rank).mean(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_micro_batches_pad_every_rank_to_the_same_passes():
+    chunks = list(micro_batches(torch.tensor([4, 1, 3]), length=5, size=2))
+    assert [r.tolist() for r, _ in chunks] == [[4, 1], [3, 0], [0]]
+    assert [m.tolist() for _, m in chunks] == [[True, True], [True, False], [False]]
+    assert list(micro_batches(torch.tensor([], dtype=torch.long), length=0, size=2)) == []
+    with pytest.raises(ValueError, match="len"):
+        list(micro_batches(torch.arange(3), length=2, size=2))
+
+
+def test_step_objective_without_kl_and_bad_shapes():
+    real = torch.tensor([True, False, True])
+    out = step_objective(policy_loss=torch.tensor(0.5), real=real, kl=torch.ones(3), kl_beta=0.0, scale=0.25)
+    assert float(out) == 0.5 * 2 * 0.25
+    assert float(
+        step_objective(policy_loss=torch.tensor(0.5), real=real, kl=torch.ones(3), kl_beta=0.1)
+    ) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        step_objective(policy_loss=torch.tensor(0.5), real=real, kl=torch.ones(2), kl_beta=0.1)
+    assert objective_scale(kept_terms=0, world=2) == 2.0

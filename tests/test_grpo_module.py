@@ -13,7 +13,8 @@ from toy_rewards import LeftRed
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import ppo_clip_loss
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, OptimizerConfig, SamplingSpec
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.module import FluxGRPOModule, OptimizerConfig
 from spatialrl.rewards import NonFiniteRewardError, Reward, StrictReward, WeightedReward
 from spatialrl.rollout import sample_seed
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
@@ -269,7 +270,7 @@ def test_flow_grpo_kl_convention_is_the_exact_kl_times_the_step_size(kind):
     kls = {}
     for convention in ("exact", "flow_grpo"):
         module.grpo.kl_convention = convention
-        kls[convention] = torch.stack([module._step_loss(traj, j, adv, mask)[2].detach() for j in range(2)])
+        kls[convention] = torch.stack([module._step_loss(traj, j, adv, mask)[2].detach().sum() for j in range(2)])
     h = traj.sigma - traj.sigma_next  # steps 0 and 1 of 3 at 32 px
     torch.testing.assert_close(h, torch.tensor([0.2404, 0.3183]), rtol=0, atol=1e-4)
     assert bool((kls["exact"] > 0).all())

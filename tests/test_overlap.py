@@ -13,7 +13,8 @@ from toy_rewards import LeftRed
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import group_advantages
 from spatialrl.lora import LoraSpec
-from spatialrl.module import EvalSpec, FluxGRPOModule, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.module import FluxGRPOModule
 from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, WeightedReward
 from spatialscore.data.datamodule import SyntheticData

@@ -492,6 +492,20 @@ class FluxPolicy:
         )[0]
 
     @torch.no_grad()
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Float images ``(B, 3, H, W)`` in [0, 1] -> packed float32 latents ``(B, tokens, 4C)``, shifted and scaled
+        as the transformer sees them: the inverse of :meth:`decode` (up to the VAE's reconstruction error).
+
+        The posterior mode, not a sample: a deterministic function of the images (flow-matching targets get their
+        noise from ``x_sigma``), and the tiny VAE's posterior std is small anyway.
+        """
+        self.latent_size(images.shape[-2], images.shape[-1])  # a size the VAE and packing can take
+        vae = self.vae
+        latents = vae.encode((images * 2 - 1).to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+        latents = (latents.float() - vae.config.shift_factor) * vae.config.scaling_factor
+        return self.pack_latents(latents)
+
     def decode(self, latents: Tensor, *, height: int, width: int) -> Tensor:
         """Packed latents -> float32 images ``(B, 3, height, width)`` in [0, 1] (un-scale, un-shift, VAE decode)."""
         rows, cols = self.latent_size(height, width)

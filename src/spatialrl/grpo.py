@@ -7,6 +7,7 @@ otherwise give good images negative advantages, and the reverse for a hard promp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -19,6 +20,9 @@ __all__ = [
     "KLConvention",
     "StdMode",
     "group_advantages",
+    "micro_batches",
+    "objective_scale",
+    "step_objective",
     "kl_step_size",
     "kl_to_reference",
     "maxvar_filter",
@@ -296,3 +300,49 @@ def kl_step_size(
     if convention == "exact" or kind == "cps":
         return None
     return sigma - sigma_next
+
+
+def objective_scale(*, kept_terms: int, world: int = 1) -> float:
+    """The factor every summed (sample, step) term of one rank's objective is multiplied by, so that the update is
+    the *mean* over the ``kept_terms`` terms of the whole global batch: ``world / kept_terms``. The ``world``
+    undoes data parallelism's averaging of gradients over ranks; a rank without kept samples contributes 0."""
+    if world < 1:
+        raise ValueError(f"world must be >= 1, got {world}")
+    return world / max(kept_terms, 1)
+
+
+def step_objective(
+    *, policy_loss: Tensor, real: Tensor, kl: Tensor | None = None, kl_beta: float = 0.0, scale: float = 1.0
+) -> Tensor:
+    """The scalar back-propagated for one trained step of one micro-batch: ``(policy_loss * n + kl_beta *
+    sum(kl over real samples)) * scale``.
+
+    ``policy_loss`` is :func:`ppo_clip_loss`'s mean over the ``n = real.sum()`` real samples (``real``: ``(B,)``
+    boolean, False for the padding rows that keep ranks in step), so times n it is their sum; ``kl`` is
+    :func:`kl_to_reference`'s per-sample ``(B,)`` KL (None or ``kl_beta`` 0: no KL term), masked to the real
+    samples. With ``scale = objective_scale(...)`` the terms of all micro-batches, steps and ranks add up to the
+    mean PPO loss plus ``kl_beta`` times the mean KL over the kept terms."""
+    if real.ndim != 1:
+        raise ValueError(f"real must be (B,), got {tuple(real.shape)}")
+    total = policy_loss * real.sum().to(policy_loss.dtype)
+    if kl is not None and kl_beta != 0:
+        if kl.shape != real.shape:
+            raise ValueError(f"kl {tuple(kl.shape)} and real {tuple(real.shape)} differ in shape")
+        total = total + kl_beta * (kl * real.to(kl.dtype)).sum()
+    return total * scale
+
+
+def micro_batches(order: Tensor, *, length: int, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``order`` (sample indices) padded to ``length`` and cut into micro-batches of ``size``: ``(rows, real)``
+    each, padding rows pointing at sample 0 with ``real`` False.
+
+    Every rank runs ``length`` (the largest count of kept samples over the ranks) rows, so all ranks take the same
+    number of forward/backward passes (FSDP's collectives need it); the padding rows weigh 0 in
+    :func:`step_objective`.
+    """
+    if len(order) > length or size < 1:
+        raise ValueError(f"need len(order) <= length and size >= 1, got {len(order)}, {length}, {size}")
+    padded = torch.cat([order, order.new_zeros(length - len(order))])
+    real = torch.arange(length) < len(order)
+    for start in range(0, length, size):
+        yield padded[start : start + size], real[start : start + size]

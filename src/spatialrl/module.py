@@ -1,9 +1,10 @@
 """FluxGRPOModule: GRPO with Top-k group filtering on the FLUX transformer. Orchestration only.
 
 Per training batch of P prompts: sample G images per prompt with the SDE sampler (:mod:`spatialrl.rollout`),
-score them (:mod:`spatialrl.rewards`), keep the top-k and bottom-k of every group and normalise advantages over
-them (:mod:`spatialrl.grpo`), then run the PPO epochs over the kept samples and trained steps, accumulating
-gradients over micro-batches, with one clipped optimiser step per PPO epoch.
+score them (:mod:`spatialrl.rewards`), join the ranks' rewards (:mod:`spatialrl.groups`), keep the top-k and
+bottom-k of every group and normalise advantages over them (:mod:`spatialrl.grpo`), then run the PPO epochs over
+the kept samples and trained steps, accumulating gradients over micro-batches weighted as ``grpo.step_objective``
+says, with one clipped optimiser step per PPO epoch. Its settings: :mod:`spatialrl.config`.
 
 Randomness is a function of ``(seed, global step, position of the prompt in the global batch, sample index)``,
 never of the rank or the micro-batch, so 1 process and W processes sample the same images and take the same
@@ -12,11 +13,9 @@ steps, and a resumed run continues exactly.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -25,22 +24,25 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec, check_settings
 from spatialrl.ema import ParameterEMA
 from spatialrl.flux import FluxPolicy, FluxSource
+from spatialrl.groups import GroupLayout
 from spatialrl.grpo import (
-    FilterMethod,
-    KLConvention,
-    StdMode,
     group_advantages,
     kl_step_size,
     kl_to_reference,
+    micro_batches,
+    objective_scale,
     ppo_clip_loss,
     select_groups,
+    step_objective,
 )
 from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
 from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, reward_components
 from spatialrl.rollout import (
+    SeedStream,
     Trajectory,
     ode_images,
     replay_step,
@@ -49,119 +51,12 @@ from spatialrl.rollout import (
     sde_mask_random,
     seeded_noise,
 )
-from spatialrl.sde import NOISE_LEVELS, SDEKind, check_noise_level
 from spatialscore.backbone import DTYPES
 from spatialscore.optim import OptimizerConfig, configure_adamw
 from spatialscore.strategies import fp32_master_weights, fsdp2_shard
 from spatialscore.visualize import image_grid, log_picture
 
 __all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimizerConfig", "SamplingSpec"]
-
-
-@dataclass
-class SamplingSpec:
-    """Training rollouts. Settings without a trained step are refused (``num_steps: 1`` with ``sde_steps`` unset:
-    its one step is the last, an ODE step).
-
-    Args:
-        height: image height in pixels, of training rollouts and validation samples.
-        width: image width in pixels, of training rollouts and validation samples.
-        num_steps: sampling steps of a training rollout.
-        noise_level: the SDE's noise (finite, > 0); it means something else per ``kind`` (:mod:`spatialrl.sde`):
-            ``sde``, Flow-GRPO's a in ``g = a sqrt(s / (1 - s))`` (0.7 on SD3.5, 0.9 on FLUX); ``dance``,
-            DanceGRPO's constant eta (0.3; the default 0.9 would be three times DanceGRPO's noise); ``cps``, a in
-            (0, 1] with ``sin(a pi / 2)`` the fraction of ``sigma_next`` that is fresh noise (0.8 in Flow-GRPO's
-            CPS recipes, with a PPO clip range ~1e-5; 0.9 re-noises almost fully).
-        kind: the stochastic sampler: ``sde`` (Flow-GRPO), ``dance`` (DanceGRPO) or ``cps``
-            (coefficient-preserving).
-        sde_steps: which of the ``num_steps`` steps (indices from 0) are stochastic and trained; null: all but
-            the last (Flow-GRPO).
-        sde_fraction: instead of ``sde_steps``, a random fraction of the steps before the last, drawn anew each
-            training step (DanceGRPO); in (0, 1].
-        guidance: FLUX's guidance scale, for training rollouts and validation samples.
-        shared_initial_noise: the G samples of a group start from the same noise and differ only by the SDE noise.
-        rollout_batch: samples per sampling forward pass (memory, not math).
-    """
-
-    height: int = 512
-    width: int = 512
-    num_steps: int = 6
-    noise_level: float = 0.9
-    kind: SDEKind = "sde"
-    sde_steps: list[int] | None = None
-    sde_fraction: float | None = None
-    guidance: float = 3.5
-    shared_initial_noise: bool = False
-    rollout_batch: int = 8
-
-
-@dataclass
-class GRPOSpec:
-    """The GRPO objective.
-
-    Args:
-        group_size: G, the images sampled per prompt (>= 2).
-        k: top-k and bottom-k kept per group (ignored with ``filter: none``).
-        filter: which samples of a group train: ``topk`` (the k best and k worst), ``maxvar`` (the 2k-subset
-            of maximal reward variance) or ``none`` (all G).
-        std_mode: advantage normalisation: ``group`` (each group's std), ``global`` (the std over the gathered
-            batch) or ``none`` (no division).
-        advantage_clip: advantages are clipped to ``[-advantage_clip, advantage_clip]``; null: no clipping.
-        clip_range: PPO's eps: the probability ratio is clipped to ``[1 - eps, 1 + eps]`` (finite, > 0).
-        kl_beta: weight of the KL to the reference (the transformer with the LoRA adapter disabled), per
-            element, normalised as ``kl_convention`` says; > 0 needs a LoRA adapter.
-        kl_convention: ``exact`` divides by ``2 std^2`` of the transition (``std = g sqrt(h)``): the exact
-            Gaussian KL and the paper's ``2 g^2 h``, for which the paper's beta 0.01 is meant. ``flow_grpo``
-            divides by ``2 g^2`` as Flow-GRPO's code: the exact KL times the step size h (0.10-0.21 at 512 px and
-            6 steps, so the same beta acts 5-10x weaker than under ``exact``); Flow-GRPO's published betas carry
-            over (0.04 GenEval/OCR and 0.01 PickScore on SD3.5; its FLUX recipes use 0). Both agree for
-            ``sampling.kind: cps``.
-        ppo_epochs: passes over the kept samples per batch, one optimiser step each. The first pass replays the
-            rollout with the weights that sampled it, so its PPO ratio is exactly 1: ``train/approx_kl`` and
-            ``train/clip_fraction`` are averaged over the later passes only, and not logged at all with
-            ``ppo_epochs: 1`` (they could not move).
-        micro_batch: samples per training forward/backward (gradients accumulate over micro-batches).
-        max_grad_norm: gradient-norm clipping before each optimiser step; null: no clipping (the norm is
-            still logged).
-        groups_across_ranks: every rank samples G/W of every prompt of the global batch (rewards all-gathered)
-            instead of whole groups of its own prompts (needs ``group_size`` divisible by the world size).
-    """
-
-    group_size: int = 24
-    k: int = 6
-    filter: FilterMethod = "topk"
-    std_mode: StdMode = "global"
-    advantage_clip: float | None = 5.0
-    clip_range: float = 1e-4
-    kl_beta: float = 0.01
-    kl_convention: KLConvention = "exact"
-    ppo_epochs: int = 1
-    micro_batch: int = 4
-    max_grad_norm: float | None = 1.0
-    groups_across_ranks: bool = False
-
-
-@dataclass
-class EvalSpec:
-    """Validation: ODE samples of every validation prompt at ``sampling``'s size and guidance; the reward and every
-    ``eval_metrics`` reward are averaged.
-
-    Args:
-        num_steps: Euler steps of each validation sample.
-        samples_per_prompt: ODE samples of each validation prompt.
-        seed: the initial noise is seeded by ``(seed, prompt text, sample index)``, the same at every validation.
-        grid_prompts: a grid of the first this many prompts' samples (with their text) goes to every logger
-            that takes images.
-        at_start: also evaluate the initial policy before the first training step (logged at step 0).
-        use_ema: evaluate with the EMA weights when the module keeps them (``ema_decay`` set).
-    """
-
-    num_steps: int = 28
-    samples_per_prompt: int = 2
-    seed: int = 1234
-    grid_prompts: int = 4
-    at_start: bool = True
-    use_ema: bool = True
 
 
 class FluxGRPOModule(L.LightningModule):
@@ -237,79 +132,7 @@ class FluxGRPOModule(L.LightningModule):
         self.val_means = torch.nn.ModuleDict({name: MeanMetric() for name in names})
         self._grid: list[tuple[str, list[tuple[Tensor, str]]]] = []  # (prompt, [(image, caption)])
         self.start_metrics: dict[str, float] = {}  # the initial policy's validation values (eval.at_start)
-        self._check_settings()
-
-    def _check_settings(self) -> None:
-        """Refuse, naming the setting, what would fail later or silently train nothing."""
-        g, s = self.grpo, self.sampling
-        for name, value in (
-            ("grpo.micro_batch", g.micro_batch),
-            ("grpo.ppo_epochs", g.ppo_epochs),
-            ("sampling.rollout_batch", s.rollout_batch),
-            ("sampling.num_steps", s.num_steps),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if g.group_size < 2:
-            raise ValueError(f"grpo.group_size must be >= 2, got {g.group_size}")
-        if g.filter != "none" and g.k < 1:
-            raise ValueError(
-                f"grpo.k must be >= 1 with filter {g.filter!r} (it keeps the k best and k worst of each group), "
-                f"got {g.k}; filter: none keeps whole groups"
-            )
-        if g.filter != "none" and 2 * g.k > g.group_size:
-            raise ValueError(f"grpo.k={g.k} keeps 2k > group_size={g.group_size}: lower k or use filter: none")
-        if not math.isfinite(g.kl_beta) or g.kl_beta < 0:
-            raise ValueError(f"grpo.kl_beta must be finite and >= 0, got {g.kl_beta}")
-        if not math.isfinite(g.clip_range) or g.clip_range <= 0:
-            raise ValueError(f"grpo.clip_range must be finite and > 0, got {g.clip_range}")
-        self._check_trained_steps()
-        if self.lora.dropout != 0:
-            raise ValueError(
-                f"lora.dropout must be 0 for GRPO, got {self.lora.dropout}: a rollout and its replay must be the same "
-                "function, or the PPO ratio measures dropout noise"
-            )
-        if g.kl_beta > 0 and self.lora.rank == 0:
-            raise ValueError("grpo.kl_beta > 0 needs a LoRA adapter (the reference is the adapter disabled)")
-        if s.sde_fraction is not None and not 0 < s.sde_fraction <= 1:
-            raise ValueError(f"sampling.sde_fraction must be in (0, 1], got {s.sde_fraction}")
-        if g.kl_convention not in ("exact", "flow_grpo"):
-            raise ValueError(f"grpo.kl_convention must be 'exact' or 'flow_grpo', got {g.kl_convention!r}")
-        check_noise_level(s.noise_level, s.kind, name="sampling.noise_level")
-        if s.noise_level == 0:
-            raise ValueError(
-                f"sampling.noise_level must be > 0: GRPO trains stochastic steps ({s.kind}: {NOISE_LEVELS[s.kind]})"
-            )
-
-    def _check_trained_steps(self) -> None:
-        """At least one of the ``num_steps`` sampling steps must be stochastic, or GRPO has nothing to train."""
-        s = self.sampling
-        n = s.num_steps
-        if s.sde_fraction is not None:
-            if round(s.sde_fraction * (n - 1)) == 0:
-                raise ValueError(
-                    f"sampling.sde_fraction={s.sde_fraction} of the {n - 1} step(s) before the last of "
-                    f"sampling.num_steps={n} rounds to no trained step: raise sde_fraction or num_steps"
-                )
-            return
-        if s.sde_steps is None:
-            if n < 2:
-                raise ValueError(
-                    f"sampling.num_steps must be >= 2 for GRPO, got {n}: with sde_steps unset every step but the "
-                    "last (deterministic) one is stochastic and trained, so a single step trains nothing"
-                )
-            return
-        steps = list(s.sde_steps)
-        bad = [i for i in steps if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
-        if bad:
-            raise ValueError(f"sampling.sde_steps must be step indices in [0, {n}) (num_steps={n}), got {bad}")
-        # The CPS step into sigma = 0 is deterministic (std 0): listing the last step trains nothing there.
-        trained = [i for i in steps if not (s.kind == "cps" and i == n - 1)]
-        if not trained:
-            raise ValueError(
-                f"sampling.sde_steps={steps} trains no step (kind {s.kind!r}, num_steps={n}): list at least one "
-                "stochastic step, or leave it unset (every step but the last)"
-            )
+        check_settings(sampling=self.sampling, grpo=self.grpo, lora=self.lora)
 
     # ------------------------------------------------------------------------------------------------------
     # model
@@ -362,7 +185,7 @@ class FluxGRPOModule(L.LightningModule):
         s = self.sampling
         if s.sde_fraction is None:
             return s.sde_steps
-        seed = sample_seed(self.seed, self.global_step, 1)
+        seed = sample_seed(self.seed, self.global_step, SeedStream.SDE_STEPS)
         return sde_mask_random(s.num_steps, fraction=s.sde_fraction, seed=seed).nonzero().reshape(-1).tolist()
 
     def _rollout(self, prompts: list[str], *, positions: list[int], columns: list[int]) -> Trajectory:
@@ -377,9 +200,11 @@ class FluxGRPOModule(L.LightningModule):
         """:meth:`_rollout` one chunk of ``sampling.rollout_batch`` samples at a time, sampled when asked for: the
         rows of ``prompts`` each covers and its trajectory."""
         s, step = self.sampling, self.global_step
-        seeds = [sample_seed(self.seed, step, p, c, 2) for p, c in zip(positions, columns, strict=True)]
+        seeds = [
+            sample_seed(self.seed, step, p, c, SeedStream.STEP_NOISE) for p, c in zip(positions, columns, strict=True)
+        ]
         init_seeds = [
-            sample_seed(self.seed, step, p, 0 if s.shared_initial_noise else c, 3)
+            sample_seed(self.seed, step, p, 0 if s.shared_initial_noise else c, SeedStream.INITIAL_NOISE)
             for p, c in zip(positions, columns, strict=True)
         ]
         initial = seeded_noise(self.policy, seeds=init_seeds, height=s.height, width=s.width)
@@ -404,52 +229,26 @@ class FluxGRPOModule(L.LightningModule):
                 ),
             )
 
-    def _global_prompts(self, batch: dict[str, Any]) -> tuple[list[str], list[dict], list[int]]:
-        """This rank's prompts and their positions in the global batch (rank r's i-th prompt is i*W + r, the
-        order of the sampler, so W processes see the positions one process with W times the batch sees)."""
-        world, rank = self.trainer.world_size, self.trainer.global_rank
+    @property
+    def layout(self) -> GroupLayout:
+        """Which samples of the global batch this process draws (:mod:`spatialrl.groups`)."""
+        return GroupLayout(
+            group_size=self.grpo.group_size,
+            world=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            across_ranks=self.grpo.groups_across_ranks,
+        )
+
+    def _global_prompts(self, batch: dict[str, Any], layout: GroupLayout) -> tuple[list[str], list[dict], list[int]]:
+        """The prompts this rank samples and their global positions: its own, or with groups across ranks every
+        rank's (gathered)."""
         prompts, metadata = list(batch["prompts"]), list(batch["metadata"])
-        if not self.grpo.groups_across_ranks or world == 1:
-            return prompts, metadata, [i * world + rank for i in range(len(prompts))]
-        gathered: list[Any] = [None] * world
+        if not layout.split:
+            return prompts, metadata, layout.own_positions(len(prompts))
+        gathered: list[Any] = [None] * layout.world
         torch.distributed.all_gather_object(gathered, (prompts, metadata))
-        all_prompts, all_meta, positions = [], [], []
-        for i in range(len(prompts)):
-            for r in range(world):
-                all_prompts.append(gathered[r][0][i])
-                all_meta.append(gathered[r][1][i])
-                positions.append(i * world + r)
-        return all_prompts, all_meta, positions
-
-    def _columns(self) -> list[int]:
-        """The group members this rank samples."""
-        g, world, rank = self.grpo.group_size, self.trainer.world_size, self.trainer.global_rank
-        if not self.grpo.groups_across_ranks or world == 1:
-            return list(range(g))
-        if g % world:
-            raise ValueError(f"groups_across_ranks needs group_size ({g}) divisible by the world size ({world})")
-        per = g // world
-        return list(range(rank * per, (rank + 1) * per))
-
-    def _gather_rewards(self, local: Tensor) -> Tensor:
-        """(P_local, G_local) -> the global (P_global, G) matrix, rows in global-position order."""
-        world = self.trainer.world_size
-        if world == 1:
-            return local
-        gathered = self.all_gather(local)  # (W, P_local, G_local)
-        if self.grpo.groups_across_ranks:
-            return torch.cat(list(gathered), dim=1)
-        return gathered.transpose(0, 1).reshape(-1, local.shape[1])
-
-    def _local_rows(self, global_matrix: Tensor) -> Tensor:
-        """Inverse of :meth:`_gather_rewards`: this rank's (P_local, G_local) block of a global matrix."""
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        if world == 1:
-            return global_matrix
-        if self.grpo.groups_across_ranks:
-            per = global_matrix.shape[1] // world
-            return global_matrix[:, rank * per : (rank + 1) * per]
-        return global_matrix[rank::world]
+        joined = layout.join([list(zip(*part, strict=True)) for part in gathered])
+        return [p for p, _ in joined], [m for _, m in joined], list(range(len(joined)))
 
     # ------------------------------------------------------------------------------------------------------
     # training
@@ -494,9 +293,9 @@ class FluxGRPOModule(L.LightningModule):
         return Trajectory.concat([part for _, part in sampled]), torch.cat([r for r, _ in scores]), parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        g = self.grpo
-        prompts, metadata, positions = self._global_prompts(batch)
-        columns = self._columns()
+        g, layout = self.grpo, self.layout
+        prompts, metadata, positions = self._global_prompts(batch, layout)
+        columns = layout.columns()
         n_cols = len(columns)
         flat_prompts = [p for p in prompts for _ in columns]
         flat_meta = [m for m in metadata for _ in columns]
@@ -509,12 +308,12 @@ class FluxGRPOModule(L.LightningModule):
             clock=clock,
         )
         rewards_local = rewards_local.reshape(-1, n_cols)
-        rewards = self._gather_rewards(rewards_local)
+        rewards = layout.to_global(self.all_gather(rewards_local) if layout.world > 1 else rewards_local[None])
         keep = select_groups(rewards, g.k, method=g.filter)
         advantages = group_advantages(rewards, mask=keep, std_mode=g.std_mode, clip=g.advantage_clip)
         kept_total = int(keep.sum())
-        local_keep = self._local_rows(keep).reshape(-1)
-        local_adv = self._local_rows(advantages).reshape(-1)
+        local_keep = layout.to_local(keep).reshape(-1)
+        local_adv = layout.to_local(advantages).reshape(-1)
         stats = self._train_on(traj, keep=local_keep, advantages=local_adv, kept_total=kept_total)
         clock.append(time.perf_counter())
         stats.update(
@@ -528,9 +327,9 @@ class FluxGRPOModule(L.LightningModule):
     def _train_on(self, traj: Trajectory, *, keep: Tensor, advantages: Tensor, kept_total: int) -> dict[str, float]:
         """PPO epochs over the kept samples and trained steps; one optimiser step per epoch.
 
-        Each rank runs the same number of micro-batches (padded with zero-weight samples), and every loss term
-        is divided by the global count of kept (sample, step) terms, times W to undo the gradient averaging of
-        data parallelism: the update is the mean over all kept terms for any number of processes.
+        Each rank runs the same number of micro-batches (:func:`~spatialrl.grpo.micro_batches`) and every term is
+        weighted by :func:`~spatialrl.grpo.step_objective`: the update is the mean over all kept terms of the
+        global batch for any number of processes.
         """
         g = self.grpo
         optimizer = self.optimizers()
@@ -540,7 +339,7 @@ class FluxGRPOModule(L.LightningModule):
         world = self.trainer.world_size
         counts = self.all_gather(torch.tensor(len(kept), device=self.device)).reshape(-1)
         n_max = int(counts.max())
-        norm = world / max(kept_total * steps, 1)
+        scale = objective_scale(kept_terms=kept_total * steps, world=world)
         totals: dict[str, float] = {
             "clip_fraction": 0.0,
             "approx_kl": 0.0,
@@ -552,26 +351,28 @@ class FluxGRPOModule(L.LightningModule):
         terms = 0
         later_terms = 0  # terms of the PPO epochs after the first (on-policy, ratio 1) one
         for epoch in range(g.ppo_epochs):
-            gen = torch.Generator().manual_seed(sample_seed(self.seed, self.global_step, epoch, 4))
+            gen = torch.Generator().manual_seed(sample_seed(self.seed, self.global_step, epoch, SeedStream.PPO_ORDER))
             order = kept[torch.randperm(len(kept), generator=gen)] if len(kept) else kept
-            padded = torch.cat([order, order.new_zeros(n_max - len(order))])
-            real = torch.arange(n_max) < len(order)
-            for start in range(0, n_max, g.micro_batch):
-                rows, mask = padded[start : start + g.micro_batch], real[start : start + g.micro_batch]
+            for rows, real in micro_batches(order, length=n_max, size=g.micro_batch):
                 part = traj.select(rows)
-                adv = advantages[rows.to(advantages.device)] * mask.to(advantages.device)
+                adv = advantages[rows.to(advantages.device)] * real.to(advantages.device)
+                real = real.to(self.device)
+                n_real = int(real.sum())
                 for j in range(steps):
-                    loss, step_stats, kl = self._step_loss(part, j, adv, mask.to(self.device))
-                    self.manual_backward((loss * int(mask.sum()) + g.kl_beta * kl) * norm)
+                    loss, step_stats, kl = self._step_loss(part, j, adv, real)
+                    self.manual_backward(
+                        step_objective(policy_loss=loss, real=real, kl=kl, kl_beta=g.kl_beta, scale=scale)
+                    )
                     totals["passes"] += 1.0
-                    if int(mask.sum()):
+                    if n_real:
                         terms += 1
                         if epoch > 0:
                             later_terms += 1
                             for key in ("clip_fraction", "approx_kl"):
                                 totals[key] += float(step_stats[key])
                         totals["policy_loss"] += float(loss.detach())
-                        totals["kl"] += float(kl.detach()) / max(int(mask.sum()), 1)
+                        if kl is not None:
+                            totals["kl"] += float((kl.detach() * real).sum()) / n_real
             totals["grad_norm"] += self._clip_and_step(optimizer)
             scheduler.step()
         for key in ("kl", "policy_loss"):
@@ -584,8 +385,9 @@ class FluxGRPOModule(L.LightningModule):
         totals["grad_norm"] /= g.ppo_epochs
         return totals
 
-    def _step_loss(self, part: Trajectory, j: int, adv: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
-        """Masked PPO loss (mean over real samples) and the summed KL of trained step ``j`` of a micro-batch."""
+    def _step_loss(self, part: Trajectory, j: int, adv: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor | None]:
+        """Masked PPO loss (mean over real samples) and the per-sample KL (None without a KL term) of trained step
+        ``j`` of a micro-batch."""
         out = replay_step(self.policy, part, index=j)
         loss, stats = ppo_clip_loss(
             log_prob=out.log_prob,
@@ -595,7 +397,7 @@ class FluxGRPOModule(L.LightningModule):
             mask=mask,
         )
         if self.grpo.kl_beta == 0:
-            return loss, stats, out.log_prob.new_zeros(())
+            return loss, stats, None
         with torch.no_grad(), adapter_disabled(self.transformer):
             ref = replay_step(self.policy, part, index=j)
         step_size = kl_step_size(
@@ -604,8 +406,7 @@ class FluxGRPOModule(L.LightningModule):
             sigma=float(part.sigma[j]),
             sigma_next=float(part.sigma_next[j]),
         )
-        kl = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std, step_size=step_size)
-        return loss, stats, (kl * mask.to(kl.dtype)).sum()
+        return loss, stats, kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std, step_size=step_size)
 
     def _clip_and_step(self, optimizer: Any) -> float:
         params = self._trainable()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from enum import IntEnum
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from spatialrl.flux import FluxPolicy
 from spatialrl.sde import SDEKind, SDEStepOutput, sde_step
 
 __all__ = [
+    "SeedStream",
     "Trajectory",
     "eval_initial_noise",
     "seeded_noise",
@@ -295,6 +297,21 @@ def policy_step(
 def sample_seed(*parts: int) -> int:
     """A 63-bit seed from integers (numpy's SeedSequence: well mixed, platform independent)."""
     return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class SeedStream(IntEnum):
+    """The independent random streams of a GRPO training step: the last part of its :func:`sample_seed` key,
+    ``sample_seed(seed, global_step, ..., stream)``, so no two draw the same numbers. The values are part of every
+    recorded run's randomness: add a stream with a new value, never renumber one."""
+
+    SDE_STEPS = 1
+    """which steps are stochastic and trained, with ``sampling.sde_fraction`` (key: seed, step)"""
+    STEP_NOISE = 2
+    """the SDE noise of each step of a rollout (key: seed, step, prompt position, group member)"""
+    INITIAL_NOISE = 3
+    """the starting noise of a rollout (key: seed, step, prompt position, group member or 0 if shared)"""
+    PPO_ORDER = 4
+    """the order of the kept samples in each PPO epoch (key: seed, step, epoch)"""
 
 
 def prompt_key(prompt: str) -> int:

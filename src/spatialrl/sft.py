@@ -135,21 +135,12 @@ class FlowMatchingModule(L.LightningModule):
                 policy.clear_prompt_cache()
         return policy
 
-    @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
-        """Images in [0, 1] -> packed, shifted and scaled float32 latents ``(B, tokens, 4C)``.
-
-        The posterior mode, not a sample: the targets are then a deterministic function of the images (the
-        noise in ``x_sigma`` already makes the regression stochastic), and the tiny VAE's posterior std is
-        small anyway.
-        """
+        """Training images in [0, 1], at the module's size -> the policy's latents (:meth:`FluxPolicy.encode`)."""
         expected = (3, self.height, self.width)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"images must have shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
-        vae = self.policy.vae
-        latents = vae.encode((images * 2 - 1).to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
-        latents = (latents.float() - vae.config.shift_factor) * vae.config.scaling_factor
-        return FluxPolicy.pack_latents(latents)
+        return self.policy.encode(images)
 
     def _generator(self, *key: int) -> torch.Generator:
         """A CPU generator seeded from ``noise_seed`` and ``key`` (non-negative ints; one stream per key)."""
