@@ -38,9 +38,9 @@ from reward_step import BENCH
 from serve import free_port, spatialscore_serve, start_server, stop
 from topk import MEDIUM
 
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.flux import FluxSource
 from spatialrl.lora import LoraSpec
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RemoteReward, Reward, SpatialScoreReward
 from spatialscore.backbone import BackboneConfig, TinyBackboneConfig

@@ -21,11 +21,8 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +35,7 @@ from PIL import Image
 from reward_step import BENCH, PROMPT, make_images
 
 from spatialscore.backbone import BackboneConfig, TinyBackboneConfig
+from spatialscore.launch import start_server, stop_server
 from spatialscore.model import SpatialScore, SpatialScoreConfig
 
 MODELS = {"tiny": TinyBackboneConfig(), "bench": BENCH}
@@ -45,69 +43,9 @@ CLIENTS = (1, 4, 16, 32)
 MAX_BATCH = (1, 8)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, *, timeout: float = 180) -> None:
-    """Return once ``url``/health answers 200; raise if the server exits or takes over ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode}")
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    stop(process)
-    raise RuntimeError(f"{url} not healthy within {timeout} s")
-
-
-def start_server(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
-    """Run ``command`` (a server on ``port``) in its own process group with one thread; wait until healthy."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("SPATIALSCORE_SERVE_TOKEN", None)
-    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, process)
-    return process, url
-
-
 def spatialscore_serve(export: Path, *, max_batch: int, batch_timeout: float = 0.01) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "spatialscore.cli",
-        "serve",
-        "--model",
-        str(export),
-        "--port",
-        str(port),
-        "--max-batch-size",
-        str(max_batch),
-        "--batch-timeout",
-        str(batch_timeout),
-        "--log-level",
-        "warning",
-    ]
-    return start_server(command, port)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM (LitServe's graceful shutdown of its workers), then SIGKILL to the group if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+    options = ["--max-batch-size", str(max_batch), "--batch-timeout", str(batch_timeout)]
+    return start_server(export, options=options)
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -196,7 +134,7 @@ def bench_model(name: str, tiny: TinyBackboneConfig, *, images: int, repeats: in
                 variant()
     finally:
         for process, _ in servers.values():
-            stop(process)
+            stop_server(process)
     rows = []
     for key, values in walls.items():
         wall = statistics.median(values)

@@ -26,9 +26,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.flux import FluxSource, TinyFluxConfig
 from spatialrl.lora import LoraSpec
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RuleReward
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData

@@ -15,6 +15,7 @@ from toy_rewards import LeftRed
 
 from spatialrl.callbacks import export_policy, sampling_settings
 from spatialrl.cli import main as spatialrl_main
+from spatialrl.config import EvalSpec, SamplingSpec
 from spatialrl.evaluate import (
     PolicySpec,
     SpecError,
@@ -27,7 +28,6 @@ from spatialrl.evaluate import (
 )
 from spatialrl.flux import SETTINGS_FILE, FluxSource
 from spatialrl.lora import LoraSpec
-from spatialrl.config import EvalSpec, SamplingSpec
 from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images

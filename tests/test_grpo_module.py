@@ -10,10 +10,10 @@ import torch
 from grpo_fit import fit
 from toy_rewards import LeftRed
 
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import ppo_clip_loss
 from spatialrl.lora import LoraSpec
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.module import FluxGRPOModule, OptimizerConfig
 from spatialrl.rewards import NonFiniteRewardError, Reward, StrictReward, WeightedReward
 from spatialrl.rollout import sample_seed

@@ -10,10 +10,10 @@ import torch
 from grpo_fit import fit
 from toy_rewards import LeftRed
 
+from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import group_advantages
 from spatialrl.lora import LoraSpec
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
 from spatialrl.module import FluxGRPOModule
 from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, WeightedReward

@@ -5,11 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +29,7 @@ from spatialrl.rewards import (
     compute_reward,
 )
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
+from spatialscore.launch import free_port, start_server, stop_server
 from spatialscore.model import SpatialScore
 from spatialscore.serve import TOKEN_ENV, RequestLimits, SpatialScoreAPI, cli_main, decode_image
 
@@ -46,52 +44,9 @@ PROMPTS = [
 LIMITS = ["--max-images", "4", "--max-image-bytes", "20000", "--max-image-pixels", str(128 * 128)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(export: Path, port: int, log: Path, *options: str) -> subprocess.Popen:
-    """``spatialscore serve`` in its own process group, once ``/health`` answers 200."""
-    env = {**os.environ, TOKEN_ENV: TOKEN, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "spatialscore.cli",
-        "serve",
-        "--model",
-        str(export),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *options,
-    ]
-    with open(log, "ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            health = requests.get(f"http://127.0.0.1:{port}/health", headers=auth(), timeout=1)
-            if health.status_code == 200:
-                return process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    kill(process)
-    raise AssertionError(f"server not healthy within 120 s:\n{log.read_text()}")
-
-
 def kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """``sig`` to the server and every process it started (LitServe's HTTP and inference workers)."""
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
+    """``sig`` (SIGKILL or SIGTERM) to the server and every process it started."""
+    stop_server(process, graceful=sig == signal.SIGTERM)
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:
@@ -120,7 +75,7 @@ class Server:
 
     def start(self) -> None:
         options = ("--max-batch-size", "8", "--batch-timeout", "0.3", *LIMITS)
-        self.process = start_server(self.export, self.port, self.log, *options)
+        self.process, _ = start_server(self.export, port=self.port, options=options, token=TOKEN, log=self.log)
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from spatialrl.flux import SETTINGS_FILE, FluxSource, recorded_settings
 from spatialrl.config import EvalSpec, SamplingSpec
+from spatialrl.flux import SETTINGS_FILE, FluxSource, recorded_settings
 from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, StrictReward, reward_components
 from spatialrl.rollout import ode_images
 from spatialscore.data.datamodule import PromptDataset
