@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from spatialscore.backbone import BackboneConfig, TinyBackboneConfig, load_processor, resolve_backbone_path
-from spatialscore.data.encode import PromptTemplate, RewardInputEncoder, processor_encode
+from spatialscore.encode import PromptTemplate, RewardInputEncoder, processor_encode
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ from spatialscore.backbone import (
     add_reward_token,
     build_tiny_tokenizer,
 )
-from spatialscore.data.encode import processor_encode
+from spatialscore.encode import processor_encode
 from spatialscore.losses import bradley_terry_loss
 from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
 

@@ -21,8 +21,8 @@ from spatialscore.data.datamodule import (
     collate_images,
     mirror_groups,
 )
-from spatialscore.data.encode import RewardInputEncoder
 from spatialscore.data.manifest import ManifestValidationError
+from spatialscore.encode import RewardInputEncoder
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from spatialscore.backbone import BackboneConfig, TinyBackboneConfig, load_processor, resolve_backbone_path
-from spatialscore.data.encode import PromptTemplate, RewardInputEncoder, processor_encode, to_uint8_rgb
+from spatialscore.encode import PromptTemplate, RewardInputEncoder, processor_encode, to_uint8_rgb
 
 PROMPTS = [
     "a red circle to the left of a blue square",

@@ -33,7 +33,8 @@ from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
 from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import write_synthetic_dataset
-from spatialscore.model import SpatialScore, SpatialScoreConfig, file_sha256
+from spatialscore.files import file_sha256
+from spatialscore.model import SpatialScore, SpatialScoreConfig
 from spatialscore.visualize import image_grid
 
 PROMPTS = ["a red circle to the left of a blue square", "a green star above a red circle", "a blue square below"]

@@ -17,8 +17,8 @@ from spatialrl.callbacks import export_policy
 from spatialrl.flux import SETTINGS_FILE, FluxSource
 from spatialrl.lora import LoraSpec
 from spatialrl.sft import FlowMatchingModule
+from spatialscore.files import file_sha256
 from spatialscore.imports import without_bitsandbytes
-from spatialscore.model import file_sha256
 
 with without_bitsandbytes():
     from diffusers import FluxPipeline

@@ -31,8 +31,9 @@ from transformers import (
 from spatialscore.callbacks import ExportSpatialScore
 from spatialscore.cli import main as spatialscore_main
 from spatialscore.data.datamodule import PreferenceDataModule
+from spatialscore.files import file_sha256
 from spatialscore.imports import without_bitsandbytes
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig, file_sha256
+from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
 from spatialscore.module import SpatialScoreModule
 
 with without_bitsandbytes():

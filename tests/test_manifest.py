@@ -365,8 +365,8 @@ def test_aspect_ratio_over_200_is_refused_as_the_processor_does(data: Path) -> N
 def test_16_bit_images_are_scaled_to_8_bit_wherever_they_are_loaded(data: Path) -> None:
     from spatialscore import benchmark
     from spatialscore.data.datamodule import ImageDataset, PairDataset
-    from spatialscore.data.encode import to_uint8_rgb
     from spatialscore.data.synthetic import checker
+    from spatialscore.encode import to_uint8_rgb
 
     grey = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
     expected = np.repeat(np.array([[0, 1, 128, 255]], dtype=np.uint8)[..., None], 3, axis=-1)

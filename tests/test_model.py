@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from spatialscore.backbone import BackboneConfig
-from spatialscore.data.encode import PromptTemplate
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
+from spatialscore.encode import PromptTemplate
 from spatialscore.losses import bradley_terry_loss
 from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
 

@@ -16,7 +16,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from spatialrl.flux import SETTINGS_FILE, FluxPolicy
 from spatialrl.lora import add_lora, has_lora, merged_copy, save_lora
-from spatialscore.model import SHA256_KEY, file_sha256
+from spatialscore.files import SHA256_KEY, file_sha256
 
 __all__ = ["LORA_FOLDER", "ExportPolicy", "RewardDivergence", "diverged", "export_policy", "sampling_settings"]
 

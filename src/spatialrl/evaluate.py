@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import os
 import platform
 import sys
@@ -57,6 +56,7 @@ from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, StrictRewa
 from spatialrl.rollout import ode_images
 from spatialscore.data.datamodule import PromptDataset
 from spatialscore.data.manifest import read_manifest
+from spatialscore.report import ci_cell, markdown_table, write_json
 from spatialscore.visualize import image_grid
 
 __all__ = [
@@ -455,38 +455,18 @@ def _summarise(
 
 
 def _cell(stats: Mapping[str, float], *, signed: bool = False) -> str:
-    fmt = "{:+.3f}" if signed else "{:.3f}"
-    text = fmt.format(stats["mean"])
-    if np.isfinite(stats["ci_low"]):
-        text += f" [{fmt.format(stats['ci_low'])}, {fmt.format(stats['ci_high'])}]"
-    if "win_rate" in stats:
-        text += f", wins {stats['win_rate']:.2f}"
-    return text
+    text = ci_cell(stats["mean"], stats["ci_low"], stats["ci_high"], signed=signed)
+    return text + (f", wins {stats['win_rate']:.2f}" if "win_rate" in stats else "")
 
 
 def format_tables(results: Mapping[str, Any]) -> str:
     """Markdown: mean [95% CI] per policy (rows) and reward (columns), then the paired differences."""
-    rewards = results["rewards"]
-    header = "| policy | " + " | ".join(rewards) + " |\n|---|" + "---|" * len(rewards) + "\n"
-    lines = [
-        header
-        + "\n".join(
-            f"| {name} | " + " | ".join(_cell(block["rewards"][r]) for r in rewards) + " |"
-            for name, block in results["policies"].items()
-        )
-    ]
+    rewards = list(results["rewards"])
+    rows = [[name, *(_cell(block["rewards"][r]) for r in rewards)] for name, block in results["policies"].items()]
+    lines = [markdown_table(["policy", *rewards], rows).rstrip()]
     if results["paired"]:
-        lines.append(
-            "| paired difference | "
-            + " | ".join(rewards)
-            + " |\n|---|"
-            + "---|" * len(rewards)
-            + "\n"
-            + "\n".join(
-                f"| {name} | " + " | ".join(_cell(block[r], signed=True) for r in rewards) + " |"
-                for name, block in results["paired"].items()
-            )
-        )
+        rows = [[name, *(_cell(block[r], signed=True) for r in rewards)] for name, block in results["paired"].items()]
+        lines.append(markdown_table(["paired difference", *rewards], rows).rstrip())
     s = results["settings"]
     ci = f"95% bootstrap CI over prompts ({s['bootstrap']} resamples)" if s["bootstrap"] else "no CIs"
     lines.append(
@@ -507,7 +487,7 @@ def _write_outputs(
     samples: int,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "results.json", results)
     listing = "\n".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
     (out_dir / "table.md").write_text(format_tables(results) + f"\ngrid.png rows:\n\n{listing}\n", encoding="utf-8")
     names = list(grid)

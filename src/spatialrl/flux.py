@@ -28,8 +28,9 @@ from transformers import (
 
 from spatialrl.autoencoder import pretrain_autoencoder
 from spatialrl.schedule import scheduler_sigmas
-from spatialscore.backbone import DTYPES, staged_directory, tiny_cache_dir
+from spatialscore.files import staged_directory, tiny_cache_dir
 from spatialscore.imports import without_bitsandbytes
+from spatialscore.precision import DTYPES
 
 with without_bitsandbytes():  # diffusers imports it when installed; FLUX is never quantized here
     import diffusers

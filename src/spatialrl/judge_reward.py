@@ -33,7 +33,7 @@ from torch import Tensor
 
 from spatialrl.rewards import Reward
 from spatialscore.chat import EndpointConfig
-from spatialscore.data.encode import to_uint8_rgb
+from spatialscore.encode import to_uint8_rgb
 from spatialscore.judges import PointwiseJudge
 
 __all__ = ["VLMJudgeReward"]

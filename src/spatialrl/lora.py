@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import Tensor
 
 from spatialscore.imports import without_bitsandbytes
-from spatialscore.strategies import fp32_master_weights
+from spatialscore.precision import fp32_master_weights
 
 with without_bitsandbytes():  # diffusers and peft import it when installed; FLUX is never quantized here
     from diffusers import FluxTransformer2DModel

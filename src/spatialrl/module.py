@@ -51,9 +51,9 @@ from spatialrl.rollout import (
     sde_mask_random,
     seeded_noise,
 )
-from spatialscore.backbone import DTYPES
 from spatialscore.optim import OptimizerConfig, configure_adamw
-from spatialscore.strategies import fp32_master_weights, fsdp2_shard
+from spatialscore.precision import DTYPES, fp32_master_weights
+from spatialscore.strategies import fsdp2_shard
 from spatialscore.visualize import image_grid, log_picture
 
 __all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimizerConfig", "SamplingSpec"]

@@ -51,6 +51,7 @@ from typing import Any
 import yaml
 
 from spatialrl.callbacks import diverged
+from spatialscore.report import ci_cell, markdown_table
 
 __all__ = ["PaperSettings", "StageChanged", "cli_main", "run_paper", "run_stage", "stage_names"]
 
@@ -469,25 +470,24 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             )
     for name, accuracy in summary["reward_model_heldout_accuracy"].items():
         lines.append(f"- {name}: pairwise accuracy on held-out generated pairs {accuracy:.3f}")
-    lines += [
-        "",
-        "| policy | strict accuracy | vs start (95% CI) | extra objects | vs start (95% CI) | "
-        "missing objects | SpatialScore |",
-        "|---|---|---|---|---|---|---|",
-    ]
 
     def paired(values: Mapping[str, Any], key: str) -> str:
-        if "vs_start" not in values:
-            return "-"
-        mean, low, high = values["vs_start"][key]
-        return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+        return ci_cell(*values["vs_start"][key], signed=True) if "vs_start" in values else "-"
 
-    for name, values in summary["policies"].items():
-        lines.append(
-            f"| {name} | {values['strict_correct']:.3f} | {paired(values, 'strict_correct')} | "
-            f"{values['strict_extra']:.3f} | {paired(values, 'strict_extra')} | "
-            f"{values['strict_missing']:.3f} | {values['spatialscore']:.3f} |"
-        )
+    header = ["policy", "strict accuracy", "vs start (95% CI)", "extra objects", "vs start (95% CI)"]
+    rows = [
+        [
+            name,
+            f"{values['strict_correct']:.3f}",
+            paired(values, "strict_correct"),
+            f"{values['strict_extra']:.3f}",
+            paired(values, "strict_extra"),
+            f"{values['strict_missing']:.3f}",
+            f"{values['spatialscore']:.3f}",
+        ]
+        for name, values in summary["policies"].items()
+    ]
+    lines += ["", markdown_table([*header, "missing objects", "SpatialScore"], rows).rstrip()]
     lines.append("")
     for name, values in summary["divergence"].items():
         verdict = "diverged" if values["diverged"] else "did not diverge"

@@ -34,9 +34,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from spatialscore.data.encode import to_uint8_rgb
 from spatialscore.data.strict import Judgement, StrictChecker
 from spatialscore.data.synthetic import RuleChecker, detect_objects, image_list, parse_prompt
+from spatialscore.encode import to_uint8_rgb
 from spatialscore.model import SpatialScore
 
 __all__ = [

@@ -6,13 +6,8 @@ so every code path downstream (quantization included) is the one a real checkpoi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +26,9 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from spatialscore.files import staged_directory, tiny_cache_dir
+from spatialscore.precision import DTYPES
+
 REWARD_TOKEN = "<|reward|>"
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -42,7 +40,6 @@ QWEN_SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 TINY_BUILD_VERSION = 2  # bump when build_tiny_checkpoint changes, so cached tiny checkpoints are rebuilt
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _TOKENIZER_CORPUS = """
 a an the of to in on at and or with from by for is are this that these those it its as be
@@ -210,11 +207,6 @@ def tiny_config(tiny: TinyBackboneConfig, *, tokenizer: PreTrainedTokenizerBase)
     )
 
 
-def tiny_cache_dir() -> Path:
-    """Where tiny backbones built offline are kept (``$SPATIALREWARD_CACHE``, else ~/.cache/spatialreward)."""
-    return Path(os.environ.get("SPATIALREWARD_CACHE", Path.home() / ".cache" / "spatialreward"))
-
-
 def build_tiny_checkpoint(tiny: TinyBackboneConfig, directory: str | Path) -> Path:
     """Write a randomly initialised Qwen2.5-VL of ``tiny``'s size as an ordinary checkpoint folder.
 
@@ -236,26 +228,6 @@ def build_tiny_checkpoint(tiny: TinyBackboneConfig, directory: str | Path) -> Pa
         tokenizer.save_pretrained(str(tmp))
         image_processor.save_pretrained(str(tmp))
     return directory
-
-
-@contextlib.contextmanager
-def staged_directory(directory: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to write into, then move it to ``directory`` in one rename.
-
-    Concurrent builders (several test workers, ranks) never see a half-written folder; if another process
-    finished first, its folder is kept and this one is discarded.
-    """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if directory.exists():
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, directory)
 
 
 def resolve_backbone_path(config: BackboneConfig) -> Path:

@@ -30,8 +30,6 @@ Writes ``results.json``, ``table.md`` (rows: subsets and overall; columns: score
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import math
 import os
@@ -39,19 +37,31 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm.auto import tqdm
 
 from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import Manifest, ManifestValidationError, PairRecord, read_manifest
 from spatialscore.metrics import PairwiseAccuracy
+from spatialscore.report import ci_cell, draw_accuracy_chart, markdown_table, write_json
+from spatialscore.scorers import (
+    SCORER_FORMS,
+    ConstantScorer,
+    PairwiseScorer,
+    RandomScorer,
+    Scorer,
+    ScorerSpec,
+    ScorerSpecError,
+    SpatialScoreScorer,
+    build_scorer,
+    parse_scorer_spec,
+)
 
 __all__ = [
     "SCORER_FORMS",
@@ -71,15 +81,6 @@ __all__ = [
     "run_benchmark",
 ]
 
-SCORER_FORMS = (
-    "spatialscore:PATH (a saved SpatialScore folder)",
-    "rule (RuleChecker)",
-    "constant (always 0)",
-    "random or random:SEED (uniform random scores)",
-    "judge:pointwise|pairwise,model=M,base_url=URL[,key=value...] (a VLM judge on an OpenAI-compatible endpoint)",
-    "module:Class or module:function (a plug-in scorer)",
-    "any of these as NAME=SPEC to set the display name",
-)
 NO_LABEL = "(none)"
 METRIC_KEYS = {
     "accuracy": "accuracy",
@@ -89,37 +90,6 @@ METRIC_KEYS = {
     "ci_low": "accuracy_ci_low",
     "ci_high": "accuracy_ci_high",
 }
-_PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-class Scorer(Protocol):
-    """A batched spatial scorer: one float per (prompt, image); higher means more spatially correct."""
-
-    def __call__(self, *, prompts: list[str], images: list[Image.Image]) -> Sequence[float]: ...
-
-
-@runtime_checkable
-class PairwiseScorer(Protocol):
-    """A batched pairwise scorer: the preference in [0, 1] for ``first[i]`` over ``second[i]`` given ``prompts[i]``."""
-
-    def compare(
-        self, *, prompts: Sequence[str], first: Sequence[Image.Image], second: Sequence[Image.Image]
-    ) -> Sequence[float]: ...
-
-
-class ScorerSpecError(ValueError):
-    """A ``--scorer`` spec that cannot be parsed or loaded."""
 
 
 class UndefinedScoresError(ValueError):
@@ -135,142 +105,6 @@ class UndefinedScoresError(ValueError):
             "undefined score differences (a NaN score, or the same infinite score for both images), which pairwise "
             "accuracy would count as losses:\n" + "\n".join(lines)
         )
-
-
-@dataclass(frozen=True)
-class ScorerSpec:
-    """A parsed scorer spec: display ``name``, ``kind`` (spatialscore, rule, constant, random, plugin), ``target``."""
-
-    name: str
-    kind: str
-    target: str = ""
-
-
-class ConstantScorer:
-    """Gives every image the same score: every pair is a tie (accuracy 0.5)."""
-
-    def __init__(self, *, value: float = 0.0) -> None:
-        self.value = float(value)
-
-    def __call__(self, *, prompts: list[str], images: list[Image.Image]) -> list[float]:
-        return [self.value] * len(prompts)
-
-
-class RandomScorer:
-    """Uniform random scores in [0, 1) from a seeded generator: the chance floor."""
-
-    def __init__(self, *, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, *, prompts: list[str], images: list[Image.Image]) -> list[float]:
-        return self.rng.random(len(prompts)).tolist()
-
-
-class SpatialScoreScorer:
-    """A saved SpatialScore as a :class:`Scorer` (its ``mu``)."""
-
-    def __init__(self, path: str | os.PathLike[str], *, batch_size: int = 32, device: str | None = None) -> None:
-        from spatialscore.model import SpatialScore
-
-        self.model = SpatialScore.from_pretrained(path, device=device or _default_device())
-        self.batch_size = batch_size
-
-    def __call__(self, *, prompts: list[str], images: list[Image.Image]) -> list[float]:
-        return self.model.score(prompts=prompts, images=images, batch_size=self.batch_size).mu.tolist()
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _unknown(spec: str, reason: str) -> ScorerSpecError:
-    forms = "\n".join(f"  {form}" for form in SCORER_FORMS)
-    return ScorerSpecError(f"scorer {spec!r}: {reason}; accepted forms:\n{forms}")
-
-
-def parse_scorer_spec(spec: str) -> ScorerSpec:
-    """Parse ``[NAME=]SPEC`` (see :data:`SCORER_FORMS`) without loading anything."""
-    name, sep, body = spec.partition("=")
-    if not sep or not name or any(c in name for c in ":/\\"):
-        name, body = spec, spec
-    name, body = name.strip(), body.strip()
-    if not name or not body:
-        raise _unknown(spec, "empty name or spec")
-    head, colon, tail = body.partition(":")
-    if not colon:
-        if body in ("rule", "constant", "random"):
-            return ScorerSpec(name, body)
-        raise _unknown(spec, "unknown scorer")
-    if not tail:
-        raise _unknown(spec, f"nothing after {head + ':'!r}")
-    if head == "spatialscore":
-        return ScorerSpec(name, "spatialscore", tail)
-    if head == "judge":
-        from spatialscore.judges import parse_judge_spec
-
-        try:
-            mode, options = parse_judge_spec(tail)
-        except ValueError as error:
-            raise _unknown(spec, str(error)) from None
-        return ScorerSpec(f"{mode}:{options['model']}" if name == body else name, "judge", tail)
-    if head == "random":
-        try:
-            int(tail)
-        except ValueError:
-            raise _unknown(spec, f"random seed must be an integer, got {tail!r}") from None
-        return ScorerSpec(name, "random", tail)
-    if not all(part.isidentifier() for part in head.split(".") + tail.split(".")):
-        raise _unknown(spec, "a plug-in must be module:attribute with Python identifiers")
-    return ScorerSpec(name, "plugin", body)
-
-
-def build_scorer(spec: ScorerSpec, *, batch_size: int = 32, device: str | None = None, seed: int = 0) -> Scorer:
-    """Load the scorer of a parsed spec; ``seed`` is the default seed of ``random``."""
-    if spec.kind == "rule":
-        from spatialscore.data.synthetic import RuleChecker
-
-        return RuleChecker()
-    if spec.kind == "constant":
-        return ConstantScorer()
-    if spec.kind == "random":
-        return RandomScorer(seed=int(spec.target) if spec.target else seed)
-    if spec.kind == "spatialscore":
-        try:
-            return SpatialScoreScorer(spec.target, batch_size=batch_size, device=device)
-        except FileNotFoundError as error:
-            raise ScorerSpecError(f"scorer {spec.name!r}: {error}") from error
-    if spec.kind == "judge":
-        from spatialscore.judges import build_judge, parse_judge_spec
-
-        try:
-            return build_judge(*parse_judge_spec(spec.target))
-        except ValueError as error:
-            raise ScorerSpecError(f"scorer {spec.name!r}: {error}") from error
-    if spec.kind == "plugin":
-        return _load_plugin(spec)
-    raise ScorerSpecError(f"scorer {spec.name!r}: unknown kind {spec.kind!r}")
-
-
-def _load_plugin(spec: ScorerSpec) -> Scorer:
-    module_name, _, attribute = spec.target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise _unknown(spec.target, f"cannot import module {module_name!r} ({error})") from error
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise ScorerSpecError(f"scorer {spec.target!r}: {module_name!r} has no attribute {attribute!r}")
-        obj = getattr(obj, part)
-    if inspect.isclass(obj):
-        try:
-            obj = obj()
-        except TypeError as error:
-            raise ScorerSpecError(f"scorer {spec.target!r}: cannot instantiate without arguments: {error}") from error
-    if not callable(obj):
-        raise ScorerSpecError(f"scorer {spec.target!r}: {type(obj).__name__} object is not callable")
-    return obj
 
 
 def _as_scores(name: str, raw: Any, expected: int) -> np.ndarray:
@@ -477,21 +311,11 @@ def run_benchmark(
 
 
 def _cell(group: Mapping[str, Any]) -> str:
-    if group["accuracy"] is None:
-        return "–"
-    if group["ci_low"] is None:
-        return f"{group['accuracy']:.3f}"
-    return f"{group['accuracy']:.3f} [{group['ci_low']:.3f}, {group['ci_high']:.3f}]"
+    return ci_cell(group["accuracy"], group["ci_low"], group["ci_high"])
 
 
 def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric_from: int = 1) -> str:
-    align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
-    lines = [header, align, *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
 def _caption(results: Mapping[str, Any]) -> str:
@@ -516,7 +340,7 @@ def format_tables(results: Mapping[str, Any]) -> tuple[str, str]:
 
     subset_rows = rows("subsets", results["subsets"])
     table = "# Pairwise accuracy by subset\n\n" + _caption(results) + "\n"
-    table += _markdown_table(["subset", "n", *names], subset_rows)
+    table += markdown_table(["subset", "n", *names], subset_rows)
     detail = [
         [
             name,
@@ -528,78 +352,10 @@ def format_tables(results: Mapping[str, Any]) -> tuple[str, str]:
         for name, s in results["scorers"].items()
     ]
     table += "\n## Overall\n\n"
-    table += _markdown_table(["scorer", "accuracy", "accuracy without ties", "tie rate", "seconds"], detail)
+    table += markdown_table(["scorer", "accuracy", "accuracy without ties", "tie rate", "seconds"], detail)
     categories = "# Pairwise accuracy by category\n\n" + _caption(results) + "\n"
-    categories += _markdown_table(["category", "n", *names], rows("categories", results["categories"]))
+    categories += markdown_table(["category", "n", *names], rows("categories", results["categories"]))
     return table, categories
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def draw_accuracy_chart(
-    *,
-    groups: Sequence[str],
-    series: Mapping[str, Sequence[tuple[float | None, float | None, float | None]]],
-    size: tuple[int, int] = (800, 480),
-    title: str = "Pairwise accuracy, ties count half (95% bootstrap CI)",
-) -> Image.Image:
-    """Grouped bar chart drawn with Pillow: one group per label, one bar per series, CI error bars.
-
-    ``series[name][g]`` is ``(accuracy, ci_low, ci_high)`` for ``groups[g]`` (None: not drawn). The y axis
-    spans [0, 1] with a dashed chance line at 0.5.
-    """
-    width, height = size
-    image = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    font, small = _font(14), _font(12)
-    legend_rows = math.ceil(len(series) / 4)
-    left, right, top, bottom = 56, width - 16, 56 + 20 * legend_rows, height - 36
-    draw.text((width // 2, 8), title, fill=(0, 0, 0), font=font, anchor="mt")
-    for i, name in enumerate(series):
-        x = left + (i % 4) * ((right - left) // 4)
-        y = 32 + 20 * (i // 4)
-        draw.rectangle([x, y, x + 12, y + 12], fill=_PALETTE[i % len(_PALETTE)])
-        draw.text((x + 18, y + 6), name, fill=(0, 0, 0), font=small, anchor="lm")
-
-    def y_of(value: float) -> float:
-        return bottom - value * (bottom - top)
-
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = y_of(tick)
-        draw.line([left, y, right, y], fill=(225, 225, 225))
-        draw.line([left - 4, y, left, y], fill=(0, 0, 0))
-        draw.text((left - 8, y), f"{tick:.2f}", fill=(0, 0, 0), font=small, anchor="rm")
-    for x in range(left, right, 12):
-        draw.line([x, y_of(0.5), min(x + 6, right), y_of(0.5)], fill=(120, 120, 120))
-
-    slot = (right - left) / max(len(groups), 1)
-    bar = slot * 0.8 / max(len(series), 1)
-    for g, group in enumerate(groups):
-        x0 = left + g * slot + slot * 0.1
-        draw.text((left + (g + 0.5) * slot, bottom + 8), group, fill=(0, 0, 0), font=font, anchor="mt")
-        for s, values in enumerate(series.values()):
-            accuracy, low, high = values[g]
-            if accuracy is None:
-                continue
-            bx = x0 + s * bar
-            draw.rectangle([bx + 1, y_of(accuracy), bx + bar - 1, bottom], fill=_PALETTE[s % len(_PALETTE)])
-            label_y = y_of(accuracy)
-            if low is not None and high is not None:
-                cx, cap = bx + bar / 2, max(bar / 4, 2)
-                draw.line([cx, y_of(high), cx, y_of(low)], fill=(0, 0, 0), width=2)
-                for end in (low, high):
-                    draw.line([cx - cap, y_of(end), cx + cap, y_of(end)], fill=(0, 0, 0), width=2)
-                label_y = min(label_y, y_of(high))
-            if bar >= 30:
-                draw.text((bx + bar / 2, label_y - 3), f"{accuracy:.2f}", fill=(0, 0, 0), font=small, anchor="mb")
-    draw.line([left, top, left, bottom], fill=(0, 0, 0))
-    draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
-    return image
 
 
 def _write_outputs(
@@ -609,7 +365,7 @@ def _write_outputs(
     pair_scores: Mapping[str, tuple[np.ndarray, np.ndarray]],
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "results.json", results)
     table, categories = format_tables(results)
     (out_dir / "table.md").write_text(table, encoding="utf-8")
     (out_dir / "categories.md").write_text(categories, encoding="utf-8")

@@ -90,7 +90,7 @@ class RepliesRejectedError(ChatEndpointError):
 
 def default_cache_dir() -> Path:
     """``$SPATIALREWARD_CACHE/chat`` (default ``~/.cache/spatialreward/chat``)."""
-    from spatialscore.backbone import tiny_cache_dir  # lazily: it imports torch and transformers
+    from spatialscore.files import tiny_cache_dir
 
     return tiny_cache_dir() / "chat"
 

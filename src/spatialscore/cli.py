@@ -188,7 +188,7 @@ def score_main(argv: list[str]) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        from spatialscore.data.manifest import atomic_write
+        from spatialscore.files import atomic_write
 
         atomic_write(args.out, lambda f: f.write(text.encode("utf-8")))
         print(f"wrote {len(results)} lines to {args.out}", file=sys.stderr)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from spatialscore.backbone import DTYPES, REWARD_TOKEN
+from spatialscore.backbone import REWARD_TOKEN
 from spatialscore.card import HeldOutAccuracy, held_out_from_benchmark, read_training_facts, write_model_card
 from spatialscore.imports import without_bitsandbytes
 from spatialscore.model import (
@@ -34,6 +34,7 @@ from spatialscore.model import (
     HEAD_NAME,
     SpatialScore,
 )
+from spatialscore.precision import DTYPES
 
 __all__ = ["cli_main", "export_adapter", "export_merged"]
 

@@ -9,7 +9,6 @@ LoRA adapts the language model's linear layers only, and the vision merger/tower
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import numbers
 import re
@@ -36,17 +35,17 @@ from spatialscore.backbone import (
     resolve_backbone_path,
 )
 from spatialscore.card import TrainingFacts, write_model_card
-from spatialscore.data.encode import ImageLike, PromptTemplate, RewardInputEncoder
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
+from spatialscore.encode import ImageLike, PromptTemplate, RewardInputEncoder
+from spatialscore.files import SHA256_KEY, file_sha256
 from spatialscore.imports import without_bitsandbytes
 from spatialscore.losses import sigma_from_log_sigma
-from spatialscore.strategies import fp32_master_weights
+from spatialscore.precision import fp32_master_weights
 
 with without_bitsandbytes():  # peft imports it when installed; only quantized backbones need it
     from peft import LoraConfig, inject_adapter_in_model
 
 CONFIG_NAME = "spatialscore_config.json"
-SHA256_KEY = "weights_sha256"  # in CONFIG_NAME: the SHA-256 of each weights file, checked by from_pretrained
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft's file names: the folder is a peft adapter folder
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 HEAD_NAME = "reward_head.safetensors"  # the score head and the reward token's embedding row
@@ -176,15 +175,6 @@ def _check_fields(cls: type, raw: Any, where: str) -> None:
             raise ValueError(
                 f"field {name!r} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r:.60}"
             )
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, as lowercase hex (recorded for every exported weights file)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_sha256(value: Any) -> bool:

@@ -8,14 +8,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from spatialscore.backbone import DTYPES, load_processor, resolve_backbone_path
+from spatialscore.backbone import load_processor, resolve_backbone_path
 from spatialscore.data.datamodule import PairCollator, PairDataset
-from spatialscore.data.encode import RewardInputEncoder
+from spatialscore.encode import RewardInputEncoder
 from spatialscore.losses import bradley_terry_loss, expected_bt_loss
 from spatialscore.metrics import PairwiseAccuracy
 from spatialscore.model import RewardOutput, SpatialScore, SpatialScoreConfig
 from spatialscore.optim import OptimizerConfig, configure_adamw
-from spatialscore.strategies import fp32_master_weights, fsdp2_shard
+from spatialscore.precision import DTYPES, fp32_master_weights
+from spatialscore.strategies import fsdp2_shard
 from spatialscore.visualize import log_picture, pair_grid
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")

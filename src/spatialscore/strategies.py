@@ -38,16 +38,3 @@ def fsdp2_shard(
         fully_shard(module, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=reduce_dtype))
     fully_shard(root, mesh=mesh, mp_policy=policy)
     return root
-
-
-def fp32_master_weights(module: nn.Module, *, lora_only: bool = False) -> None:
-    """Store the trainable floating-point parameters of ``module`` in fp32, in place (only LoRA's: ``lora_only``).
-
-    Adam steps of a small learning rate vanish in bf16 weights (lr 2e-6 against a weight of 1e-3 is below bf16's
-    relative resolution of 2^-8), so training keeps fp32 master weights and computes in the frozen weights' dtype:
-    peft's LoRA layers cast their input to the adapter's dtype and the result back; FSDP2's ``param_dtype`` casts
-    the parameters of a unit when it gathers them.
-    """
-    for name, param in module.named_parameters():
-        if param.requires_grad and param.is_floating_point() and (not lora_only or "lora_" in name):
-            param.data = param.data.float()

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import lightning as L
 import numpy as np
@@ -21,7 +21,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from spatialscore.data.encode import RewardInputEncoder
 from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import Manifest, PairRecord, PromptRecord, read_manifest
 
@@ -190,10 +189,18 @@ def _stage(meta: Any) -> int:
     return int(meta.get("stage", 1 << 30)) if isinstance(meta, dict) else 1 << 30
 
 
+class InputEncoder(Protocol):
+    """What the ``pairs`` view collates with: prompts and images -> the reward model's input tensors. The model
+    gives its own (:class:`spatialscore.encode.RewardInputEncoder`) at setup, so the data layer imports no model
+    code."""
+
+    def __call__(self, *, prompts: list[str], images: list[Any]) -> dict[str, Any]: ...
+
+
 class PairCollator:
     """Encodes a list of pairs into one batch of 2B sequences: chosen images first, then rejected ones."""
 
-    def __init__(self, encoder: RewardInputEncoder) -> None:
+    def __init__(self, encoder: InputEncoder) -> None:
         self.encoder = encoder
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -376,7 +383,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.curriculum = curriculum
         self.skip_invalid = skip_invalid
         self.check_images = check_images
-        self.encoder: RewardInputEncoder | None = None
+        self.encoder: InputEncoder | None = None
         self.manifests: dict[str, Manifest] = {}
         self._resume_problem: str | None = None  # set by load_state_dict, raised when training resumes
 
@@ -453,7 +460,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if stage == "fit":
             self._refuse_mismatched_resume()
 
-    def set_encoder(self, encoder: RewardInputEncoder) -> None:
+    def set_encoder(self, encoder: InputEncoder) -> None:
         """Set the model's input encoder used by collation."""
         self.encoder = encoder
 

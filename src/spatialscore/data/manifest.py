@@ -32,20 +32,20 @@ import os
 import stat
 import sys
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import PIL
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from spatialscore.data.images import MAX_ASPECT_RATIO, aspect_ratio_problem, to_rgb
+from spatialscore.files import atomic_write, tiny_cache_dir
 
 __all__ = [
     "ALLOWED_FIELDS",
@@ -363,21 +363,6 @@ def parse_json_line(text: str, **kwargs: Any) -> Any:
         if type(error) is not ValueError:
             raise
         raise JSONLineError(f"an integer of more than {sys.get_int_max_str_digits()} digits") from None
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write a file through ``write(binary file)`` into a temporary sibling, fsync, then rename over ``path``:
-    readers and crashed writers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- reading
@@ -727,8 +712,6 @@ class _ValidationCache:
         }
 
     def fallback(self) -> Path:
-        from spatialscore.backbone import tiny_cache_dir  # lazily: it imports torch and transformers
-
         digest = hashlib.sha256(os.fsencode(self.manifest)).hexdigest()[:16]
         return tiny_cache_dir() / "manifest-validation" / f"{self.manifest.name}-{digest}{_CACHE_SUFFIX}"
 

@@ -244,8 +244,8 @@ def load_pipeline(path: str | os.PathLike[str], *, device: str = "cpu", dtype: s
 
     ``dtype`` (``float32``, ``bfloat16``, ``float16``) defaults to bfloat16 on CUDA and float32 elsewhere.
     """
-    from spatialscore.backbone import DTYPES
     from spatialscore.imports import without_bitsandbytes
+    from spatialscore.precision import DTYPES
 
     with without_bitsandbytes():  # diffusers imports it when installed; only quantized backbones need it
         from diffusers import DiffusionPipeline

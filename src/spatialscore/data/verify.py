@@ -48,9 +48,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from spatialscore.data.images import open_rgb
-from spatialscore.data.manifest import PairRecord, atomic_write, read_manifest, write_manifest
+from spatialscore.data.manifest import PairRecord, read_manifest, write_manifest
 from spatialscore.data.negatives import MIRRORED, NEGATIVE_KINDS, edit_object, mirror_image
 from spatialscore.data.strict import Judgement, judge
+from spatialscore.files import atomic_write
 
 __all__ = [
     "FilterResult",

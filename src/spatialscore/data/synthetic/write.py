@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from spatialscore.data.manifest import atomic_write, check_settings
+from spatialscore.data.manifest import check_settings
 from spatialscore.data.synthetic.generate import _STAGES, FULL_STAGE
 from spatialscore.data.synthetic.pairs import _checked_size, _generate
+from spatialscore.files import atomic_write
 
 # ----------------------------------------------------------------------------------------------------------
 # Data set writer and CLI
