@@ -27,6 +27,7 @@ def random_images(rng: np.random.Generator, sizes: list[tuple[int, int]]) -> lis
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(
     "sizes",
     [[(64, 64)] * 6, [(56, 56)] * 6, [(37, 91), (64, 64), (120, 30), (64, 64), (200, 200), (13, 17)]],

@@ -93,6 +93,7 @@ def images(pipe: FluxPipeline) -> torch.Tensor:
     ).images
 
 
+@pytest.mark.parity
 def test_stock_load_lora_weights_and_fuse_equal_the_merged_export(exported: Path) -> None:
     merged = pipeline(exported)  # the merged diffusers folder loads as before, the lora/ folder beside it
     base = pipeline(FluxSource().resolve())

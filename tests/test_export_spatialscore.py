@@ -82,6 +82,7 @@ def head_scores(hidden: torch.Tensor, head: dict[str, torch.Tensor]) -> tuple[to
     return z[:, 0], torch.nn.functional.softplus(z[:, 1] + head["head.log_sigma_bias"])
 
 
+@pytest.mark.parity
 def test_adapter_folder_loads_with_stock_peft(saved, image_paths):
     model, folder = saved
     assert {
@@ -231,6 +232,7 @@ def test_merged_checkpoint_loads_with_stock_transformers(saved, merged):
     torch.testing.assert_close(merger, model.backbone.visual.merger.mlp[0].weight, rtol=0, atol=0)
 
 
+@pytest.mark.parity
 def test_readme_recipe_reproduces_score_with_plain_transformers(saved, merged, image_paths, tmp_path):
     model, _ = saved
     folder, _ = merged

@@ -43,6 +43,7 @@ def _pipeline_images(policy: FluxPolicy, *, height: int, width: int, steps: int,
     return out.images
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(("height", "width", "steps"), [(32, 32, 4), (48, 32, 3), (32, 64, 2), (64, 64, 6)])
 def test_ode_rollout_equals_flux_pipeline(policy: FluxPolicy, height: int, width: int, steps: int) -> None:
     ours = sample(
@@ -79,6 +80,7 @@ def _with_scheduler(policy: FluxPolicy, scheduler_config: dict) -> FluxPolicy:
 
 
 # 4 steps at 32 px (4 tokens): FLUX.1-dev's resolution-dependent shift; FLUX.1-schnell's config has no shift
+@pytest.mark.parity
 @pytest.mark.parametrize(
     ("schnell", "expected"),
     [(False, [1.0, 0.8258, 0.6124, 0.3450, 0.0]), (True, [1.0, 0.75, 0.5, 0.25, 0.0])],
@@ -120,6 +122,7 @@ def test_sigmas_and_ode_rollout_follow_the_scheduler_config(
         _with_scheduler(policy, {**config, "use_karras_sigmas": True}).sigmas(4, 32, 32)
 
 
+@pytest.mark.parity
 def test_initial_noise_is_used_as_pipeline_latents(policy: FluxPolicy) -> None:
     noise = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(7))
     ours = sample(policy, prompts=PROMPTS, height=32, width=32, num_steps=3, noise_level=0.0, initial_noise=noise)
@@ -246,6 +249,7 @@ def test_tiny_folder_round_trips(tmp_path: Path, policy: FluxPolicy) -> None:
     assert torch.equal(pipe.transformer.x_embedder.weight, loaded.transformer.x_embedder.weight)
 
 
+@pytest.mark.parity
 def test_save_pretrained_writes_what_flux_pipeline_writes(tmp_path: Path, policy: FluxPolicy) -> None:
     """FluxPolicy.save_pretrained writes the folder without importing FluxPipeline (whose image processors warn
     about torchvision): the same files, byte for byte, as FluxPipeline.save_pretrained."""
@@ -290,6 +294,7 @@ def test_encodings_cached_under_inference_mode_can_be_trained_on(policy: FluxPol
     assert latents.grad is not None
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(("height", "width"), [(32, 32), (48, 32)])
 def test_encode_equals_flux_kontext_image_latents(policy: FluxPolicy, height: int, width: int) -> None:
     """``FluxPolicy.encode`` gives the latents of diffusers' FluxKontextPipeline for a conditioning image (the

@@ -259,6 +259,7 @@ def test_kl_step_size_scales_the_exact_kl_by_h():
             kl_to_reference(mean=mean, ref_mean=ref_mean, std=std, step_size=bad)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(("sigma", "sigma_next"), [(1.0, 0.904), (0.653, 0.484), (0.484, 0.273)])
 def test_flow_grpo_convention_is_flow_grpos_kl_of_the_sde_step(sigma, sigma_next):
     # Flow-GRPO: kl = ((mean - ref_mean)^2).mean(dims) / (2 std_dev_t^2), std_dev_t = a sqrt(s / (1 - s)) its g

@@ -345,6 +345,7 @@ def test_corrupt_and_unreadable_images(data: Path) -> None:
     assert "truncated" in errors[2].reason
 
 
+@pytest.mark.parity
 def test_aspect_ratio_over_200_is_refused_as_the_processor_does(data: Path) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 

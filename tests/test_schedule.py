@@ -38,6 +38,7 @@ def test_calculate_shift_is_linear_in_tokens():
         calculate_shift(10, base_seq_len=5, max_seq_len=5)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("num_steps", [1, 2, 6, 10, 28, 50])
 @pytest.mark.parametrize("image_seq_len", [64, 256, 1024, 4096, 8192])
 def test_matches_diffusers_flux_scheduler(num_steps, image_seq_len):
@@ -76,6 +77,7 @@ def _pipeline_sigmas(config: dict, *, num_steps: int, image_seq_len: int) -> tor
     return scheduler.sigmas
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", sorted(SCHEDULER_CONFIGS))
 @pytest.mark.parametrize("num_steps", [1, 2, 4, 6, 28])
 @pytest.mark.parametrize("image_seq_len", [4, 256, 1024, 4096])
@@ -117,6 +119,7 @@ def test_static_and_terminal_shift_by_hand():
     torch.testing.assert_close(linear, torch.tensor([1.0, 0.5 * 0.5 / (0.5 * 0.5 + 0.5), 0.0]))
 
 
+@pytest.mark.parity
 def test_scheduler_defaults_are_diffusers_defaults():
     parameters = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
     assert SCHEDULER_DEFAULTS == {name: p.default for name, p in parameters.items() if name != "self"}

@@ -68,6 +68,7 @@ def test_log_prob_is_the_averaged_gaussian_density():
     torch.testing.assert_close(scored.prev_sample, target)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", KINDS)
 def test_zero_noise_is_diffusers_euler_step(kind):
     num_steps, seq_len = 6, 1024
