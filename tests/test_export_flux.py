@@ -122,7 +122,28 @@ def test_lora_file_is_diffusers_format_with_its_sha256_recorded(exported: Path) 
     assert dtypes == {torch.float32}
     assert (metadata["transformer.r"], metadata["transformer.lora_alpha"]) == (4, 8)
     recorded = json.loads((exported / SETTINGS_FILE).read_text())["weights_sha256"]
-    assert recorded == {"lora/pytorch_lora_weights.safetensors": file_sha256(weights)}
+    assert recorded["lora/pytorch_lora_weights.safetensors"] == file_sha256(weights)
+    every = {p.relative_to(exported).as_posix() for p in exported.glob("**/*.safetensors")}
+    assert set(recorded) == every and {name.split("/")[0] for name in every} >= {"transformer", "vae", "lora"}
+
+
+def test_a_changed_weights_file_of_the_export_is_refused_on_load(exported: Path, tmp_path: Path) -> None:
+    """FluxSource checks every recorded SHA-256 before loading: one flipped byte or a missing file names the
+    file, instead of loading other weights."""
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(exported, copy)
+    FluxSource(path=str(copy)).load()  # intact: loads
+    weights = next((copy / "transformer").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{weights.name}: SHA-256 .* differs .* recorded in .*spatialrl.json"):
+        FluxSource(path=str(copy)).load()
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{weights.name}: missing"):
+        FluxSource(path=str(copy)).load()
 
 
 def test_save_lora_refuses_a_transformer_without_an_adapter(tmp_path: Path) -> None:

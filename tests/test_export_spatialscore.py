@@ -232,6 +232,27 @@ def test_merged_checkpoint_loads_with_stock_transformers(saved, merged):
     torch.testing.assert_close(merger, model.backbone.visual.merger.mlp[0].weight, rtol=0, atol=0)
 
 
+def test_merged_checkpoint_lists_the_sha256_of_every_weights_file_for_sha256sum(merged, tmp_path):
+    """``SHA256SUMS`` in coreutils' format: ``sha256sum -c`` passes on the export and fails on a flipped byte."""
+    import shutil
+    import subprocess
+
+    folder, _ = merged
+    listed = [line.split("  ", 1)[1] for line in (folder / "SHA256SUMS").read_text().splitlines()]
+    assert sorted(listed) == sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*.safetensors"))
+    assert "reward_head.safetensors" in listed
+    check = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    copy = tmp_path / "merged"
+    shutil.copytree(folder, copy)
+    weights = copy / next(name for name in listed if name != "reward_head.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    check = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy, capture_output=True, text=True)
+    assert check.returncode != 0 and weights.name in check.stdout
+
+
 @pytest.mark.parity
 def test_readme_recipe_reproduces_score_with_plain_transformers(saved, merged, image_paths, tmp_path):
     model, _ = saved

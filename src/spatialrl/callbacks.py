@@ -16,7 +16,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from spatialrl.flux import SETTINGS_FILE, FluxPolicy
 from spatialrl.lora import add_lora, has_lora, merged_copy, save_lora
-from spatialscore.files import SHA256_KEY, file_sha256
+from spatialscore.files import SHA256_KEY, folder_sha256
 
 __all__ = ["LORA_FOLDER", "ExportPolicy", "RewardDivergence", "diverged", "export_policy", "sampling_settings"]
 
@@ -33,7 +33,8 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     "lora")`` on the base pipeline, then ``fuse_lora``, gives the merged transformer. ``spatialrl.json`` holds the
     T5 length it was trained with (read back by ``FluxSource``), when the module has them the image ``height`` and
     ``width`` it sampled at and its validation's ODE ``num_steps`` (:func:`sampling_settings`: ``spatialrl
-    evaluate``'s defaults), and under ``weights_sha256`` the SHA-256 of the LoRA file. The weights are gathered as
+    evaluate``'s defaults), and under ``weights_sha256`` the SHA-256 of every weights file (the merged
+    components and the LoRA file), checked when ``FluxSource`` loads the folder. The weights are gathered as
     a full state dict first, so this works for sharded (FSDP2) models too; every rank must call it.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -64,8 +65,8 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     merged.save_pretrained(directory)
     settings: dict[str, Any] = {"max_sequence_length": policy.max_sequence_length, **sampling_settings(module)}
     if has_lora(policy.transformer):
-        weights = save_lora(policy.transformer, directory / LORA_FOLDER)
-        settings[SHA256_KEY] = {weights.relative_to(directory).as_posix(): file_sha256(weights)}
+        save_lora(policy.transformer, directory / LORA_FOLDER)
+    settings[SHA256_KEY] = folder_sha256(directory)  # checked by FluxSource.load
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
 

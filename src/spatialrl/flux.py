@@ -28,7 +28,7 @@ from transformers import (
 
 from spatialrl.autoencoder import pretrain_autoencoder
 from spatialrl.schedule import scheduler_sigmas
-from spatialscore.files import staged_directory, tiny_cache_dir
+from spatialscore.files import SHA256_KEY, check_sha256, staged_directory, tiny_cache_dir
 from spatialscore.imports import without_bitsandbytes
 from spatialscore.precision import DTYPES
 
@@ -222,11 +222,15 @@ class FluxSource:
         return resolve_tiny_flux(seed=self.tiny_seed, config=self.tiny)
 
     def load(self, *, device: str | torch.device = "cpu") -> FluxPolicy:
-        """Load the policy (every component in eval mode; only the transformer is trainable)."""
+        """Load the policy (every component in eval mode; only the transformer is trainable). A folder written by
+        :class:`~spatialrl.callbacks.ExportPolicy` has each weights file checked against its recorded SHA-256."""
         if self.dtype not in DTYPES:
             raise ValueError(f"policy dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        folder = self.resolve()
+        for name, sha in recorded_settings(folder).get(SHA256_KEY, {}).items():  # an ExportPolicy folder
+            check_sha256(folder / name, sha, recorded_in=folder / SETTINGS_FILE)
         return FluxPolicy.from_pretrained(
-            self.resolve(), dtype=DTYPES[self.dtype], device=device, max_sequence_length=self.sequence_length()
+            folder, dtype=DTYPES[self.dtype], device=device, max_sequence_length=self.sequence_length()
         )
 
     def sequence_length(self) -> int:

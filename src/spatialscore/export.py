@@ -27,6 +27,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from spatialscore.backbone import REWARD_TOKEN
 from spatialscore.card import HeldOutAccuracy, held_out_from_benchmark, read_training_facts, write_model_card
+from spatialscore.files import folder_sha256
 from spatialscore.imports import without_bitsandbytes
 from spatialscore.model import (
     ADAPTER_CONFIG_NAME,
@@ -37,6 +38,9 @@ from spatialscore.model import (
 from spatialscore.precision import DTYPES
 
 __all__ = ["cli_main", "export_adapter", "export_merged"]
+
+
+CHECKSUMS_NAME = "SHA256SUMS"
 
 
 def _refuse_existing(out: Path) -> None:
@@ -65,9 +69,11 @@ def export_merged(
 
     ``out`` gets ``config.json`` and safetensors weights (LoRA merged, fully trained parts applied, the reward
     token's row in the embedding table), the tokenizer with the reward token, ``preprocessor_config.json``,
-    ``reward_head.safetensors`` (as in the adapter export) and a model card. The base is loaded unquantized in the
-    config's dtype: a QLoRA adapter is merged into the full-precision base (scores then differ from the
-    quantized model's by the quantization error), and a bf16 merge rounds the merged weights to bf16.
+    ``reward_head.safetensors`` (as in the adapter export), a model card and ``SHA256SUMS`` (the SHA-256 of every
+    weights file, in coreutils' format: ``sha256sum -c SHA256SUMS`` checks them; stock loaders do not). The base
+    is loaded unquantized in the config's dtype: a QLoRA adapter is merged into the full-precision base (scores
+    then differ from the quantized model's by the quantization error), and a bf16 merge rounds the merged weights
+    to bf16.
     """
     out = Path(out)
     _refuse_existing(out)
@@ -107,6 +113,8 @@ def export_merged(
         write_model_card(
             out, config=config, facts=read_training_facts(folder), base_model=config.backbone.path, merged=True
         )
+    sums = "".join(f"{sha}  {name}\n" for name, sha in folder_sha256(out).items())
+    (out / CHECKSUMS_NAME).write_text(sums)  # `sha256sum -c SHA256SUMS` in the folder checks every weights file
     return out
 
 

@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["SHA256_KEY", "atomic_write", "file_sha256", "staged_directory", "tiny_cache_dir"]
+__all__ = [
+    "SHA256_KEY",
+    "atomic_write",
+    "check_sha256",
+    "file_sha256",
+    "folder_sha256",
+    "staged_directory",
+    "tiny_cache_dir",
+]
 
 SHA256_KEY = "weights_sha256"
 """In an export's config: the SHA-256 of each weights file, checked when it is loaded."""
@@ -66,3 +74,22 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def folder_sha256(directory: str | Path, pattern: str = "**/*.safetensors") -> dict[str, str]:
+    """The SHA-256 of every file under ``directory`` matching ``pattern``, by POSIX path relative to it."""
+    directory = Path(directory)
+    return {p.relative_to(directory).as_posix(): file_sha256(p) for p in sorted(directory.glob(pattern)) if p.is_file()}
+
+
+def check_sha256(path: str | Path, expected: str, *, recorded_in: str | Path) -> None:
+    """Refuse, naming the file, a weights file that is missing or whose SHA-256 is not the one recorded at export
+    (in ``recorded_in``): a corrupt or modified file fails here, not as wrong numbers later."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing, but {recorded_in} records its SHA-256; export the model again")
+    if (actual := file_sha256(path)) != expected:
+        raise ValueError(
+            f"{path}: SHA-256 {actual} differs from {expected} recorded in {recorded_in}: the weights "
+            "file is corrupt or was modified after export; export the model again"
+        )

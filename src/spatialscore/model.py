@@ -37,7 +37,7 @@ from spatialscore.backbone import (
 from spatialscore.card import TrainingFacts, write_model_card
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
 from spatialscore.encode import ImageLike, PromptTemplate, RewardInputEncoder
-from spatialscore.files import SHA256_KEY, file_sha256
+from spatialscore.files import SHA256_KEY, check_sha256, file_sha256
 from spatialscore.imports import without_bitsandbytes
 from spatialscore.losses import sigma_from_log_sigma
 from spatialscore.precision import fp32_master_weights
@@ -217,11 +217,8 @@ def _from_export_layout(file: str, tensors: dict[str, torch.Tensor]) -> dict[str
 
 def _load_weights(path: Path, sha: str | None, config_file: Path) -> dict[str, torch.Tensor]:
     """A weights file of an export, refused (naming it) when unreadable or not of the recorded SHA-256."""
-    if sha is not None and (actual := file_sha256(path)) != sha:
-        raise ValueError(
-            f"{path}: SHA-256 {actual} differs from {sha} recorded in {config_file}: the weights "
-            "file is corrupt or was modified after export; export the model again"
-        )
+    if sha is not None:
+        check_sha256(path, sha, recorded_in=config_file)
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors' SafetensorError (header or data unreadable)
