@@ -33,7 +33,7 @@ from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
 from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import write_synthetic_dataset
-from spatialscore.files import file_sha256
+from spatialscore.files import file_sha256, folder_sha256
 from spatialscore.model import SpatialScore, SpatialScoreConfig
 from spatialscore.visualize import image_grid
 
@@ -275,8 +275,9 @@ def test_export_records_the_sampling_settings(tuned_policy):
         "height": 32,
         "width": 32,
         "num_steps": 2,  # eval's 2, not 3
-        "weights_sha256": {"lora/pytorch_lora_weights.safetensors": file_sha256(lora)},
+        "weights_sha256": folder_sha256(tuned_policy),
     }
+    assert recorded["weights_sha256"]["lora/pytorch_lora_weights.safetensors"] == file_sha256(lora)
     sft = FlowMatchingModule(height=32, width=48, val_steps=5)
     assert sampling_settings(sft) == {"height": 32, "width": 48, "num_steps": 5}
     assert sampling_settings(L.LightningModule()) == {}
