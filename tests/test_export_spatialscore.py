@@ -381,3 +381,30 @@ def test_training_data_names_procedural_pairs_with_their_generator_settings(tmp_
     assert text.startswith(f"pair manifest {tmp_path / 'synthetic' / 'train.jsonl'}, procedural scenes generated with ")
     assert json.loads(text.split("generated with ", 1)[1])["train_pairs"] == 10
     assert training_data(L.LightningDataModule()) is None
+
+
+def test_a_bf16_model_merges_to_its_fp32_merge_rounded_once_to_bf16(tmp_path):
+    """``--merged`` of a bfloat16 SpatialScore: every LoRA-targeted weight of the checkpoint is ``W + (alpha / r)
+    B A`` in bf16, within one bf16 rounding of that merge computed in fp32 from the same weights; the other trained
+    weights are stored as the model holds them."""
+    from spatialscore.backbone import BackboneConfig
+    from spatialscore.export import export_merged
+
+    model = random_model(backbone=BackboneConfig(dtype="bfloat16"))
+    model.save_pretrained(tmp_path / "export")
+    out = export_merged(model=tmp_path / "export", out=tmp_path / "merged")
+    merged = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.bfloat16).named_parameters())
+    checked = 0
+    for name, module in model.backbone.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
+            continue
+        base = module.base_layer.weight
+        delta = module.lora_B["default"].weight.float() @ module.lora_A["default"].weight.float()
+        expected = base.float() + module.scaling["default"] * delta
+        key = f"model.{name}.weight"  # the backbone is the ForConditionalGeneration's .model
+        actual = merged[key]
+        assert base.dtype == actual.dtype == torch.bfloat16
+        assert (actual.float() - base.float()).abs().max() > 0  # the adapter is in it
+        torch.testing.assert_close(actual.float(), expected, rtol=2**-8, atol=1e-6)
+        checked += 1
+    assert checked >= 4
