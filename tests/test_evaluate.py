@@ -131,7 +131,7 @@ def test_cli_end_to_end(tmp_path, tuned_policy, reward_model):
             "--reward",
             "rule",
             "--reward",
-            "toy_rewards.LeftRed",
+            "toy_rewards:LeftRed",
             "--reward",
             f"spatialscore:{reward_model}",
             "--out",
@@ -199,12 +199,14 @@ def test_text_prompts_and_specs(tmp_path, tuned_policy):
     assert (
         isinstance(parse_reward_spec("strict=rule"), RuleReward) and parse_reward_spec("strict=rule").name == "strict"
     )
-    assert parse_reward_spec("toy_rewards.LeftRed").name == "left_red"
+    assert parse_reward_spec("toy_rewards:LeftRed").name == "left_red"
+    with pytest.warns(FutureWarning, match="dotted plug-in form is deprecated; write toy_rewards:LeftRed"):
+        assert parse_reward_spec("toy_rewards.LeftRed").name == "left_red"  # the old spelling still works
     assert isinstance(parse_reward_spec("strict"), StrictReward) and parse_reward_spec("j=strict").name == "j"
     for bad in ("tiny:x", str(tmp_path)):
         with pytest.raises(SpecError):
             parse_policy_spec(bad)
-    for bad in ("nope", "spatialscore:/no/such/folder", "toy_rewards.Missing", "json.JSONDecoder"):
+    for bad in ("nope", "spatialscore:/no/such/folder", "toy_rewards:Missing", "json:JSONDecoder", "toy_rewards:1x"):
         with pytest.raises(SpecError):
             parse_reward_spec(bad)
     with pytest.raises(SystemExit):
@@ -295,7 +297,7 @@ def test_cli_samples_at_the_recorded_size_unless_told(tmp_path, tuned_policy, ca
         "--prompts",
         str(prompts),
         "--reward",
-        "toy_rewards.LeftRed",
+        "toy_rewards:LeftRed",
         "--samples-per-prompt",
         "1",
         "--bootstrap",
@@ -353,7 +355,7 @@ def test_policies_that_recorded_different_sizes_need_explicit_flags(tmp_path, tu
                 "--prompts",
                 str(prompts),
                 "--reward",
-                "toy_rewards.LeftRed",
+                "toy_rewards:LeftRed",
                 "--out",
                 str(tmp_path / "x"),
             ]

@@ -323,7 +323,7 @@ def test_cli_bad_perturber_and_missing_file(tmp_path: Path, capsys: pytest.Captu
     src = tmp_path / "p.txt"
     src.write_text(PROMPTS[0] + "\n")
     assert cli_main(["--prompts", str(src), "--out", str(tmp_path / "o.jsonl"), "--perturber", "nope"]) == 2
-    assert "module:Class" in capsys.readouterr().err
+    assert "must be module:attribute" in capsys.readouterr().err
     assert cli_main(["--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "missing.txt" in capsys.readouterr().err
 

@@ -17,7 +17,8 @@ Reward specs (optionally ``NAME=SPEC``; default ``strict``): ``strict`` (:class:
 the strict judge, reported with its shares of images with extra and missing objects and the lenient score as a
 labelled diagnostic), ``rule`` (:class:`~spatialrl.rewards.RuleReward`, the lenient checker),
 ``spatialscore:PATH`` (:class:`~spatialrl.rewards.SpatialScoreReward`) or the class path of a
-:class:`~spatialrl.rewards.Reward` subclass that takes no arguments (``package.module.Class``).
+:class:`~spatialrl.rewards.Reward` subclass that takes no arguments (``module:Class``; the older
+``package.module.Class`` still works, with a deprecation warning).
 Prompts: a pair manifest (its unique perfect prompts) or a text file with one prompt per line.
 
 Image size and ODE steps default to what the policy folders recorded at export (``height``, ``width`` and
@@ -33,7 +34,6 @@ samples of each, captioned with the first reward).
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import os
 import platform
@@ -57,6 +57,7 @@ from spatialrl.rollout import ode_images
 from spatialscore.data.datamodule import PromptDataset
 from spatialscore.data.manifest import read_manifest
 from spatialscore.report import ci_cell, markdown_table, write_json
+from spatialscore.specs import SpecError, import_plugin, split_name
 from spatialscore.visualize import image_grid
 
 __all__ = [
@@ -81,7 +82,7 @@ REWARD_FORMS = (
     "strict (StrictReward: the strict judge, with the shares of images with extra and missing objects)",
     "rule (RuleReward: the lenient centroid checker, a diagnostic)",
     "spatialscore:PATH (SpatialScoreReward of a saved SpatialScore)",
-    "package.module.Class (a Reward subclass taking no arguments)",
+    "module:Class (a Reward subclass taking no arguments; the older module.Class still works, deprecated)",
     "NAME=SPEC",
 )
 _MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".pq")
@@ -93,10 +94,6 @@ _SAMPLING_KEYS = (
 )
 
 
-class SpecError(ValueError):
-    """A ``--policy`` or ``--reward`` spec that cannot be parsed or loaded."""
-
-
 @dataclass(frozen=True)
 class PolicySpec:
     """A named policy: where its FLUX comes from."""
@@ -105,20 +102,9 @@ class PolicySpec:
     source: FluxSource
 
 
-def _split_name(spec: str) -> tuple[str, str]:
-    """``NAME=BODY`` -> (NAME, BODY); a spec without a usable name is named by itself."""
-    name, sep, body = spec.partition("=")
-    if not sep or not name or any(c in name for c in ":/\\"):
-        name, body = spec, spec
-    name, body = name.strip(), body.strip()
-    if not name or not body:
-        raise SpecError(f"{spec!r}: empty name or spec")
-    return name, body
-
-
 def parse_policy_spec(spec: str, *, dtype: str = "float32", max_sequence_length: int | None = None) -> PolicySpec:
     """Parse ``[NAME=]tiny[:SEED]`` or ``[NAME=]PATH`` (see :data:`POLICY_FORMS`); checks that a path exists."""
-    name, body = _split_name(spec)
+    name, body = split_name(spec)
     common = {"dtype": dtype, "max_sequence_length": max_sequence_length}
     head, colon, tail = body.partition(":")
     if head == "tiny":
@@ -200,8 +186,8 @@ def describe_sampling(values: Mapping[str, int], sources: Mapping[str, str]) -> 
 
 
 def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = None) -> Reward:
-    """Build the reward of ``[NAME=]rule``, ``[NAME=]spatialscore:PATH`` or ``[NAME=]package.module.Class``."""
-    name, body = _split_name(spec)
+    """The reward of ``[NAME=]strict``, ``rule``, ``spatialscore:PATH`` or ``module:Class`` (spatialscore.specs)."""
+    name, body = split_name(spec)
     named = name != body
     if body in ("strict", "rule"):
         cls = StrictReward if body == "strict" else RuleReward
@@ -211,15 +197,9 @@ def parse_reward_spec(spec: str, *, batch_size: int = 16, device: str | None = N
         if not Path(tail).is_dir():
             raise SpecError(f"reward {spec!r}: no SpatialScore folder at {tail}")
         return SpatialScoreReward(tail, batch_size=batch_size, device=device, name=name if named else "spatialscore")
-    module_name, _, attribute = body.rpartition(".")
-    if not module_name or not all(part.isidentifier() for part in body.split(".")):
+    if ":" not in body and "." not in body:
         raise SpecError(f"reward {spec!r}: unknown form; forms: {'; '.join(REWARD_FORMS)}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        cls = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise SpecError(f"reward {spec!r}: cannot import {body} ({error})") from error
+    cls = import_plugin(body, what="reward", dotted=True)
     if not (inspect.isclass(cls) and issubclass(cls, Reward)):
         raise SpecError(f"reward {spec!r}: {body} is not a subclass of spatialrl.rewards.Reward")
     reward = cls()

@@ -3,17 +3,17 @@ built-in ones, the ``[NAME=]SPEC`` parser and the plug-in loader."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
+
+from spatialscore.specs import SpecError, import_plugin, split_name
 
 __all__ = [
     "SCORER_FORMS",
@@ -54,7 +54,7 @@ class PairwiseScorer(Protocol):
     ) -> Sequence[float]: ...
 
 
-class ScorerSpecError(ValueError):
+class ScorerSpecError(SpecError):
     """A ``--scorer`` spec that cannot be parsed or loaded."""
 
 
@@ -111,12 +111,10 @@ def _unknown(spec: str, reason: str) -> ScorerSpecError:
 
 def parse_scorer_spec(spec: str) -> ScorerSpec:
     """Parse ``[NAME=]SPEC`` (see :data:`SCORER_FORMS`) without loading anything."""
-    name, sep, body = spec.partition("=")
-    if not sep or not name or any(c in name for c in ":/\\"):
-        name, body = spec, spec
-    name, body = name.strip(), body.strip()
-    if not name or not body:
-        raise _unknown(spec, "empty name or spec")
+    try:
+        name, body = split_name(spec)
+    except SpecError:
+        raise _unknown(spec, "empty name or spec") from None
     head, colon, tail = body.partition(":")
     if not colon:
         if body in ("rule", "constant", "random"):
@@ -173,17 +171,10 @@ def build_scorer(spec: ScorerSpec, *, batch_size: int = 32, device: str | None =
 
 
 def _load_plugin(spec: ScorerSpec) -> Scorer:
-    module_name, _, attribute = spec.target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise _unknown(spec.target, f"cannot import module {module_name!r} ({error})") from error
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise ScorerSpecError(f"scorer {spec.target!r}: {module_name!r} has no attribute {attribute!r}")
-        obj = getattr(obj, part)
+        obj = import_plugin(spec.target, what="scorer")
+    except SpecError as error:
+        raise ScorerSpecError(str(error)) from error
     if inspect.isclass(obj):
         try:
             obj = obj()

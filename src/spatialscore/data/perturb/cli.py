@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 from spatialscore.data.perturb.batch import _run
 from spatialscore.data.perturb.edits import NUM_CHOICES, Perturber, SkippedPrompt
 from spatialscore.data.perturb.rules import RulePerturber
+from spatialscore.specs import import_plugin
 
 # --------------------------------------------------------------------------------------------- CLI
 PERTURBER_ALIASES = {"llm": "spatialscore.data.llm_perturb:LLMPerturber"}
@@ -25,13 +25,7 @@ def load_perturber(spec: str, options: dict[str, Any] | None = None) -> Perturbe
     ``from_options(options)`` classmethod reads the flat options itself (the LLM perturber builds its
     :class:`~spatialscore.chat.EndpointConfig` from them)."""
     spec = PERTURBER_ALIASES.get(spec, spec)
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--perturber must look like 'module:Class', got {spec!r}")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load perturber {spec!r}: {exc}") from exc
+    obj = import_plugin(spec, what="perturber")
     if options and not isinstance(obj, type):
         raise ValueError(f"perturber {spec!r} is not a class and takes no options")
     try:
