@@ -408,3 +408,30 @@ def test_a_bf16_model_merges_to_its_fp32_merge_rounded_once_to_bf16(tmp_path):
         torch.testing.assert_close(actual.float(), expected, rtol=2**-8, atol=1e-6)
         checked += 1
     assert checked >= 4
+
+
+def test_a_qlora_model_merges_its_adapter_into_the_full_precision_base(tmp_path):
+    """``--merged`` of a 4-bit QLoRA SpatialScore: the base is loaded unquantized, so each LoRA-targeted weight of
+    the checkpoint is the base checkpoint's full-precision ``W + (alpha / r) B A`` (not the NF4-rounded one)."""
+    import bitsandbytes as bnb
+
+    from spatialscore.backbone import BackboneConfig
+    from spatialscore.export import export_merged
+
+    model = random_model(backbone=BackboneConfig(quantization="4bit"))
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.backbone.modules())
+    model.save_pretrained(tmp_path / "export")
+    out = export_merged(model=tmp_path / "export", out=tmp_path / "merged")
+    merged = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(out).named_parameters())
+    base = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "export" / "base").named_parameters())
+    checked = 0
+    for name, module in model.backbone.named_modules():
+        if not hasattr(module, "lora_A") or not isinstance(module.base_layer, bnb.nn.Linear4bit):
+            continue
+        key = f"model.{name}.weight"
+        delta = module.lora_B["default"].weight.float() @ module.lora_A["default"].weight.float()
+        expected = base[key].float() + module.scaling["default"] * delta
+        assert merged[key].dtype == torch.float32 and (merged[key] - base[key]).abs().max() > 0
+        torch.testing.assert_close(merged[key], expected, rtol=1e-6, atol=1e-7)
+        checked += 1
+    assert checked >= 4
