@@ -1,11 +1,15 @@
-"""Shared fixtures: a per-session cache for tiny backbones, small procedural data sets."""
+"""Shared fixtures: a per-session cache for tiny backbones, small procedural data sets. The test helpers
+(``tests/helpers``: toy rewards, the chat stub, CLI runners) are importable by name from every tier."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 pytestmark = pytest.mark.slow

@@ -117,7 +117,7 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
     from spatialrl.paper import PaperSettings, run_paper, stage_names
     from spatialscore.data.manifest import read_manifest
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
 
     def sft(config):
         config["trainer"].update(max_steps=3, val_check_interval=None, limit_val_batches=0, logger=False)

@@ -26,7 +26,7 @@ from spatialrl.cli import main as rl_main
 from spatialscore.cli import TOOLS as SCORE_TOOLS
 from spatialscore.cli import main as score_main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 OURS = ("spatialscore.", "spatialrl.")
 CALLBACK_MODULES = {"spatialscore": ["spatialscore.callbacks"], "spatialrl": ["spatialrl.callbacks"]}
 _ENTRY = re.compile(r"^  (-\S+.*?)(?: {2,}(.*))?$")  # "  --opt METAVAR[, --opt+ ...]   help text"

@@ -26,7 +26,7 @@ from spatialscore.optim import OptimizerConfig
 SIZE = 32
 # 3 VAE levels: 32 px -> 8x8 latents -> 4x4 packed tokens
 TINY = TinyFluxConfig(vae_channels=(8, 16, 16), latent_channels=4)
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "spatialrl" / "sft_tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "spatialrl" / "sft_tiny.yaml"
 
 
 def _source(**kwargs: Any) -> FluxSource:

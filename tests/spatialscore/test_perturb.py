@@ -24,7 +24,7 @@ from spatialscore.data.perturb import (
     read_prompts,
 )
 
-DATA = Path(__file__).parent / "data" / "perturb_prompts.jsonl"
+DATA = Path(__file__).parents[1] / "data" / "perturb_prompts.jsonl"
 RECORDS = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
 PROMPTS = [r["prompt"] for r in RECORDS]
 IDS = [r["id"] for r in RECORDS]

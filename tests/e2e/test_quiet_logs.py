@@ -12,7 +12,7 @@ import pytest
 import yaml
 from cli_runner import TESTS, run_module
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # What the commands printed before: bitsandbytes' kernel-hub lookup, transformers' torchvision fallbacks,
 # Lightning's litlogger / litmodels tips and its ModelCheckpoint warning (with a code sample) under manual
 # optimisation; the FutureWarning of Lightning's own use of torch's deprecated LeafSpec; Lightning's warning

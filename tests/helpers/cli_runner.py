@@ -1,4 +1,4 @@
-"""Running a project CLI in a subprocess for end-to-end tests (one thread, the tests folder importable)."""
+"""Running a project CLI in a subprocess for end-to-end tests (one thread, the test helpers importable)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 import spatialscore.data
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 MODEL_CODE = ("spatialscore.backbone", "spatialscore.model", "spatialscore.encode", "spatialscore.module", "spatialrl")
 DATA_MODULES = [m.name for m in pkgutil.walk_packages(spatialscore.data.__path__, "spatialscore.data.")]
 

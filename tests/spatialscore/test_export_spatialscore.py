@@ -39,7 +39,7 @@ from spatialscore.module import SpatialScoreModule
 with without_bitsandbytes():
     from peft import PeftModel
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 PROMPT = "a red circle to the left of a blue square"
 
 

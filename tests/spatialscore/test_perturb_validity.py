@@ -78,7 +78,7 @@ def test_word_level_rewrites_pass() -> None:
 def test_the_rule_engine_candidates_of_the_test_prompts_pass() -> None:
     """The rules alone (no built-in verification) make valid edits on the hand-written test prompts."""
     rules = RulePerturber(verify=False)
-    data = Path(__file__).parent / "data" / "perturb_prompts.jsonl"
+    data = Path(__file__).parents[1] / "data" / "perturb_prompts.jsonl"
     for line in data.read_text(encoding="utf-8").splitlines():
         prompt = json.loads(line)["prompt"]
         for edit in rules.candidates(prompt):
