@@ -51,6 +51,8 @@ def test_spatialrl_takes_from_spatialscore_only_its_helpers_data_and_the_reward_
         "spatialscore.visualize",
         "spatialscore.imports",
         "spatialscore.cli",
+        "spatialscore.report",
+        "spatialscore.specs",
     }
     reward_model = {"spatialscore.model", "spatialscore.encode", "spatialscore.chat", "spatialscore.judges"}
     found: dict[str, set[str]] = {}
