@@ -38,9 +38,9 @@ from reward_step import BENCH
 from serve import free_port, spatialscore_serve, start_server, stop
 from topk import MEDIUM
 
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalConfig, GRPOConfig, SamplingConfig
 from spatialrl.flux import FluxSource
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RemoteReward, Reward, SpatialScoreReward
 from spatialscore.backbone import BackboneConfig, TinyBackboneConfig
@@ -100,10 +100,10 @@ def run(reward: Reward, data: SyntheticData, *, overlap: bool, steps: int) -> li
     module = FluxGRPOModule(
         policy=FluxSource(tiny=MEDIUM, max_sequence_length=32),
         reward=reward,
-        lora=LoraSpec(rank=16),
-        sampling=SamplingSpec(height=64, width=64, num_steps=6, rollout_batch=2, sde_steps=[0]),
-        grpo=GRPOSpec(group_size=GROUP, k=2, micro_batch=8, kl_beta=0.0),
-        eval=EvalSpec(at_start=False),
+        lora=FluxLoraConfig(rank=16),
+        sampling=SamplingConfig(height=64, width=64, num_steps=6, rollout_batch=2, sde_steps=[0]),
+        grpo=GRPOConfig(group_size=GROUP, k=2, micro_batch=8, kl_beta=0.0),
+        eval=EvalConfig(at_start=False),
         overlap_reward=overlap,
         seed=0,
     )

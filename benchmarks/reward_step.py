@@ -58,7 +58,7 @@ from spatialscore.backbone import (
 )
 from spatialscore.encode import processor_encode
 from spatialscore.losses import bradley_terry_loss
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import RewardLoraConfig, SpatialScore, SpatialScoreConfig
 
 BENCH = TinyBackboneConfig(
     text_hidden_size=512,
@@ -163,7 +163,7 @@ def build_model(
     *, model: str, layers: int | None, dtype: torch.dtype, device: str, lora_rank: int, checkpointing: bool
 ) -> SpatialScore:
     """A SpatialScore in training mode: ``bench`` through the project's tiny-checkpoint loader, ``7b`` in memory."""
-    settings = {"lora": LoraSettings(rank=lora_rank), "activation_checkpointing": checkpointing}
+    settings = {"lora": RewardLoraConfig(rank=lora_rank), "activation_checkpointing": checkpointing}
     if model == "bench":
         dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
         config = SpatialScoreConfig(backbone=BackboneConfig(tiny=BENCH, dtype=dtype_name), **settings)

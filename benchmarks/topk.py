@@ -26,9 +26,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalConfig, GRPOConfig, SamplingConfig
 from spatialrl.flux import FluxSource, TinyFluxConfig
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RuleReward
 from spatialscore.data.datamodule import PreferenceDataModule, SyntheticData
@@ -81,10 +81,10 @@ def run(
     module = FluxGRPOModule(
         policy=FluxSource(tiny=model, max_sequence_length=32, dtype=dtype),
         reward=RuleReward(),
-        lora=LoraSpec(rank=16),
-        sampling=SamplingSpec(height=size, width=size, num_steps=6, rollout_batch=24, sde_steps=sde_steps),
-        grpo=GRPOSpec(group_size=24, k=6, filter=variant, micro_batch=4, kl_beta=0.01),
-        eval=EvalSpec(at_start=False),
+        lora=FluxLoraConfig(rank=16),
+        sampling=SamplingConfig(height=size, width=size, num_steps=6, rollout_batch=24, sde_steps=sde_steps),
+        grpo=GRPOConfig(group_size=24, k=6, filter=variant, micro_batch=4, kl_beta=0.01),
+        eval=EvalConfig(at_start=False),
         seed=0,
     )
     times = StepTimes()

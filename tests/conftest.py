@@ -38,9 +38,9 @@ def spatialscore_export(tiny_cache: Path, tmp_path_factory: pytest.TempPathFacto
     """The export folder of a tiny random SpatialScore (LoRA rank 4, seed 0; its base model copied inside)."""
     import torch
 
-    from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+    from spatialscore.model import RewardLoraConfig, SpatialScore, SpatialScoreConfig
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("spatialscore-export") / "export"
-    SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4))).save_pretrained(path)
+    SpatialScore.build(SpatialScoreConfig(lora=RewardLoraConfig(rank=4))).save_pretrained(path)
     return path

@@ -11,14 +11,14 @@ import math
 from dataclasses import dataclass
 
 from spatialrl.grpo import FilterMethod, KLConvention, StdMode
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.sde import NOISE_LEVELS, SDEKind, check_noise_level
 
-__all__ = ["EvalSpec", "GRPOSpec", "SamplingSpec", "check_settings"]
+__all__ = ["EvalConfig", "EvalSpec", "GRPOConfig", "GRPOSpec", "SamplingConfig", "SamplingSpec", "check_settings"]
 
 
 @dataclass
-class SamplingSpec:
+class SamplingConfig:
     """Training rollouts. Settings without a trained step are refused (``num_steps: 1`` with ``sde_steps`` unset:
     its one step is the last, an ODE step).
 
@@ -55,7 +55,7 @@ class SamplingSpec:
 
 
 @dataclass
-class GRPOSpec:
+class GRPOConfig:
     """The GRPO objective.
 
     Args:
@@ -101,7 +101,7 @@ class GRPOSpec:
 
 
 @dataclass
-class EvalSpec:
+class EvalConfig:
     """Validation: ODE samples of every validation prompt at ``sampling``'s size and guidance; the reward and every
     ``eval_metrics`` reward are averaged.
 
@@ -123,7 +123,11 @@ class EvalSpec:
     use_ema: bool = True
 
 
-def check_settings(*, sampling: SamplingSpec, grpo: GRPOSpec, lora: LoraSpec) -> None:
+# The 0.1 names, still importable (scripts and checkpoints written with them).
+SamplingSpec, GRPOSpec, EvalSpec = SamplingConfig, GRPOConfig, EvalConfig
+
+
+def check_settings(*, sampling: SamplingConfig, grpo: GRPOConfig, lora: FluxLoraConfig) -> None:
     """Refuse, naming the setting, what would fail later or silently train nothing (``FluxGRPOModule`` calls it
     on construction)."""
     g, s = grpo, sampling
@@ -167,7 +171,7 @@ def check_settings(*, sampling: SamplingSpec, grpo: GRPOSpec, lora: LoraSpec) ->
         )
 
 
-def _check_trained_steps(s: SamplingSpec) -> None:
+def _check_trained_steps(s: SamplingConfig) -> None:
     """At least one of the ``num_steps`` sampling steps must be stochastic, or GRPO has nothing to train."""
     n = s.num_steps
     if s.sde_fraction is not None:

@@ -50,7 +50,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from spatialrl.config import EvalSpec, SamplingSpec
+from spatialrl.config import EvalConfig, SamplingConfig
 from spatialrl.flux import SETTINGS_FILE, FluxSource, recorded_settings
 from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, StrictReward, reward_components
 from spatialrl.rollout import ode_images
@@ -88,9 +88,9 @@ REWARD_FORMS = (
 _MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".pq")
 # Sampling settings a policy folder may record at export: (key in spatialrl.json, CLI flag, default).
 _SAMPLING_KEYS = (
-    ("height", "--height", SamplingSpec.height),
-    ("width", "--width", SamplingSpec.width),
-    ("num_steps", "--steps", EvalSpec.num_steps),
+    ("height", "--height", SamplingConfig.height),
+    ("width", "--width", SamplingConfig.width),
+    ("num_steps", "--steps", EvalConfig.num_steps),
 )
 
 
@@ -247,12 +247,12 @@ def evaluate_policies(
     rewards: Sequence[Reward],
     metadata: Sequence[Mapping[str, Any]] | None = None,
     num_steps: int | None = None,
-    samples_per_prompt: int = EvalSpec.samples_per_prompt,
+    samples_per_prompt: int = EvalConfig.samples_per_prompt,
     height: int | None = None,
     width: int | None = None,
-    seed: int = EvalSpec.seed,
-    guidance: float = SamplingSpec.guidance,
-    batch_size: int = SamplingSpec.rollout_batch,
+    seed: int = EvalConfig.seed,
+    guidance: float = SamplingConfig.guidance,
+    batch_size: int = SamplingConfig.rollout_batch,
     device: str = "cpu",
     bootstrap: int = 1000,
     bootstrap_seed: int = 0,
@@ -512,23 +512,23 @@ def cli_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     recorded = f"default: what the policy folders recorded in {SETTINGS_FILE} at export, else"
-    parser.add_argument("--steps", type=int, default=None, help=f"ODE steps ({recorded} {EvalSpec.num_steps})")
+    parser.add_argument("--steps", type=int, default=None, help=f"ODE steps ({recorded} {EvalConfig.num_steps})")
     parser.add_argument(
         "--samples-per-prompt",
         type=int,
-        default=EvalSpec.samples_per_prompt,
-        help=f"samples of each prompt per policy (default {EvalSpec.samples_per_prompt})",
+        default=EvalConfig.samples_per_prompt,
+        help=f"samples of each prompt per policy (default {EvalConfig.samples_per_prompt})",
     )
-    parser.add_argument("--height", type=int, default=None, help=f"image height ({recorded} {SamplingSpec.height})")
-    parser.add_argument("--width", type=int, default=None, help=f"image width ({recorded} {SamplingSpec.width})")
-    parser.add_argument("--seed", type=int, default=EvalSpec.seed, help="initial-noise seed (as eval.seed)")
+    parser.add_argument("--height", type=int, default=None, help=f"image height ({recorded} {SamplingConfig.height})")
+    parser.add_argument("--width", type=int, default=None, help=f"image width ({recorded} {SamplingConfig.width})")
+    parser.add_argument("--seed", type=int, default=EvalConfig.seed, help="initial-noise seed (as eval.seed)")
     parser.add_argument(
         "--guidance",
         type=float,
-        default=SamplingSpec.guidance,
-        help=f"FLUX guidance scale (default {SamplingSpec.guidance}, as sampling.guidance)",
+        default=SamplingConfig.guidance,
+        help=f"FLUX guidance scale (default {SamplingConfig.guidance}, as sampling.guidance)",
     )
-    parser.add_argument("--batch-size", type=int, default=SamplingSpec.rollout_batch, help="images per sampling pass")
+    parser.add_argument("--batch-size", type=int, default=SamplingConfig.rollout_batch, help="images per sampling pass")
     parser.add_argument("--reward-batch-size", type=int, default=16, help="images per SpatialScore forward")
     parser.add_argument("--device", default=None, help="default: cuda if available")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")

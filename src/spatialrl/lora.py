@@ -26,6 +26,7 @@ with without_bitsandbytes():  # diffusers and peft import it when installed; FLU
 __all__ = [
     "FLUX_LORA_TARGETS",
     "LORA_WEIGHTS_NAME",
+    "FluxLoraConfig",
     "LoraSpec",
     "add_lora",
     "adapter_disabled",
@@ -59,7 +60,7 @@ FLUX_LORA_TARGETS: tuple[str, ...] = (
 
 
 @dataclass
-class LoraSpec:
+class FluxLoraConfig:
     """LoRA settings as a config block (a fresh adapter, B = 0, fp32 weights; only its weights train).
 
     Args:
@@ -75,7 +76,10 @@ class LoraSpec:
     targets: Sequence[str] = field(default_factory=lambda: list(FLUX_LORA_TARGETS))
 
 
-def add_lora(transformer: FluxTransformer2DModel, spec: LoraSpec) -> None:
+LoraSpec = FluxLoraConfig  # the 0.1 name, still importable
+
+
+def add_lora(transformer: FluxTransformer2DModel, spec: FluxLoraConfig) -> None:
     """Add a fresh LoRA adapter (B = 0, so the model is unchanged; fp32 weights) and make only its weights trainable.
 
     With ``spec.rank == 0`` every transformer weight is made trainable and no adapter is added.

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec, check_settings
+from spatialrl.config import EvalConfig, EvalSpec, GRPOConfig, GRPOSpec, SamplingConfig, SamplingSpec, check_settings
 from spatialrl.ema import ParameterEMA
 from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.groups import GroupLayout
@@ -38,7 +38,7 @@ from spatialrl.grpo import (
     select_groups,
     step_objective,
 )
-from spatialrl.lora import LoraSpec, adapter_disabled, add_lora
+from spatialrl.lora import FluxLoraConfig, adapter_disabled, add_lora
 from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, reward_components
 from spatialrl.rollout import (
@@ -56,7 +56,16 @@ from spatialscore.precision import DTYPES, fp32_master_weights
 from spatialscore.strategies import fsdp2_shard
 from spatialscore.visualize import image_grid, log_picture
 
-__all__ = ["EvalSpec", "FluxGRPOModule", "GRPOSpec", "OptimizerConfig", "SamplingSpec"]
+__all__ = [
+    "EvalConfig",
+    "EvalSpec",
+    "FluxGRPOModule",
+    "GRPOConfig",
+    "GRPOSpec",
+    "OptimizerConfig",
+    "SamplingConfig",
+    "SamplingSpec",
+]
 
 
 class FluxGRPOModule(L.LightningModule):
@@ -92,12 +101,12 @@ class FluxGRPOModule(L.LightningModule):
         *,
         policy: FluxSource | None = None,
         reward: Reward,
-        lora: LoraSpec | None = None,
-        sampling: SamplingSpec | None = None,
-        grpo: GRPOSpec | None = None,
+        lora: FluxLoraConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        grpo: GRPOConfig | None = None,
         optimizer: OptimizerConfig | None = None,
         ema_decay: float | None = None,
-        eval: EvalSpec | None = None,
+        eval: EvalConfig | None = None,
         eval_metrics: Sequence[Reward] = (),
         activation_checkpointing: bool = False,
         overlap_reward: bool = False,
@@ -108,12 +117,12 @@ class FluxGRPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.source = policy or FluxSource()
         self.reward = reward
-        self.lora = lora or LoraSpec()
-        self.sampling = sampling or SamplingSpec()
-        self.grpo = grpo or GRPOSpec()
+        self.lora = lora or FluxLoraConfig()
+        self.sampling = sampling or SamplingConfig()
+        self.grpo = grpo or GRPOConfig()
         self.optimizer_config = optimizer or OptimizerConfig(lr=3e-4, weight_decay=1e-4)
         self.ema_decay = ema_decay
-        self.eval_spec = eval or EvalSpec()
+        self.eval_spec = eval or EvalConfig()
         self.eval_metrics = list(eval_metrics)
         self.activation_checkpointing = activation_checkpointing
         self.overlap_reward = overlap_reward

@@ -53,13 +53,13 @@ import yaml
 from spatialrl.callbacks import diverged
 from spatialscore.report import ci_cell, markdown_table
 
-__all__ = ["PaperSettings", "StageChanged", "cli_main", "run_paper", "run_stage", "stage_names"]
+__all__ = ["PaperConfig", "StageChanged", "cli_main", "run_paper", "run_stage", "stage_names"]
 
 STAGE_FILE = "stage.json"
 
 
 @dataclass(frozen=True)
-class PaperSettings:
+class PaperConfig:
     """Everything the loop depends on; each stage records the part it uses."""
 
     out: str
@@ -83,7 +83,7 @@ class PaperSettings:
     until: str | None = None
 
 
-def stage_names(settings: PaperSettings) -> list[str]:
+def stage_names(settings: PaperConfig) -> list[str]:
     """The loop's stages in the order they run (each one a folder of the run)."""
     names = ["sft", "prompts", "pairs", "filter", "spatialscore"]
     for r in range(1, settings.rounds + 1):
@@ -174,7 +174,7 @@ def _prompt_sets(rl_config: str) -> tuple[list[str], list[str]]:
     return train, held
 
 
-def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_paper(settings: PaperConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage; write and return the summary (module docstring), or, with ``until``, the
     settings and the records of the stages run so far."""
     names = stage_names(settings)
@@ -195,7 +195,7 @@ def run_paper(settings: PaperSettings, *, log: Callable[[str], None] = print) ->
 
 
 def _run_stages(
-    settings: PaperSettings, out: Path, records: dict[str, dict[str, Any]], *, log: Callable[[str], None]
+    settings: PaperConfig, out: Path, records: dict[str, dict[str, Any]], *, log: Callable[[str], None]
 ) -> None:
     """Run (or skip) each stage in turn, recording it in ``records``; raise :class:`_Until` after ``until``."""
     from spatialscore.data import perturb
@@ -413,7 +413,7 @@ def _max_sequence_length(policy: Path) -> int:
     return int(json.loads(path.read_text())["max_sequence_length"]) if path.is_file() else 512
 
 
-def summarize(settings: PaperSettings, out: Path, records: Mapping[str, Any]) -> dict[str, Any]:
+def summarize(settings: PaperConfig, out: Path, records: Mapping[str, Any]) -> dict[str, Any]:
     """The loop's numbers, read back from the stages' outputs."""
     results = json.loads((out / "evaluate" / "results.json").read_text())
     filters = {name: record["result"] for name, record in records.items() if name.startswith("filter")}
@@ -504,7 +504,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
 def cli_main(argv: list[str] | None = None) -> int:
     """``spatialrl paper``: run or resume the paper in miniature (module docstring)."""
-    defaults = PaperSettings(out="")
+    defaults = PaperConfig(out="")
     parser = argparse.ArgumentParser(prog="spatialrl paper", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage (prompt data stay fixed)")
@@ -552,7 +552,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="samples per held-out prompt")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage (sft, prompts, pairs, filter, ...)")
     args = parser.parse_args(argv)
-    settings = PaperSettings(
+    settings = PaperConfig(
         out=args.out,
         seed=args.seed,
         sft_config=args.sft_config,

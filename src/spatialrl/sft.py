@@ -18,7 +18,7 @@ from torch import Tensor
 
 from spatialrl.flow_matching import TimestepSampling, flow_matching_loss, noisy_latents, sample_timesteps
 from spatialrl.flux import FluxPolicy, FluxSource
-from spatialrl.lora import LoraSpec, add_lora
+from spatialrl.lora import FluxLoraConfig, add_lora
 from spatialrl.rewards import StrictReward, reward_components
 from spatialrl.rollout import sample
 from spatialscore.optim import OptimizerConfig, configure_adamw
@@ -74,7 +74,7 @@ class FlowMatchingModule(L.LightningModule):
         self,
         *,
         policy: FluxSource | None = None,
-        lora: LoraSpec | None = None,
+        lora: FluxLoraConfig | None = None,
         height: int = 32,
         width: int = 32,
         optimizer: OptimizerConfig | None = None,
@@ -90,7 +90,7 @@ class FlowMatchingModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.source = policy or FluxSource()
-        self.lora = lora or LoraSpec()
+        self.lora = lora or FluxLoraConfig()
         self.timesteps = timesteps or TimestepSampling()
         self.height, self.width = height, width
         self.optimizer_config = optimizer or OptimizerConfig()

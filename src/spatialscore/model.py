@@ -57,7 +57,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass
-class LoraSettings:
+class RewardLoraConfig:
     """LoRA on the language model's linear layers (peft), never on the vision tower's.
 
     Args:
@@ -71,6 +71,9 @@ class LoraSettings:
     alpha: float = 32.0
     dropout: float = 0.0
     targets: Sequence[str] = LORA_TARGETS
+
+
+LoraSettings = RewardLoraConfig  # the 0.1 name, still importable (and read from 0.1 checkpoints)
 
 
 @dataclass
@@ -89,7 +92,7 @@ class SpatialScoreConfig:
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: RewardLoraConfig = field(default_factory=RewardLoraConfig)
     template: PromptTemplate = field(default_factory=PromptTemplate)
     head_hidden_size: int = 256
     train_vision_merger: bool = False
@@ -109,7 +112,7 @@ class SpatialScoreConfig:
         backbone["tiny"] = TinyBackboneConfig(**backbone.get("tiny", {}))
         return cls(
             backbone=BackboneConfig(**backbone),
-            lora=LoraSettings(**raw.get("lora", {})),
+            lora=RewardLoraConfig(**raw.get("lora", {})),
             template=PromptTemplate(**raw.get("template", {})),
             **{k: v for k, v in raw.items() if k not in ("backbone", "lora", "template")},
         )
@@ -225,8 +228,9 @@ def _load_weights(path: Path, sha: str | None, config_file: Path) -> dict[str, t
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def lora_config(settings: LoraSettings, *, base_model: str | None = None) -> LoraConfig:
-    """The peft ``LoraConfig`` of :class:`LoraSettings` (language-model linears only, see :func:`lora_target_regex`)."""
+def lora_config(settings: RewardLoraConfig, *, base_model: str | None = None) -> LoraConfig:
+    """The peft ``LoraConfig`` of :class:`RewardLoraConfig` (language-model linears only:
+    :func:`lora_target_regex`)."""
     return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,

@@ -114,7 +114,7 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
     """The real loop up to the rendered pairs: the supervised start as a `spatialrl fit` subprocess on the shipped
     config (cut to 3 steps), the prompts through `spatialscore perturb`, make-pairs with that tiny FLUX; a rerun
     skips every stage and a changed setting is refused."""
-    from spatialrl.paper import PaperSettings, run_paper, stage_names
+    from spatialrl.paper import PaperConfig, run_paper, stage_names
     from spatialscore.data.manifest import read_manifest
 
     repo = Path(__file__).resolve().parents[2]
@@ -129,7 +129,7 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
         config["data"]["init_args"]["synthetic"].update(train_pairs=64)
 
     monkeypatch.chdir(tmp_path)
-    settings = PaperSettings(
+    settings = PaperConfig(
         out=str(tmp_path / "run"),
         sft_config=_trimmed(str(repo / "configs/spatialrl/sft_tiny.yaml"), tmp_path / "sft.yaml", sft),
         rl_config=_trimmed(str(repo / "configs/paper/rl_spatialscore_tiny.yaml"), tmp_path / "rl.yaml", rl),
@@ -154,6 +154,6 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
     again = run_paper(settings, log=lines.append)
     assert again["stages"] == first["stages"] and all("done before" in line for line in lines[:3])
     with pytest.raises(StageChanged, match="stage 'pairs' finished with other settings"):
-        run_paper(PaperSettings(**{**settings.__dict__, "steps": 3}), log=lines.append)
+        run_paper(PaperConfig(**{**settings.__dict__, "steps": 3}), log=lines.append)
     with pytest.raises(ValueError, match="until must name a stage"):
-        run_paper(PaperSettings(**{**settings.__dict__, "until": "rl-rule"}), log=lines.append)
+        run_paper(PaperConfig(**{**settings.__dict__, "until": "rl-rule"}), log=lines.append)

@@ -93,13 +93,15 @@ def test_training_stacks_import_bitsandbytes_only_for_a_quantized_backbone(tmp_p
         + """
 import spatialscore.module, spatialrl.module, spatialrl.sft, spatialrl.callbacks, spatialrl.evaluate
 from spatialscore.backbone import BackboneConfig
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import RewardLoraConfig, SpatialScore, SpatialScoreConfig
 from spatialrl.flux import FluxSource
-from spatialrl.lora import LoraSpec, add_lora
-SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4)))
-add_lora(FluxSource().load().transformer, LoraSpec(rank=4))
+from spatialrl.lora import FluxLoraConfig, add_lora
+SpatialScore.build(SpatialScoreConfig(lora=RewardLoraConfig(rank=4)))
+add_lora(FluxSource().load().transformer, FluxLoraConfig(rank=4))
 print("bitsandbytes" in sys.modules, attempts)
-qlora = SpatialScore.build(SpatialScoreConfig(backbone=BackboneConfig(quantization="4bit"), lora=LoraSettings(rank=4)))
+qlora = SpatialScore.build(
+    SpatialScoreConfig(backbone=BackboneConfig(quantization="4bit"), lora=RewardLoraConfig(rank=4))
+)
 import bitsandbytes as bnb
 print("bitsandbytes" in sys.modules, any(isinstance(m, bnb.nn.Linear4bit) for m in qlora.modules()),
       any("lora_A" in n for n, _ in qlora.named_parameters()))

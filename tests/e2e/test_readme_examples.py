@@ -25,14 +25,14 @@ def workspace(tmp_path_factory, spatialscore_export: Path, synthetic_dir: Path) 
     ``runs/spatialrl/export`` (a tiny LoRA policy), ``pairs/`` (procedural pairs), ``a.png``."""
     from spatialrl.callbacks import export_policy
     from spatialrl.flux import FluxSource
-    from spatialrl.lora import LoraSpec
+    from spatialrl.lora import FluxLoraConfig
     from spatialrl.sft import FlowMatchingModule
 
     ws = tmp_path_factory.mktemp("readme")
     for name in ("export", "runs/spatialscore/export", "runs/spatialscore-tiny/export", "runs/spatialscore-7b/export"):
         (ws / name).parent.mkdir(parents=True, exist_ok=True)
         (ws / name).symlink_to(spatialscore_export, target_is_directory=True)
-    module = FlowMatchingModule(policy=FluxSource(max_sequence_length=16), lora=LoraSpec(rank=4, alpha=8))
+    module = FlowMatchingModule(policy=FluxSource(max_sequence_length=16), lora=FluxLoraConfig(rank=4, alpha=8))
     module.configure_model()
     export_policy(module, ws / "runs" / "spatialrl" / "export")
     (ws / "pairs").symlink_to(synthetic_dir, target_is_directory=True)
@@ -81,7 +81,7 @@ RUNNERS: dict[str, tuple[list[tuple[str, str | Callable[[], str]]], Callable[[],
     "module = FluxGRPOModule(": (
         [
             ('"/models/FLUX.1-dev", dtype="bfloat16"', lambda: f"{_flux_base()!r}, dtype='float32'"),
-            ("SamplingSpec(height=512, width=512)", "SamplingSpec(height=32, width=32, num_steps=3)"),
+            ("SamplingConfig(height=512, width=512)", "SamplingConfig(height=32, width=32, num_steps=3)"),
             ("group_size=24, k=6", "group_size=4, k=1, micro_batch=2"),
             ("batch_size=3)", "batch_size=2)"),
             ('max_steps=2000, strategy="ddp"', 'max_steps=1, accelerator="cpu", logger=False, limit_val_batches=0'),

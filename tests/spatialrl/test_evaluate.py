@@ -15,7 +15,7 @@ from toy_rewards import LeftRed
 
 from spatialrl.callbacks import export_policy, sampling_settings
 from spatialrl.cli import main as spatialrl_main
-from spatialrl.config import EvalSpec, SamplingSpec
+from spatialrl.config import EvalConfig, SamplingConfig
 from spatialrl.evaluate import (
     PolicySpec,
     SpecError,
@@ -27,7 +27,7 @@ from spatialrl.evaluate import (
     resolve_sampling,
 )
 from spatialrl.flux import SETTINGS_FILE, FluxSource
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.module import FluxGRPOModule
 from spatialrl.rewards import RuleReward, StrictReward
 from spatialrl.rollout import eval_initial_noise, ode_images
@@ -45,9 +45,9 @@ def make_module() -> FluxGRPOModule:
     module = FluxGRPOModule(
         policy=FluxSource(),
         reward=LeftRed(),
-        lora=LoraSpec(rank=4),
-        sampling=SamplingSpec(height=32, width=32, num_steps=3, rollout_batch=4),
-        eval=EvalSpec(num_steps=2, samples_per_prompt=2, seed=7, at_start=False),
+        lora=FluxLoraConfig(rank=4),
+        sampling=SamplingConfig(height=32, width=32, num_steps=3, rollout_batch=4),
+        eval=EvalConfig(num_steps=2, samples_per_prompt=2, seed=7, at_start=False),
         seed=0,
     )
     module.configure_model()

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from spatialrl.callbacks import export_policy
 from spatialrl.flux import SETTINGS_FILE, FluxSource
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.sft import FlowMatchingModule
 from spatialscore.files import file_sha256
 from spatialscore.imports import without_bitsandbytes
@@ -30,7 +30,7 @@ PROMPTS = ["a red circle to the left of a blue square", "a green star above a re
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """A tiny policy with a rank-4, alpha-8 adapter (scale 2) of random weights, exported."""
-    module = FlowMatchingModule(policy=FluxSource(max_sequence_length=T5_LENGTH), lora=LoraSpec(rank=4, alpha=8))
+    module = FlowMatchingModule(policy=FluxSource(max_sequence_length=T5_LENGTH), lora=FluxLoraConfig(rank=4, alpha=8))
     module.configure_model()
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():

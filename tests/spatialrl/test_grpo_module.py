@@ -10,10 +10,10 @@ import torch
 from grpo_fit import fit
 from toy_rewards import LeftRed
 
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalConfig, GRPOConfig, SamplingConfig
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import ppo_clip_loss
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.module import FluxGRPOModule, OptimizerConfig
 from spatialrl.rewards import NonFiniteRewardError, Reward, StrictReward, WeightedReward
 from spatialrl.rollout import sample_seed
@@ -33,11 +33,11 @@ def make_module(reward: Reward | None = None, **grpo) -> FluxGRPOModule:
     return FluxGRPOModule(
         policy=FluxSource(),
         reward=reward or LeftRed(),
-        lora=LoraSpec(rank=4),
-        sampling=SamplingSpec(height=32, width=32, num_steps=3, noise_level=0.9, rollout_batch=5),
-        grpo=GRPOSpec(**settings),
+        lora=FluxLoraConfig(rank=4),
+        sampling=SamplingConfig(height=32, width=32, num_steps=3, noise_level=0.9, rollout_batch=5),
+        grpo=GRPOConfig(**settings),
         optimizer=OptimizerConfig(lr=1e-2),
-        eval=EvalSpec(num_steps=3, at_start=False),
+        eval=EvalConfig(num_steps=3, at_start=False),
         seed=0,
     )
 
@@ -144,7 +144,9 @@ def test_non_finite_reward_is_an_error_naming_reward_and_prompt(prompt_data):
 )
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
-        FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(**settings), lora=LoraSpec(rank=0 if not settings else 4))
+        FluxGRPOModule(
+            reward=LeftRed(), grpo=GRPOConfig(**settings), lora=FluxLoraConfig(rank=0 if not settings else 4)
+        )
 
 
 @pytest.mark.parametrize(
@@ -174,9 +176,9 @@ def test_bad_settings(settings, message):
     ],
 )
 def test_settings_that_train_nothing_or_fail_later_are_refused_by_name(specs, message):
-    kinds = {"grpo": GRPOSpec, "sampling": SamplingSpec, "optimizer": OptimizerConfig, "lora": LoraSpec}
+    kinds = {"grpo": GRPOConfig, "sampling": SamplingConfig, "optimizer": OptimizerConfig, "lora": FluxLoraConfig}
     with pytest.raises(ValueError, match=message):
-        kwargs = {"lora": LoraSpec(rank=4)} | {name: kinds[name](**values) for name, values in specs.items()}
+        kwargs = {"lora": FluxLoraConfig(rank=4)} | {name: kinds[name](**values) for name, values in specs.items()}
         FluxGRPOModule(reward=LeftRed(), **kwargs)
 
 
@@ -192,9 +194,9 @@ def test_settings_that_train_nothing_or_fail_later_are_refused_by_name(specs, me
 def test_settings_that_train_a_step_are_accepted(sampling):
     FluxGRPOModule(
         reward=LeftRed(),
-        lora=LoraSpec(rank=4),
-        sampling=SamplingSpec(**sampling),
-        grpo=GRPOSpec(kl_beta=0.0, filter="none", k=0),
+        lora=FluxLoraConfig(rank=4),
+        sampling=SamplingConfig(**sampling),
+        grpo=GRPOConfig(kl_beta=0.0, filter="none", k=0),
         optimizer=OptimizerConfig(lr=0.0),
     )
 
@@ -235,7 +237,7 @@ def test_reward_with_a_graph_is_detached(prompt_data):
 
 def test_bad_kl_convention():
     with pytest.raises(ValueError, match="kl_convention"):
-        FluxGRPOModule(reward=LeftRed(), grpo=GRPOSpec(kl_convention="flowgrpo"), lora=LoraSpec(rank=4))
+        FluxGRPOModule(reward=LeftRed(), grpo=GRPOConfig(kl_convention="flowgrpo"), lora=FluxLoraConfig(rank=4))
 
 
 @pytest.mark.parametrize(
@@ -251,7 +253,7 @@ def test_bad_kl_convention():
 def test_bad_noise_levels_name_the_kind(kind, noise_level, message):
     with pytest.raises(ValueError, match=message):
         FluxGRPOModule(
-            reward=LeftRed(), lora=LoraSpec(rank=4), sampling=SamplingSpec(kind=kind, noise_level=noise_level)
+            reward=LeftRed(), lora=FluxLoraConfig(rank=4), sampling=SamplingConfig(kind=kind, noise_level=noise_level)
         )
 
 
@@ -302,7 +304,7 @@ def test_strict_reward_diagnostics_and_prompt_grid_reach_every_logger(prompt_dat
     from PIL import Image
 
     module = make_module(StrictReward(clean_credit=0.5), group_size=4, k=1)
-    module.eval_spec = EvalSpec(num_steps=2, samples_per_prompt=2, grid_prompts=1, at_start=True)
+    module.eval_spec = EvalConfig(num_steps=2, samples_per_prompt=2, grid_prompts=1, at_start=True)
     dm = PreferenceDataModule(synthetic=prompt_data, batch_size=2, view="prompts")
     logger = CSVLogger(tmp_path, name="csv")
     trainer = L.Trainer(

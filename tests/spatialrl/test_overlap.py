@@ -10,10 +10,10 @@ import torch
 from grpo_fit import fit
 from toy_rewards import LeftRed
 
-from spatialrl.config import EvalSpec, GRPOSpec, SamplingSpec
+from spatialrl.config import EvalConfig, GRPOConfig, SamplingConfig
 from spatialrl.flux import FluxSource
 from spatialrl.grpo import group_advantages
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.module import FluxGRPOModule
 from spatialrl.overlap import score_while_sampling
 from spatialrl.rewards import Reward, WeightedReward
@@ -25,10 +25,10 @@ def make_module(reward: Reward, *, overlap_reward: bool = False) -> FluxGRPOModu
     return FluxGRPOModule(
         policy=FluxSource(),
         reward=reward,
-        lora=LoraSpec(rank=4),
-        sampling=SamplingSpec(height=32, width=32, num_steps=3, noise_level=0.9, rollout_batch=5),
-        grpo=GRPOSpec(group_size=6, k=2, micro_batch=3, kl_beta=0.1, clip_range=0.2),
-        eval=EvalSpec(num_steps=3, at_start=False),
+        lora=FluxLoraConfig(rank=4),
+        sampling=SamplingConfig(height=32, width=32, num_steps=3, noise_level=0.9, rollout_batch=5),
+        grpo=GRPOConfig(group_size=6, k=2, micro_batch=3, kl_beta=0.1, clip_range=0.2),
+        eval=EvalConfig(num_steps=3, at_start=False),
         overlap_reward=overlap_reward,
         seed=0,
     )

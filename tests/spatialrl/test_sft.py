@@ -17,7 +17,7 @@ from spatialrl.autoencoder import latent_statistics, procedural_images
 from spatialrl.callbacks import ExportPolicy
 from spatialrl.flow_matching import TimestepSampling
 from spatialrl.flux import FluxPolicy, FluxSource, TinyFluxConfig, build_tiny_flux
-from spatialrl.lora import LoraSpec
+from spatialrl.lora import FluxLoraConfig
 from spatialrl.rewards import PresenceReward
 from spatialrl.sft import FlowMatchingModule
 from spatialscore.data.synthetic import BACKGROUND, RuleChecker, generate_pair, render_scene
@@ -88,7 +88,7 @@ def test_full_fit_lowers_loss_and_logs_samples(tmp_path: Path) -> None:
     L.seed_everything(0)
     module = FlowMatchingModule(
         policy=_source(),
-        lora=LoraSpec(rank=0),
+        lora=FluxLoraConfig(rank=0),
         optimizer=OptimizerConfig(lr=3e-3),
         val_samples=4,
         val_steps=3,
@@ -112,14 +112,14 @@ def test_full_fit_lowers_loss_and_logs_samples(tmp_path: Path) -> None:
 
 
 def test_trainable_parameters_rank0_vs_lora() -> None:
-    full = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=0))
+    full = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=0))
     full.configure_model()
     transformer = full.transformer
     full.configure_model()  # idempotent: the policy is built once
     assert full.transformer is transformer
     assert all(p.requires_grad for p in transformer.parameters())
 
-    lora = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=4))
+    lora = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=4))
     lora.configure_model()
     trainable = {n for n, p in lora.transformer.named_parameters() if p.requires_grad}
     frozen = {n for n, p in lora.transformer.named_parameters() if not p.requires_grad}
@@ -132,7 +132,7 @@ def test_trainable_parameters_rank0_vs_lora() -> None:
 def test_lora_export_round_trip(tmp_path: Path) -> None:
     images, prompts = _scenes(2, seed=0)
     L.seed_everything(0)
-    module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=4), optimizer=OptimizerConfig(lr=1e-2))
+    module = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=4), optimizer=OptimizerConfig(lr=1e-2))
     export = tmp_path / "policy"
     trainer = _trainer(max_steps=4, limit_val_batches=0, callbacks=[ExportPolicy(str(export))])
     trainer.fit(module, _loader(images, prompts))
@@ -198,14 +198,14 @@ def test_trained_text_encoders_learn_and_are_exported(tmp_path: Path, which: str
 def test_validation_on_prompts_view_samples_and_scores() -> None:
     _, prompts = _scenes(2, seed=3)
     loader = DataLoader([prompts], batch_size=None, collate_fn=lambda p: {"prompts": p, "metadata": [{}] * len(p)})
-    module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=0), val_samples=3, val_steps=2)
+    module = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=0), val_samples=3, val_steps=2)
     (metrics,) = _trainer().validate(module, loader)
     assert set(metrics) == {"val/strict_correct", "val/strict_extra", "val/strict_missing", "val/strict_lenient"}
     assert module._seen_val_prompts == prompts[:3]
 
 
 def test_images_of_the_wrong_size_are_refused() -> None:
-    module = FlowMatchingModule(policy=_source(), lora=LoraSpec(rank=0), height=32, width=32)
+    module = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=0), height=32, width=32)
     module.configure_model()
     with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 32, 32\)"):
         module.encode_images(torch.zeros(2, 3, 64, 64))

@@ -33,7 +33,7 @@ from spatialscore.cli import main as spatialscore_main
 from spatialscore.data.datamodule import PreferenceDataModule
 from spatialscore.files import file_sha256
 from spatialscore.imports import without_bitsandbytes
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import RewardLoraConfig, SpatialScore, SpatialScoreConfig
 from spatialscore.module import SpatialScoreModule
 
 with without_bitsandbytes():
@@ -46,7 +46,7 @@ PROMPT = "a red circle to the left of a blue square"
 def random_model(**overrides) -> SpatialScore:
     """A tiny SpatialScore (rank 4, alpha 8) whose trained weights are random, so every part matters."""
     torch.manual_seed(0)
-    model = SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4, alpha=8.0), **overrides))
+    model = SpatialScore.build(SpatialScoreConfig(lora=RewardLoraConfig(rank=4, alpha=8.0), **overrides))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -298,7 +298,7 @@ def test_model_card_states_base_template_scale_and_the_benchmark_accuracy(saved,
 
 
 def test_fit_export_card_records_data_and_validation_without_inventing_a_ci(synthetic_dir, tmp_path):
-    module = SpatialScoreModule(model=SpatialScoreConfig(lora=LoraSettings(rank=4)), num_logged_pairs=0)
+    module = SpatialScoreModule(model=SpatialScoreConfig(lora=RewardLoraConfig(rank=4)), num_logged_pairs=0)
     data = PreferenceDataModule(
         train=str(synthetic_dir / "train.jsonl"), val=str(synthetic_dir / "val.jsonl"), batch_size=8, check_images=False
     )

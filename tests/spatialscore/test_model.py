@@ -13,7 +13,7 @@ from spatialscore.backbone import BackboneConfig
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
 from spatialscore.encode import PromptTemplate
 from spatialscore.losses import bradley_terry_loss
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import RewardLoraConfig, SpatialScore, SpatialScoreConfig
 
 PROMPTS = ["a red circle to the left of a blue square", "a green triangle above a yellow circle in the corner"]
 
@@ -47,7 +47,7 @@ def train_steps(model: SpatialScore, steps: int = 2, lr: float = 1e-2) -> list[f
 
 
 def test_lora_only_on_language_model_linears():
-    model = make_model(lora=LoraSettings(rank=4))
+    model = make_model(lora=RewardLoraConfig(rank=4))
     lora_modules = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
     assert lora_modules, "no LoRA layer injected"
     assert all(".language_model.layers." in n for n in lora_modules)
@@ -67,7 +67,7 @@ def test_vision_training_flags():
 
 
 def test_only_the_reward_token_row_learns():
-    model = make_model(lora=LoraSettings(rank=4))
+    model = make_model(lora=RewardLoraConfig(rank=4))
     table = model.backbone.get_input_embeddings().weight.detach().clone()
     token = model.reward_embedding.detach().clone()
     train_steps(model)
@@ -81,7 +81,7 @@ def test_only_the_reward_token_row_learns():
 
 
 def test_training_reduces_loss_and_changes_lora():
-    model = make_model(lora=LoraSettings(rank=4))
+    model = make_model(lora=RewardLoraConfig(rank=4))
     lora_b = model.backbone.language_model.layers[0].self_attn.q_proj.lora_B["default"].weight.detach().clone()
     losses = train_steps(model, steps=20, lr=3e-3)
     assert losses[-1] < losses[0] - 0.1
@@ -125,7 +125,7 @@ def test_multimodal_rope_is_used():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    model = make_model(lora=LoraSettings(rank=4), train_vision_merger=True)
+    model = make_model(lora=RewardLoraConfig(rank=4), train_vision_merger=True)
     train_steps(model)
     model.save_pretrained(tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
@@ -157,7 +157,7 @@ def test_from_pretrained_errors(tmp_path):
 def test_activation_checkpointing_same_loss_and_grads():
     results = []
     for checkpointing in (False, True):
-        model = make_model(lora=LoraSettings(rank=4), activation_checkpointing=checkpointing)
+        model = make_model(lora=RewardLoraConfig(rank=4), activation_checkpointing=checkpointing)
         model.train()
         batch = model.encoder(prompts=PROMPTS * 2, images=images(4, seed=5))
         out = model(**batch)
@@ -176,7 +176,7 @@ def test_activation_checkpointing_same_loss_and_grads():
 def test_bf16_backbone_keeps_fp32_trainable_weights():
     """LoRA, reward token and head are fp32 master weights over a bf16 base: a 1e-6 Adam step still moves a LoRA
     weight of ~1e-2, which bf16 storage (relative resolution 2^-8) would round away."""
-    model = make_model(backbone=BackboneConfig(dtype="bfloat16"), lora=LoraSettings(rank=4))
+    model = make_model(backbone=BackboneConfig(dtype="bfloat16"), lora=RewardLoraConfig(rank=4))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert {d for n, d in dtypes.items() if "lora_" in n or n.startswith("head.") or n == "reward_embedding"} == {
         torch.float32
@@ -194,7 +194,7 @@ def test_qlora_trains_on_cpu_with_evaluation_between_steps(quantization):
     import bitsandbytes as bnb
 
     model = make_model(
-        backbone=BackboneConfig(quantization=quantization), lora=LoraSettings(rank=4), template=PromptTemplate()
+        backbone=BackboneConfig(quantization=quantization), lora=RewardLoraConfig(rank=4), template=PromptTemplate()
     )
     kind = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
     assert any(isinstance(m, kind) for m in model.backbone.language_model.modules())
@@ -231,7 +231,7 @@ def test_module_trains_in_train_mode():
     from spatialscore.module import SpatialScoreModule
 
     module = SpatialScoreModule(
-        model=SpatialScoreConfig(lora=LoraSettings(rank=4, dropout=0.1), activation_checkpointing=True)
+        model=SpatialScoreConfig(lora=RewardLoraConfig(rank=4, dropout=0.1), activation_checkpointing=True)
     )
     module.configure_model()
     assert all(m.training for m in module.model.modules())
@@ -242,7 +242,7 @@ def test_save_records_the_weights_sha256_and_load_refuses_a_flipped_byte(tmp_pat
     import json
     import re
 
-    model = make_model(lora=LoraSettings(rank=4))
+    model = make_model(lora=RewardLoraConfig(rank=4))
     model.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "spatialscore_config.json").read_text())
     hashes = config["weights_sha256"]

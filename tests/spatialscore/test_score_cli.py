@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from spatialscore.cli import main
-from spatialscore.model import LoraSettings, SpatialScore, SpatialScoreConfig
+from spatialscore.model import RewardLoraConfig, SpatialScore, SpatialScoreConfig
 
 PROMPT = "a red circle to the left of a blue square"
 
@@ -22,7 +22,7 @@ PROMPT = "a red circle to the left of a blue square"
 def export(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("score-cli") / "export"
-    SpatialScore.build(SpatialScoreConfig(lora=LoraSettings(rank=4), head_hidden_size=32)).save_pretrained(folder)
+    SpatialScore.build(SpatialScoreConfig(lora=RewardLoraConfig(rank=4), head_hidden_size=32)).save_pretrained(folder)
     return folder
 
 
