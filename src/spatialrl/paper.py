@@ -12,8 +12,8 @@
    duplicated, recoloured, or an extra one; the image mirrored; :mod:`spatialscore.data.negatives`;
    ``--no-hard-negatives``: none).
 5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
-6. Hardening rounds (``--rounds``, default 0: with the mirrored hard negatives the measured seeds needed none,
-   README), each: ``probe-R``, a short GRPO run on the current reward model, shows how a policy games it;
+6. Hardening rounds (``--rounds``, default 1: without one, seed 1's reward model was gamed with split, bar-shaped
+   objects; README), each: ``probe-R``, a short GRPO run on the current reward model, shows how a policy games it;
    ``pairs-R`` renders the training prompts with that probe policy; ``filter-R`` verifies all renders so far as
    one pool, so the probe's failures become rejected images next to verified chosen ones; ``spatialscore-R`` is
    the reward model retrained on them. These are the hard negatives the paper's perturbation kinds do not make:
@@ -74,7 +74,7 @@ class PaperConfig:
     size: int = 32
     rejected: str = "violates"
     hard_negatives: bool = True
-    rounds: int = 0
+    rounds: int = 1
     probe_minutes: int = 3
     probe_images_per_prompt: int = 32
     compare_rule: bool = False
