@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paper in miniature, one command (CPU, about 41 minutes on 2 cores): set up, then `spatialrl paper` runs and
-# resumes every stage - the tiny FLUX's supervised start; procedural prompts perturbed by `spatialscore perturb`;
+# The paper in miniature, one command (CPU, about 50 minutes on 2 cores; README): set up, then `spatialrl paper`
+# runs and resumes every stage - the tiny FLUX's supervised start; procedural prompts perturbed by `spatialscore perturb`;
 # `spatialscore make-pairs` with that FLUX (its own images, same seed per pair); `spatialscore filter-pairs` (the
 # strict judge as the paper's human check, plus edited hard negatives); SpatialScore trained on the kept pairs, a
 # hardening round; GRPO with SpatialScore as the only reward; the same GRPO with the strict rule reward for
