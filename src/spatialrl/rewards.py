@@ -5,7 +5,9 @@
 truth). The rewards: :class:`StrictReward` (the strict judge: exactly the named objects, each once, relations
 holding; the held-out measure and the embedded default's training reward), :class:`RuleReward` (the lenient
 centroid checker, gameable by duplicated objects), :class:`PresenceReward` (every named colour drawn),
-:class:`SpatialScoreReward` (a trained SpatialScore checkpoint) and :class:`WeightedReward` (a weighted sum).
+:class:`SpatialScoreReward` (a trained SpatialScore checkpoint), :class:`RemoteReward` (a SpatialScore behind
+``spatialscore serve``) and :class:`WeightedReward` (a weighted sum); :class:`~spatialrl.judge_reward.VLMJudgeReward`
+(a VLM judge on an OpenAI-compatible endpoint) lives beside them.
 A reward may report diagnostics beside its value (:meth:`Reward.components`; the strict judge's shares of images
 with extra and missing objects, a weighted sum's terms), which training and validation log. Training calls
 rewards through :func:`compute_reward` / :func:`reward_components`, which validate inputs and output so that a
