@@ -215,13 +215,9 @@ def _pooled(records: Sequence[PairRecord], verdicts: Sequence[Verdict], *, rejec
     return out
 
 
-def _negative_pair(
-    record: PairRecord, image: np.ndarray, folder: Path, kind: str, *, prompt: str | None = None
-) -> PairRecord:
-    """``record`` with ``image`` (saved under ``folder``) as its rejected image, marked as a ``kind`` hard negative;
-    with ``prompt``, the pair is reversed: that prompt, ``image`` chosen, the record's chosen image rejected."""
-    path = folder / f"{record.id}-{kind}.png"
-    Image.fromarray(image).save(path)
+def _negative_pair(record: PairRecord, path: Path, kind: str, *, prompt: str | None = None) -> PairRecord:
+    """``record`` with the image at ``path`` as its rejected image, marked as a ``kind`` hard negative; with
+    ``prompt``, the pair is reversed: that prompt, ``path`` chosen, the record's chosen image rejected."""
     chosen, rejected = (path, record.chosen) if prompt is not None else (record.chosen, path)
     return replace(
         record,
@@ -233,6 +229,12 @@ def _negative_pair(
         category=f"hard_negative:{kind}",
         meta={**record.meta, "hard_negative": {"kind": kind, "from": record.id}},
     )
+
+
+def _save(image: np.ndarray, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
+    Image.fromarray(image).save(path)
+    return path
 
 
 def _hard_negatives(records: Sequence[PairRecord], folder: Path, *, show_progress: bool) -> list[PairRecord]:
@@ -247,13 +249,14 @@ def _hard_negatives(records: Sequence[PairRecord], folder: Path, *, show_progres
         for kind in (NEGATIVE_KINDS[(turn + i) % len(NEGATIVE_KINDS)] for i in range(len(NEGATIVE_KINDS))):
             edited = edit_object(rgb, prompt=record.prompt, kind=kind, rng=rng)
             if edited is not None:
-                out.append(_negative_pair(record, edited, folder, kind))
+                out.append(_negative_pair(record, _save(edited, folder, f"{record.id}-{kind}"), kind))
                 break
         mirrored = mirror_image(rgb, prompt=record.prompt)
         if mirrored is not None:
             image, mirrored_prompt = mirrored
-            out.append(_negative_pair(record, image, folder, MIRRORED))
-            out.append(_negative_pair(record, image, folder, f"{MIRRORED}-reversed", prompt=mirrored_prompt))
+            path = _save(image, folder, f"{record.id}-{MIRRORED}")  # one file for both directions
+            out.append(_negative_pair(record, path, MIRRORED))
+            out.append(_negative_pair(record, path, f"{MIRRORED}-reversed", prompt=mirrored_prompt))
     return out
 
 
@@ -386,8 +389,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hard-negatives",
         action="store_true",
-        help="rule verifier: add two pairs per written pair against edited copies of its chosen image "
-        "(an object erased, duplicated, recoloured, or an extra one; the image mirrored)",
+        help="rule verifier: add up to three pairs per written pair against edited copies of its chosen image "
+        "(an object erased, duplicated, recoloured, or an extra one; the image mirrored, in both directions)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
