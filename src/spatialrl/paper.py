@@ -11,7 +11,9 @@
    the training pairs also get edited copies of their verified chosen images as negatives (an object erased,
    duplicated, recoloured, or an extra one; the image mirrored; :mod:`spatialscore.data.negatives`;
    ``--no-hard-negatives``: none).
-5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs.
+5. ``spatialscore``: the reward model trained on the kept training pairs, validated on the held-out pairs, until
+   its held-out accuracy exceeds the bar of the config's ``TrainUntil`` callback (``spatialscore.callbacks``); a
+   model that ends below it is refused (:class:`RewardModelBelowBar`), never handed to RL.
 6. Hardening rounds (``--rounds``, default 1: without one, seed 1's reward model was gamed with split, bar-shaped
    objects; README), each: ``probe-R``, a short GRPO run on the current reward model, shows how a policy games it;
    ``pairs-R`` renders the training prompts with that probe policy; ``filter-R`` verifies all renders so far as
@@ -53,7 +55,17 @@ import yaml
 from spatialrl.callbacks import diverged
 from spatialscore.report import ci_cell, markdown_table
 
-__all__ = ["PaperConfig", "StageChanged", "cli_main", "run_paper", "run_stage", "stage_names"]
+__all__ = [
+    "PaperConfig",
+    "RewardModelBelowBar",
+    "StageChanged",
+    "accuracy_bar",
+    "check_reward_model",
+    "cli_main",
+    "run_paper",
+    "run_stage",
+    "stage_names",
+]
 
 STAGE_FILE = "stage.json"
 
@@ -93,6 +105,11 @@ def stage_names(settings: PaperConfig) -> list[str]:
 
 class StageChanged(RuntimeError):
     """A finished stage was asked to run again with other settings."""
+
+
+class RewardModelBelowBar(RuntimeError):
+    """A reward model ended its fit with held-out accuracy not above its config's bar (RL would game a model that
+    cannot judge its pairs, as seed 3's did: README)."""
 
 
 class _Until(Exception):
@@ -139,6 +156,30 @@ def stage_config(base: str | Path, *, moves: Mapping[str, str]) -> str:
     for old in sorted(moves, key=len, reverse=True):
         text = text.replace(old, moves[old])
     return text
+
+
+def accuracy_bar(config_text: str) -> float | None:
+    """The ``bar`` of a reward-model config's ``TrainUntil`` callback (None: the config has none)."""
+    callbacks = (yaml.safe_load(config_text).get("trainer") or {}).get("callbacks") or []
+    for callback in callbacks:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).rsplit(".", 1)[-1] == "TrainUntil":
+            return float(callback["init_args"]["bar"])
+    return None
+
+
+def check_reward_model(folder: Path, *, bar: float | None, config: str) -> None:
+    """Raise :class:`RewardModelBelowBar` unless the last validation logged in ``folder/csv`` is above ``bar``."""
+    if bar is None:
+        return
+    row = _last_row_with(folder / "csv", "val/accuracy")
+    accuracy = float(row["val/accuracy"])
+    if not accuracy > bar:
+        raise RewardModelBelowBar(
+            f"{folder}: the reward model ends at held-out pairwise accuracy {accuracy:.3f} (step {int(row['step']) + 1}"
+            f"), not above the bar {bar} of {config}'s TrainUntil, so it is not handed to RL. Train it longer "
+            f"(trainer.max_steps in a copy of {config}, passed with --rm-config) or try another --seed, after "
+            f"deleting {folder}"
+        )
 
 
 def _fit(package: str, config: Path, args: Sequence[str]) -> None:
@@ -318,6 +359,7 @@ def _run_stages(
         }
         stage(name, wanted, work)
 
+    bar = accuracy_bar(Path(settings.rm_config).read_text())
     train_sources = [out / "pairs" / "train" / "pairs.jsonl"]
     filtering("filter", {"train": train_sources, "heldout": [out / "pairs" / "heldout" / "pairs.jsonl"]})
     heldout = out / "filter" / "heldout.jsonl"
@@ -329,6 +371,7 @@ def _run_stages(
         {"rm": reward_model},
         [f"--data.train={out / 'filter' / 'train.jsonl'}", f"--data.val={heldout}"],
     )
+    check_reward_model(out / reward_model, bar=bar, config=settings.rm_config)
     for r in range(1, settings.rounds + 1):
         # Hardening: a short RL run shows how the policy games the current reward model; its renders of the
         # training prompts join the pool, their failures become rejected images, and the reward model is retrained.
@@ -354,6 +397,7 @@ def _run_stages(
             {"rm": reward_model},
             [f"--data.train={out / f'filter-{r}' / 'train.jsonl'}", f"--data.val={heldout}"],
         )
+        check_reward_model(out / reward_model, bar=bar, config=settings.rm_config)
     lightning(
         "rl-spatialscore", "spatialrl", settings.rl_config, {"sft": "sft", "rm": reward_model, "rl": "rl-spatialscore"}
     )
@@ -417,11 +461,10 @@ def summarize(settings: PaperConfig, out: Path, records: Mapping[str, Any]) -> d
     """The loop's numbers, read back from the stages' outputs."""
     results = json.loads((out / "evaluate" / "results.json").read_text())
     filters = {name: record["result"] for name, record in records.items() if name.startswith("filter")}
-    reward_models = {
-        name: round(float(_last_row_with(out / name / "csv", "val/accuracy")["val/accuracy"]), 4)
-        for name in records
-        if name.startswith("spatialscore")
+    last_validations = {
+        name: _last_row_with(out / name / "csv", "val/accuracy") for name in records if name.startswith("spatialscore")
     }
+    reward_models = {name: round(float(row["val/accuracy"]), 4) for name, row in last_validations.items()}
     divergence = {}
     for name in records:
         if not (name.startswith(("probe-", "rl-"))):
@@ -451,6 +494,8 @@ def summarize(settings: PaperConfig, out: Path, records: Mapping[str, Any]) -> d
         "settings": asdict(settings),
         "filter": filters,
         "reward_model_heldout_accuracy": reward_models,
+        # a validation is logged at the step before its batch's optimiser step is counted
+        "reward_model_steps": {name: int(row["step"]) + 1 for name, row in last_validations.items()},
         "policies": policies,
         "divergence": divergence,
         "seconds": seconds,
@@ -469,7 +514,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 f"pooled across seeds (dropped: {dropped})"
             )
     for name, accuracy in summary["reward_model_heldout_accuracy"].items():
-        lines.append(f"- {name}: pairwise accuracy on held-out generated pairs {accuracy:.3f}")
+        steps = summary["reward_model_steps"][name]
+        lines.append(f"- {name}: pairwise accuracy on held-out generated pairs {accuracy:.3f} after {steps} steps")
 
     def paired(values: Mapping[str, Any], key: str) -> str:
         return ci_cell(*values["vs_start"][key], signed=True) if "vs_start" in values else "-"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 
 from spatialscore.card import HeldOutAccuracy, TrainingFacts
 
@@ -82,3 +84,32 @@ class ExportSpatialScore(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         validation = state_dict.get("validation")
         self.validation = (int(validation[0]), dict(validation[1])) if validation is not None else None
+
+
+class TrainUntil(EarlyStopping):
+    """Stops ``fit`` at the first validation, at or after step ``min_steps``, whose ``monitor`` exceeds ``bar``;
+    ``max_steps`` stays the ceiling.
+
+    Why: the reward model learns the relation in a late jump whose step depends on the seed (in the paper loop,
+    step 900 on one seed and not by step 3,000 on another), so a fixed step budget either wastes steps or ends
+    with a model that judges at chance. ``spatialrl paper`` refuses a model that ends below the bar. This is stock
+    :class:`~lightning.pytorch.callbacks.EarlyStopping` with ``stopping_threshold`` (and no patience), checked only
+    from ``min_steps`` on: a stop that stock EarlyStopping decides earlier sticks (``trainer.should_stop`` stays
+    set) and ends the fit at ``min_steps`` whatever the metric is by then.
+
+    Args:
+        bar: the fit ends once ``monitor`` exceeds it (strictly, as stock ``stopping_threshold``).
+        min_steps: the optimiser steps trained before the bar is checked.
+        monitor: the logged validation metric (higher is better).
+    """
+
+    def __init__(self, *, bar: float, min_steps: int = 0, monitor: str = "val/accuracy") -> None:
+        super().__init__(
+            monitor=monitor, mode="max", stopping_threshold=bar, patience=sys.maxsize, check_on_train_epoch_end=False
+        )
+        self.bar = bar
+        self.min_steps = min_steps
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step >= self.min_steps:
+            super().on_validation_end(trainer, pl_module)

@@ -59,6 +59,7 @@ def test_summary_markdown_reports_every_number():
             "filter": {"train": {"kept": 5, "total": 10, "pooled": 4, "dropped": {"chosen: missing objects": 5}}}
         },
         "reward_model_heldout_accuracy": {"spatialscore": 0.9123, "spatialscore-1": 0.95},
+        "reward_model_steps": {"spatialscore": 3000, "spatialscore-1": 4200},
         "policies": {
             "sft": {"strict_correct": 0.15, "strict_extra": 0.36, "strict_missing": 0.63, "spatialscore": -1.2},
             "rl": {
@@ -76,7 +77,8 @@ def test_summary_markdown_reports_every_number():
     text = summary_markdown(summary)
     assert "(seed 3)" in text and "filter, train pairs: 5 of 10 kept, 4 pooled across seeds" in text
     assert "(dropped: 5 chosen: missing objects)" in text and "spatialscore-1: pairwise accuracy" in text
-    assert "held-out generated pairs 0.912" in text and "| sft | 0.150 | - | 0.360 | - | 0.630 | -1.200 |" in text
+    assert "held-out generated pairs 0.912 after 3000 steps" in text
+    assert "| sft | 0.150 | - | 0.360 | - | 0.630 | -1.200 |" in text
     assert "| rl | 0.550 | +0.400 [+0.320, +0.480] | 0.200 | -0.160 [-0.200, -0.100] | 0.100 | 1.500 |" in text
     assert "probe-1: training reward and strict judge diverged" in text and "val/strict_correct 0.500 -> 0.200" in text
     assert "the loop (without rl-rule): 4.0 min" in text
@@ -157,3 +159,22 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
         run_paper(PaperConfig(**{**settings.__dict__, "steps": 3}), log=lines.append)
     with pytest.raises(ValueError, match="until must name a stage"):
         run_paper(PaperConfig(**{**settings.__dict__, "until": "rl-rule"}), log=lines.append)
+
+
+def test_the_reward_model_below_its_bar_is_refused(tmp_path):
+    from spatialrl.paper import RewardModelBelowBar, accuracy_bar, check_reward_model
+
+    repo = Path(__file__).resolve().parents[2]
+    shipped = "configs/paper/spatialscore_tiny.yaml"
+    assert accuracy_bar((repo / shipped).read_text()) == 0.85
+    assert accuracy_bar("trainer:\n  max_steps: 10\n") is None
+    csv_dir = tmp_path / "spatialscore" / "csv" / "version_0"
+    csv_dir.mkdir(parents=True)
+    (csv_dir / "metrics.csv").write_text("step,train/loss,val/accuracy\n98,0.6,\n5999,,0.594\n5999,0.5,\n")
+    with pytest.raises(RewardModelBelowBar, match=r"accuracy 0.594 \(step 6000\), not above the bar 0.85 of"):
+        check_reward_model(tmp_path / "spatialscore", bar=0.85, config=shipped)
+    check_reward_model(tmp_path / "spatialscore", bar=0.5, config=shipped)
+    check_reward_model(tmp_path / "spatialscore", bar=None, config=shipped)
+    (csv_dir / "metrics.csv").write_text("step,val/accuracy\n2999,0.85\n")
+    with pytest.raises(RewardModelBelowBar):  # equal is not above, as TrainUntil's strict threshold
+        check_reward_model(tmp_path / "spatialscore", bar=0.85, config=shipped)
