@@ -21,7 +21,8 @@
    the reward model retrained on them. These are the hard negatives the paper's perturbation kinds do not make:
    the extra and duplicated objects a policy produces to game the reward model.
 7. ``rl-spatialscore``: GRPO with the last reward model as the only reward (the strict judge is an eval metric).
-8. ``rl-rule`` (``--compare-rule``): the same GRPO with the strict rule reward, for comparison.
+8. ``rl-rule`` (``--compare-rule``): the same GRPO with the strict rule reward, for comparison. ``--rl-minutes``
+   sets the wall-clock cap of both (their configs' is 10 minutes; their step cap, 330, still applies).
 9. ``evaluate``: ``spatialrl evaluate`` of the supervised start, the probes and the RL policies on the held-out
    prompts, by the strict judge (and by the last reward model, to see whether it was gamed).
 
@@ -88,6 +89,7 @@ class PaperConfig:
     hard_negatives: bool = True
     rounds: int = 1
     probe_minutes: int = 3
+    rl_minutes: int | None = None
     probe_images_per_prompt: int = 32
     compare_rule: bool = False
     eval_samples: int = 32
@@ -380,7 +382,7 @@ def _run_stages(
             "spatialrl",
             settings.rl_config,
             {"sft": "sft", "rm": reward_model, "rl": f"probe-{r}"},
-            [f"--trainer.max_time=00:00:{settings.probe_minutes:02d}:00"],
+            [_max_time(settings.probe_minutes)],
         )
         rendering(
             f"pairs-{r}",
@@ -398,8 +400,13 @@ def _run_stages(
             [f"--data.train={out / f'filter-{r}' / 'train.jsonl'}", f"--data.val={heldout}"],
         )
         check_reward_model(out / reward_model, bar=bar, config=settings.rm_config)
+    rl_budget = [] if settings.rl_minutes is None else [_max_time(settings.rl_minutes)]
     lightning(
-        "rl-spatialscore", "spatialrl", settings.rl_config, {"sft": "sft", "rm": reward_model, "rl": "rl-spatialscore"}
+        "rl-spatialscore",
+        "spatialrl",
+        settings.rl_config,
+        {"sft": "sft", "rm": reward_model, "rl": "rl-spatialscore"},
+        rl_budget,
     )
     policies = {
         "sft": policy,
@@ -408,7 +415,8 @@ def _run_stages(
     }
     if settings.compare_rule:
         policies["rule"] = (
-            lightning("rl-rule", "spatialrl", settings.rule_config, {"sft": "sft", "rule": "rl-rule"}) / "policy"
+            lightning("rl-rule", "spatialrl", settings.rule_config, {"sft": "sft", "rule": "rl-rule"}, rl_budget)
+            / "policy"
         )
     evaluate_args = [
         *(f"--policy={name}={path}" for name, path in policies.items()),
@@ -431,6 +439,11 @@ def _run_stages(
             raise RuntimeError("spatialrl evaluate failed")
 
     stage("evaluate", {"args": evaluate_args}, evaluate)
+
+
+def _max_time(minutes: int) -> str:
+    """The Lightning override of a stage's wall-clock budget."""
+    return f"--trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
 def _prefixed(source: Path, target: Path, *, prefix: str) -> Path:
@@ -589,6 +602,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
     parser.add_argument(
+        "--rl-minutes",
+        type=int,
+        default=defaults.rl_minutes,
+        help="wall-clock cap of both final GRPO runs (default: their configs' 10; max_steps 330 still applies)",
+    )
+    parser.add_argument(
         "--probe-images-per-prompt",
         type=int,
         default=defaults.probe_images_per_prompt,
@@ -611,6 +630,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         hard_negatives=args.hard_negatives,
         rounds=args.rounds,
         probe_minutes=args.probe_minutes,
+        rl_minutes=args.rl_minutes,
         probe_images_per_prompt=args.probe_images_per_prompt,
         compare_rule=args.compare_rule,
         eval_samples=args.eval_samples,

@@ -178,3 +178,10 @@ def test_the_reward_model_below_its_bar_is_refused(tmp_path):
     (csv_dir / "metrics.csv").write_text("step,val/accuracy\n2999,0.85\n")
     with pytest.raises(RewardModelBelowBar):  # equal is not above, as TrainUntil's strict threshold
         check_reward_model(tmp_path / "spatialscore", bar=0.85, config=shipped)
+
+
+def test_stage_budgets_are_lightning_max_time_overrides():
+    from spatialrl.paper import _max_time
+
+    assert _max_time(3) == "--trainer.max_time=00:00:03:00"
+    assert _max_time(90) == "--trainer.max_time=00:01:30:00"
