@@ -403,10 +403,16 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "A kiosk stands on the busy waterfront.",
         "The scene is framed from a vantage point atop a hill.",
         "Shadows fall on the stone terrace beneath them.",
+        "A bride poses in front of the camera with her bouquet.",
     ],
 )
 def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:
     assert not offered(text)
+
+
+def test_frame_relations_only_flip() -> None:
+    framed = offered("To the right of the frame, an old bicycle leans on a fence.")
+    assert framed == {("flip", "right", "left")}
 
 
 def test_no_op_flips_stale_mentions_and_corners() -> None:

@@ -181,3 +181,13 @@ def test_stale_left_right_and_same_corner() -> None:
     assert problems(corners, "top-right", "bottom-right") == []
     labels = "The left jar is amber, the right one is clear."
     assert problems(labels, "right", "left") == ["two mentions now name the same position 'left'"]
+
+
+def test_the_frame_and_the_camera_are_not_objects() -> None:
+    prompt = "A tall cactus stands to the left of the frame."
+    assert problems(prompt, "left", "right") == []
+    assert problems(prompt, "to the left of", "above") == [
+        "relation 'above' places something relative to 'the frame', the picture or its viewer"
+    ]
+    assert problems("A bride poses in front of the camera.", "in front of", "behind")
+    assert problems("A clock hangs to the left of the picture.", "to the left of", "above") == []

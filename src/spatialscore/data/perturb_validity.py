@@ -11,7 +11,8 @@
 4. **Grammatical noun phrases**: verbs, commas, clause words and sentence-opening framing text ("a photo
    of" in a sentence without a verb) keep their order; only noun phrases and relation phrases move or
    change. Relation arguments are things that can be placed (not "the contrast", "the morning sunlight", "a
-   routine", a camera "vantage point"); "between" keeps two arguments.
+   routine", a camera "vantage point"); "between" keeps two arguments; the frame, the camera and the viewer
+   are only left or right of something ("to the left of the frame", never "above the frame").
 5. **Arrangement actually different**: the relation facts differ after mapping converses together ("A left
    of B" equals "B right of A"; "a phone in front of a phone" flipped is a no-op).
 6. **No detectable self-contradiction**: no object newly placed both left and right (a stale later "on the
@@ -36,6 +37,7 @@ from spatialscore.data.perturb.lexicon import (
     _AGREE,
     _COLOURS,
     _FLOOR_LIKE,
+    _FRAME_NOUNS,
     _FRAMING,
     _GROUND_LEVEL,
     _HANG_VERBS,
@@ -431,6 +433,8 @@ def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str,
             words = fa.obj.split()
             if not (words[0] in {"two", "three", "both", "the", "these", "those"} and words[-1].endswith("s")):
                 problems.append(f"'between' in {text!r} has only one argument {fa.obj!r}")
+        if fa.key != fb.key and fa.key not in {"left", "right"} and _np_head(fa.obj) in _FRAME_NOUNS:
+            problems.append(f"relation {text!r} places something relative to {fa.obj!r}, the picture or its viewer")
         # 6. implausible placements of fixed landmarks (only where the edit made them)
         implausible = _implausible(fa)
         if implausible and implausible != _implausible(fb):

@@ -132,6 +132,8 @@ _GROUND_LEVEL = set(
 )
 _FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
 _VIEWPOINT = set("vantage viewpoint perspective angle".split())
+# the picture itself and whoever looks at it: "to the left of the frame" may flip, never become "above the frame"
+_FRAME_NOUNS = set("frame image composition shot photo photograph viewer camera lens".split())
 _OBJECT_LIGHTS = set(
     "traffic street string fairy ceiling pendant tail head brake porch desk reading flood neon night".split()
 )

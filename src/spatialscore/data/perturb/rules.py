@@ -18,6 +18,7 @@ from spatialscore.data.perturb.lexicon import (
     _COLOURS,
     _DET_POSS,
     _FLOOR_LIKE,
+    _FRAME_NOUNS,
     _FRAMING,
     _FRONT_NOUNS,
     _GROUND_LEVEL,
@@ -406,6 +407,8 @@ def _relation_sites(text: str) -> list[_Candidate]:
         floor_subject = subj_head in _FLOOR_LIKE and obj_head not in _FLOOR_LIKE  # "the deck beneath them"
         if {subj_head, obj_head} & {"horizon", "skyline"}:
             continue  # "the horizon behind the barn" cannot come in front of it
+        if obj_head in _FRAME_NOUNS:
+            continue  # "to the left of the frame": only its left/right word flips, "in front of the camera" stays
         landmark = {subj_head, obj_head} & (_SKY | _GROUND_LEVEL) if group in _VERTICAL_GROUPS else set()
         if landmark or (floor_subject and group in _VERTICAL_GROUPS):
             # "the floor beneath the table", "the sky above the town": not movable; "a van parked on the
