@@ -191,3 +191,4 @@ def test_the_frame_and_the_camera_are_not_objects() -> None:
     ]
     assert problems("A bride poses in front of the camera.", "in front of", "behind")
     assert problems("A clock hangs to the left of the picture.", "to the left of", "above") == []
+    assert problems("A clock sits next to the white picture frame.", "next to", "above") == []

@@ -37,7 +37,6 @@ from spatialscore.data.perturb.lexicon import (
     _AGREE,
     _COLOURS,
     _FLOOR_LIKE,
-    _FRAME_NOUNS,
     _FRAMING,
     _GROUND_LEVEL,
     _HANG_VERBS,
@@ -51,7 +50,7 @@ from spatialscore.data.perturb.lexicon import (
     _SKY,
     NON_SPATIAL_IDIOM,
 )
-from spatialscore.data.perturb.rules import _placeable
+from spatialscore.data.perturb.rules import _is_frame, _placeable
 
 __all__ = ["check_perturbation"]
 
@@ -433,7 +432,7 @@ def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str,
             words = fa.obj.split()
             if not (words[0] in {"two", "three", "both", "the", "these", "those"} and words[-1].endswith("s")):
                 problems.append(f"'between' in {text!r} has only one argument {fa.obj!r}")
-        if fa.key != fb.key and fa.key not in {"left", "right"} and _np_head(fa.obj) in _FRAME_NOUNS:
+        if fa.key != fb.key and fa.key not in {"left", "right"} and _is_frame((fa.obj or "").split()):
             problems.append(f"relation {text!r} places something relative to {fa.obj!r}, the picture or its viewer")
         # 6. implausible placements of fixed landmarks (only where the edit made them)
         implausible = _implausible(fa)

@@ -366,6 +366,14 @@ def _placeable(words: Sequence[str]) -> bool:
     return head in {"light", "lights"} and k > 0 and lows[k - 1] in _OBJECT_LIGHTS
 
 
+def _is_frame(words: Sequence[str]) -> bool:
+    """Whether a noun phrase is the picture or its viewer ("the frame", "the camera"), not an object ("the
+    white picture frame", "a vintage camera")."""
+    lows = [w.lower() for w in words[:3]]
+    bare = len(lows) == 2 or (len(lows) == 3 and lows[2] == "with")
+    return bare and lows[0] in {"the", "this"} and lows[1] in _FRAME_NOUNS
+
+
 def _np_key(words: Sequence[str]) -> str:
     return " ".join("a" if w.lower() == "an" else w.lower() for w in words)
 
@@ -407,7 +415,7 @@ def _relation_sites(text: str) -> list[_Candidate]:
         floor_subject = subj_head in _FLOOR_LIKE and obj_head not in _FLOOR_LIKE  # "the deck beneath them"
         if {subj_head, obj_head} & {"horizon", "skyline"}:
             continue  # "the horizon behind the barn" cannot come in front of it
-        if obj_head in _FRAME_NOUNS:
+        if right and _is_frame(right[2]):
             continue  # "to the left of the frame": only its left/right word flips, "in front of the camera" stays
         landmark = {subj_head, obj_head} & (_SKY | _GROUND_LEVEL) if group in _VERTICAL_GROUPS else set()
         if landmark or (floor_subject and group in _VERTICAL_GROUPS):
