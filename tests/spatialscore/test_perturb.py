@@ -363,6 +363,15 @@ def offered(text: str) -> set[tuple[str, str, str]]:
         ("In the distance, a windmill turns slowly.", ("flip", "In the distance", "In the foreground")),
         ("The background is filled with pine trees.", ("flip", "background", "foreground")),
         ("A delivery van is parked on the gravel shore.", ("predicate", "on", "behind")),
+        # long descriptive prose
+        ("A teapot cools on a tray, and to its right are two small cups.", ("flip", "right", "left")),
+        ("On the right stands a tall lamp with a paper shade.", ("flip", "right", "left")),
+        ("Overhead, strings of paper lanterns sway in the breeze.", ("flip", "Overhead", "Below")),
+        ("The road winds into the hazy distance.", ("flip", "into the hazy distance", "into the foreground")),
+        ("In the far distance, a windmill turns.", ("flip", "In the far distance", "In the foreground")),
+        ("A row of poplars fills the background.", ("flip", "background", "foreground")),
+        ("The background displays a row of barns.", ("flip", "background", "foreground")),
+        ("The midground showcases a wooden barn.", ("anchor", "midground", "background")),
     ],
 )
 def test_relations_the_finder_used_to_miss(text: str, edit: tuple[str, str, str]) -> None:
@@ -404,6 +413,9 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "The scene is framed from a vantage point atop a hill.",
         "Shadows fall on the stone terrace beneath them.",
         "A bride poses in front of the camera with her bouquet.",
+        "Overhead, the sky glows orange.",
+        "We are on the right track, at the right time.",
+        "He keeps his distance from the crowd.",
     ],
 )
 def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:

@@ -72,7 +72,7 @@ _REL_PATTERNS: list[tuple[str, str]] = [
     (r"(?:at|in|to) the (?:back|rear)(?: of)?", "on-back"),
     (r"(?:in|into|toward|towards|at) the foreground(?: of)?", "on-front"),
     (r"(?:in|into|toward|towards|at) the background(?: of)?", "on-back"),
-    (r"(?:in|into|toward|towards) the (?:far |misty )?distance", "on-back"),
+    (r"(?:in|into|toward|towards) the (?:far |misty |hazy |far-off )?distance", "on-back"),
     (r"in the midground", "on-mid"),
     (r"(?:in|at) the (?:very )?(?:center|centre|middle)(?: of)?", "center"),
     (r"on (?:the )?side of", "near"),

@@ -77,6 +77,7 @@ _HANG_VERBS = set(
     "arches arching".split()
 )
 _SKIPPABLE = _ADVERBS | _NONFINITE | set(_AGREE)
+_SLOT_FOLLOWERS = set(_AGREE) | _PLACE_VERBS | _HANG_VERBS | {"and", "while", "where", "rises", "rise"}
 _BARE_OF_PREV = _ADVERBS | _PLACE_VERBS | _NONFINITE | {"is", "are", "was", "were", "and", "or", "just"}
 _NON_SPATIAL_LEFT_OF = {
     "what",

@@ -54,6 +54,7 @@ from spatialscore.data.perturb.lexicon import (
     _SINGULAR_DETS,
     _SKIPPABLE,
     _SKY,
+    _SLOT_FOLLOWERS,
     _SPATIAL_LEFT,
     _SWAP_DETS,
     _TOKEN,
@@ -181,14 +182,22 @@ _FROM_TO = re.compile(
     r"(?<![\w-])from (left|right|top|bottom|front|back) to (left|right|top|bottom|front|back)\b", re.I
 )
 _VD_ADJ = re.compile(r"(?<![\w'’-])(upper|lower|top|bottom|front|back|rear)(?![\w-])", re.I)
+_GROUND_VERBS = (
+    r"is|was|shows|showcases|features|includes|holds|contains|reveals|displays|presents|boasts|elements|details|"
+    r"objects"
+)
 _GROUND = re.compile(
-    r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing) the (foreground|background)\b"
-    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:is|was|shows|features|includes|holds|contains|"
-    r"reveals|elements|details|objects)\b))",
+    r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing|fill|fills|filling|dominate|dominates|"
+    r"dominating) the (foreground|background)\b"
+    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:" + _GROUND_VERBS + r")\b))",
     re.I,
 )
-_DISTANCE = re.compile(r"(?<![\w-])in the (?:far )?distance\b", re.I)
-_MIDGROUND = re.compile(r"(?<![\w-])(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b", re.I)
+_DISTANCE = re.compile(r"(?<![\w-])(?:in|into|toward|towards) (the (?:(?:far|misty|hazy|far-off) )?distance)\b", re.I)
+_MIDGROUND = re.compile(
+    r"(?<![\w-])(?:(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b"
+    r"|(?:^|(?<=[.;!?] ))(?:the )?(midground)(?= (?:" + _GROUND_VERBS + r")\b))",
+    re.I,
+)
 _CENTER = re.compile(r"(?<![\w-])(?:in|at) the (?:very )?(?:center|centre|middle)\b" + _NIGHT, re.I)
 _CENTERED = re.compile(
     r"(?<![\w-])(?:centered|centred)(?= (?:on|under|above|below|between|in|within|beneath|over|along)\b)",
@@ -207,6 +216,7 @@ _REL = re.compile(
     | (?P<top>on\ top\ of|atop)
     | (?P<under>beneath|underneath|under)
     | (?P<over>over)
+    | (?P<overhead>overhead)
     | (?P<side>on\ side\ of)
     | (?P<on>on)
     | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
@@ -275,7 +285,7 @@ def _lr_sites(text: str) -> list[_Candidate]:
         elif _is_det_poss(p1):
             spatial = nxt != "over"
             if word == "right" and nxt.isalpha() and nxt not in _SIDE_NOUNS:
-                spatial = nxt not in _RIGHT_NON_SPATIAL and has_left
+                spatial = nxt not in _RIGHT_NON_SPATIAL and (has_left or _slot_then_verb(p2, nxt))
         elif nxt == "of":
             spatial = _bare_of_ok(text, m.start())
         else:
@@ -286,6 +296,11 @@ def _lr_sites(text: str) -> list[_Candidate]:
     for m in _LR_DERIVED.finditer(text):
         out.append(_single(text, "flip", m.start(1), m.end(1), _OPPOSITE[m.group(1).lower()]))
     return out
+
+
+def _slot_then_verb(prep: str, nxt: str) -> bool:
+    """ "to its right are two cups", "on the right stands a lamp": a place phrase that a verb follows."""
+    return prep in {"to", "on", "at"} and nxt in _SLOT_FOLLOWERS
 
 
 def _compound_sites(text: str) -> list[_Candidate]:
@@ -334,9 +349,10 @@ def _vd_sites(text: str) -> list[_Candidate]:
         group = 1 if m.group(1) else 2
         out.append(_single(text, "flip", m.start(group), m.end(group), _OPPOSITE[m.group(group).lower()]))
     for m in _DISTANCE.finditer(text):
-        out.append(_single(text, "flip", m.start(), m.end(), "in the foreground"))
+        out.append(_single(text, "flip", m.start(), m.end(), text[m.start() : m.start(1)] + "the foreground"))
     for m in _MIDGROUND.finditer(text):
-        alternatives = [[(m.start(1), m.end(1), word)] for word in ("foreground", "background")]
+        group = 1 if m.group(1) else 2
+        alternatives = [[(m.start(group), m.end(group), word)] for word in ("foreground", "background")]
         out.append(_candidate(text, "anchor", alternatives))
     for m in _CENTER.finditer(text):
         if any(_slot_position(s.group(2)) != 1 for s in _SLOT.finditer(text, *_sentence_span(text, m.start()))):
@@ -401,7 +417,7 @@ def _relation_sites(text: str) -> list[_Candidate]:
                 out.append(_single(text, "flip", start, end, "behind"))
             continue
         if not has_object:
-            if group in {"ab", "under"} and text.startswith(",", end) and p1 in {"", ".", ";", ":", "!", "?"}:
+            if group in _ADVERBIAL_GROUPS and text.startswith(",", end) and p1 in {"", ".", ";", ":", "!", "?"}:
                 out.append(_adverbial(text, m))
             continue
         left = _left_np(text, start)
@@ -503,13 +519,17 @@ def _compound_relation(text: str, m: re.Match[str], *, same: bool) -> list[_Cand
     return [*out, _swap(text, m.start(), m.end(), between=False)]
 
 
+_ADVERBIAL_GROUPS = {"ab", "under", "overhead"}
+
+
 def _adverbial(text: str, m: re.Match[str]) -> _Candidate | None:
-    """A clause-initial "Below, ..." / "Above, ..." flipped, unless its clause is about the sky or ground."""
+    """A clause-initial "Below, ..." / "Above, ..." / "Overhead, ..." flipped, unless its clause is about the
+    sky or ground."""
     subject = [t.lower() for t in _TOKEN.findall(text, m.end() + 1, m.end() + 60)[:5]]
     if set(subject) & (_SKY | _GROUND_LEVEL | _NON_OBJECT | {"city", "valley", "town"}):
         return None
     word = m.group().lower()
-    return _single(text, "flip", m.start(), m.end(), "above" if word != "above" else "below")
+    return _single(text, "flip", m.start(), m.end(), "below" if word in {"above", "overhead"} else "above")
 
 
 def _between_object(text: str, pos: int) -> bool:
