@@ -372,6 +372,13 @@ def offered(text: str) -> set[tuple[str, str, str]]:
         ("A row of poplars fills the background.", ("flip", "background", "foreground")),
         ("The background displays a row of barns.", ("flip", "background", "foreground")),
         ("The midground showcases a wooden barn.", ("anchor", "midground", "background")),
+        ("A scholar stands amidst towering bookshelves.", ("predicate", "amidst", "next to")),
+        ("A small cabin is nestled among the pines.", ("predicate", "among", "behind")),
+        ("The statue is flanked by two marble columns.", ("predicate", "flanked by", "in front of")),
+        ("A journal lies open before him, and a quill rests beside it.", ("flip", "before", "behind")),
+        ("A busker plays under the glow of a nearby streetlamp.", ("flip", "nearby", "distant")),
+        ("Her face is turned towards the viewer.", ("flip", "towards", "away from")),
+        ("The gazebo is framed centrally against the lake.", ("anchor", "centrally", "off-center")),
     ],
 )
 def test_relations_the_finder_used_to_miss(text: str, edit: tuple[str, str, str]) -> None:
@@ -416,6 +423,10 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "Overhead, the sky glows orange.",
         "We are on the right track, at the right time.",
         "He keeps his distance from the crowd.",
+        "She dances amid the chaos of the festival.",
+        "The boy sits surrounded by an aura of calm.",
+        "He finished the letter before her husband arrived.",
+        "A dog sleeps nearby.",
     ],
 )
 def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:

@@ -52,6 +52,10 @@ def rewrite_problems(prompt: str, perturbed: str) -> list[str]:
         ("The upper drawer is open.", "upper", "lower"),
         ("A scarf lies in the top-left corner of the bed.", "top-left", "top-right"),
         ("A heron stands next to a boat on the shore.", "next to", "behind"),
+        ("A heron stands amidst tall reeds.", "amidst", "next to"),
+        ("A lamp glows in a nearby window.", "nearby", "distant"),
+        ("Her face is turned towards the camera.", "towards", "away from"),
+        ("A map lies open before him.", "before", "behind"),
         (
             "A vase filled with lilies sits left of a clock.",
             "A vase filled with lilies sits left of a clock",

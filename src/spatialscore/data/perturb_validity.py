@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from spatialscore.data.perturb.edits import Edit, apply_edits
 from spatialscore.data.perturb.lexicon import (
     _AGREE,
+    _BEFORE_PRONOUN,
     _COLOURS,
     _FLOOR_LIKE,
     _FRAMING,
@@ -48,6 +49,7 @@ from spatialscore.data.perturb.lexicon import (
     _PLACE_VERBS,
     _RIGHT_NON_SPATIAL,
     _SKY,
+    _VIEWER,
     NON_SPATIAL_IDIOM,
 )
 from spatialscore.data.perturb.rules import _is_frame, _placeable
@@ -79,16 +81,20 @@ _REL_PATTERNS: list[tuple[str, str]] = [
     (r"left of", "left"),
     (r"right of", "right"),
     (r"in front of", "front"),
+    (_BEFORE_PRONOUN, "front"),
+    (r"(?:toward|towards|away from)(?= the " + _VIEWER + r"(?![\w'’-]))", "orient"),
     (r"in front", "on-front"),
     (r"on top of", "above"),
     (r"(?:(?:partly|partially|half) )?(?:hidden|obscured|occluded|blocked) (?:by|behind)", "behind-of"),
     (r"next to|close to|adjacent to|alongside|beside|besides|near(?:by)?", "near"),
     (r"(?:(?:vertically|horizontally) )?aligned with|offset from", "aligned"),
-    (r"off-cent(?:er|re)|cent(?:er|r)ed", "centered"),
+    (r"off-cent(?:er|re)|cent(?:er|r)ed|centrally", "centered"),
+    (r"distant|far-off|faraway", "far"),
+    (r"surrounded by|encircled by|flanked by", "around"),
     (r"behind", "behind"),
     (r"above|atop|over|overhead", "above"),
     (r"below|beneath|underneath|under", "below"),
-    (r"between|among|amongst|amid", "between"),
+    (r"between|among|amongst|amid|amidst", "between"),
     (r"on|onto|upon", "on"),
     (r"inside|within|in|into", "in"),
     (r"around|against|across|along|beyond|opposite|outside|at|by|facing", "other"),

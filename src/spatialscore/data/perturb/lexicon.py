@@ -126,6 +126,15 @@ _NON_OBJECT = set(
     "mood ambience air breeze wind storm silence noise sound music lens focus hue hues color colors colour "
     "colours tones palette".split()
 )
+_NON_OBJECT |= set(
+    # surroundings and moods that "amid", "among" or "surrounded by" can take: not things to put beside
+    "chaos bustle hustle commotion laughter chatter sounds noises aura splendor splendour beauty serenity "
+    "mists tranquility tranquillity stillness solitude isolation darkness gloom warmth sense feeling landscape "
+    "landscapes scenery setting surroundings environment nature wilderness".split()
+)
+# "open before him": "before" with a pronoun object and a clause boundary after it is spatial, not temporal
+_BEFORE_PRONOUN = r"before(?=\s(?:him|her|them|us|me)(?:\s*[,.;:!?]|\s*$|\s+(?:and|while|as|where|with|in|on)\b))"
+_VIEWER = r"(?:viewer|camera|lens|onlooker|audience)"
 _SKY = set("sky skies ceiling sun moon stars clouds cloud heavens roof rooftop canopy treetops".split())
 _GROUND_LEVEL = set(
     "floor ground road street streets sidewalk pavement lawn grass sand beach shore shores soil earth water "

@@ -14,6 +14,7 @@ from spatialscore.data.perturb.lexicon import (
     _AGREE,
     _ANCHOR_NOUNS,
     _BARE_OF_PREV,
+    _BEFORE_PRONOUN,
     _CLAUSE_WORDS,
     _COLOURS,
     _DET_POSS,
@@ -59,6 +60,7 @@ from spatialscore.data.perturb.lexicon import (
     _SWAP_DETS,
     _TOKEN,
     _TOP_NOUNS,
+    _VIEWER,
     _VIEWPOINT,
     NON_SPATIAL_IDIOM,
 )
@@ -204,7 +206,7 @@ _CENTERED = re.compile(
     re.I,
 )
 _REL = re.compile(
-    r"""(?<![\w'’-])(?:
+    rf"""(?<![\w'’-])(?:
       (?P<comp>(?:above|below|behind|in\ front\ of)\ and\ (?:to\ the\ )?(?:left|right)\ of)
     | (?P<hidden>(?:(?:partly|partially|half)\ )?(?:hidden|obscured|occluded)\ (?:by|behind))
     | (?P<h>to\ the\ (?:(?:immediate|far|extreme)\ )?(?:left|right)\ of)
@@ -220,6 +222,8 @@ _REL = re.compile(
     | (?P<side>on\ side\ of)
     | (?P<on>on)
     | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
+    | (?P<amid>amid|amidst|among|amongst|surrounded\ by|encircled\ by|flanked\ by)
+    | (?P<before>{_BEFORE_PRONOUN})
     | (?P<between>between)
     | (?P<aligned>(?:(?:vertically|horizontally)\ )?aligned\ with)
     )(?![\w-])""",
@@ -369,6 +373,30 @@ def _vd_sites(text: str) -> list[_Candidate]:
     return out
 
 
+_NEARBY = re.compile(r"(?<![\w'’-])(nearby)(?= ([^\W\d_][\w'’-]*))", re.I)
+_FACING = re.compile(
+    r"(?<![\w'’-])(?:turned|turning|facing|looking|gazing|glancing|angled|tilted|oriented|leaning)"
+    r"(?: (?:slightly|directly|partly|partially|straight|just))? (toward|towards) the " + _VIEWER + r"\b",
+    re.I,
+)
+_CENTRALLY = re.compile(r"(?<![\w'’-])(?:framed|positioned|placed|set|located|situated) (centrally)\b", re.I)
+
+
+def _prose_sites(text: str) -> list[_Candidate]:
+    """Distance, facing and framing words of descriptive prose: "a nearby streetlamp" -> "a distant
+    streetlamp", "turned towards the viewer" -> "turned away from the viewer", "framed centrally" ->
+    "framed off-center"."""
+    out = []
+    for m in _NEARBY.finditer(text):
+        if m.group(2).lower() not in _NP_STOP and _placeable(["", m.group(2)]):
+            out.append(_single(text, "flip", m.start(1), m.end(1), "distant"))
+    for m in _FACING.finditer(text):
+        out.append(_single(text, "flip", m.start(1), m.end(1), "away from"))
+    for m in _CENTRALLY.finditer(text):
+        out.append(_single(text, "anchor", m.start(1), m.end(1), "off-center"))
+    return out
+
+
 def _placeable(words: Sequence[str]) -> bool:
     """Whether a noun phrase names something a spatial relation can place: not an abstract noun, light or
     weather ("the contrast", "the morning sunlight"); "a traffic light" and "the string lights" are objects."""
@@ -419,6 +447,9 @@ def _relation_sites(text: str) -> list[_Candidate]:
         if not has_object:
             if group in _ADVERBIAL_GROUPS and text.startswith(",", end) and p1 in {"", ".", ";", ":", "!", "?"}:
                 out.append(_adverbial(text, m))
+            bare = _bare_plural(text, end) if group == "amid" else None
+            if bare and _placeable(["", *bare]) and _subject_placeable(text, start):
+                out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
             continue
         left = _left_np(text, start)
         right = _right_np(text, end, between=False)
@@ -450,8 +481,11 @@ def _relation_sites(text: str) -> list[_Candidate]:
             if not _bare_of_ok(text, start):
                 continue
             axis = "horizontal"
-        elif group in {"front", "behind", "hidden"}:
-            flip, axis = ("in front of" if group != "front" else "behind"), "depth"
+        elif group in {"front", "behind", "hidden", "before"}:
+            flip, axis = ("behind" if group in {"front", "before"} else "in front of"), "depth"
+        elif group == "amid":
+            out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
+            continue
         elif group == "ab":
             flip, axis = _OPPOSITE[m.group(group).lower()], "vertical"
         elif group == "top":
@@ -496,6 +530,32 @@ def _relation_sites(text: str) -> list[_Candidate]:
 
 _VERTICAL_GROUPS = {"comp", "ab", "top", "under", "over", "on", "between"}
 _VERTICAL_WORDS = {"above": "below", "below": "above", "behind": "in front of", "in front of": "behind"}
+
+
+def _amid_targets(phrase: str) -> tuple[str, ...]:
+    """Where "amid"/"among"/"surrounded by" may move: beside, in front, behind ("flanked by" is beside)."""
+    return ("in front of", "behind") if phrase.lower().startswith("flanked") else ("next to", "in front of", "behind")
+
+
+def _subject_placeable(text: str, pos: int) -> bool:
+    """Whether what a relation at ``pos`` places is a thing: its noun phrase, where one is found, is
+    placeable, and no abstract "X of" ("a sense of calm amid ...") stands before it."""
+    left = _left_np(text, pos)
+    return _placeable(left.words) if left else not _abstract_of_before(text, pos)
+
+
+def _bare_plural(text: str, pos: int) -> list[str] | None:
+    """The words of a noun phrase without a determiner that ends in a plural ("towering bookshelves") right
+    after ``pos``, or ``None``."""
+    words = []
+    for tok in _TOKEN.findall(text, pos, min(len(text), pos + 60))[:4]:
+        low = tok.lower()
+        if not low[0].isalpha() or low in _NP_STOP or low in _LOWERABLE:
+            return None
+        words.append(low)
+        if low.endswith("s") and not low.endswith(("ss", "us", "is", "'s", "’s")):
+            return words
+    return None
 
 
 def _abstract_of_before(text: str, pos: int) -> bool:
@@ -900,6 +960,7 @@ class RulePerturber:
 
     def _candidates(self, prompt: str) -> list[_Candidate]:
         words = [c for c in _lr_sites(prompt) + _compound_sites(prompt) + _vd_sites(prompt) if c]
+        words += [c for c in _prose_sites(prompt) if c]
         sites = _contrasting_labels(prompt, words)
         sites += [c for c in _relation_sites(prompt) + _row_sites(prompt) if c]
         sites += [c for c in _attribute_sites(prompt, words) if c]
