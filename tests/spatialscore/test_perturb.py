@@ -379,6 +379,9 @@ def offered(text: str) -> set[tuple[str, str, str]]:
         ("A busker plays under the glow of a nearby streetlamp.", ("flip", "nearby", "distant")),
         ("Her face is turned towards the viewer.", ("flip", "towards", "away from")),
         ("The gazebo is framed centrally against the lake.", ("anchor", "centrally", "off-center")),
+        ("Surrounding the old well, a ring of daisies blooms.", ("predicate", "Surrounding", "Next to")),
+        ("The shelves surrounding him hold dusty atlases.", ("predicate", "surrounding", "behind")),
+        ("Two ferns, blurred in the periphery, frame the scene.", ("anchor", "in the periphery", "at the center")),
     ],
 )
 def test_relations_the_finder_used_to_miss(text: str, edit: tuple[str, str, str]) -> None:
@@ -427,6 +430,7 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "The boy sits surrounded by an aura of calm.",
         "He finished the letter before her husband arrived.",
         "A dog sleeps nearby.",
+        "The surrounding hills glow in the dusk.",
     ],
 )
 def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:

@@ -201,6 +201,7 @@ _MIDGROUND = re.compile(
     re.I,
 )
 _CENTER = re.compile(r"(?<![\w-])(?:in|at) the (?:very )?(?:center|centre|middle)\b" + _NIGHT, re.I)
+_PERIPHERY = re.compile(r"(?<![\w-])(?:in|on|at) the periphery\b", re.I)
 _CENTERED = re.compile(
     r"(?<![\w-])(?:centered|centred)(?= (?:on|under|above|below|between|in|within|beneath|over|along)\b)",
     re.I,
@@ -222,7 +223,7 @@ _REL = re.compile(
     | (?P<side>on\ side\ of)
     | (?P<on>on)
     | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
-    | (?P<amid>amid|amidst|among|amongst|surrounded\ by|encircled\ by|flanked\ by)
+    | (?P<amid>amid|amidst|among|amongst|surrounded\ by|encircled\ by|flanked\ by|surrounding)
     | (?P<before>{_BEFORE_PRONOUN})
     | (?P<between>between)
     | (?P<aligned>(?:(?:vertically|horizontally)\ )?aligned\ with)
@@ -368,6 +369,8 @@ def _vd_sites(text: str) -> list[_Candidate]:
                 [[(m.start(), m.end(), "on the left side")], [(m.start(), m.end(), "on the right side")]],
             )
         )
+    for m in _PERIPHERY.finditer(text):
+        out.append(_single(text, "anchor", m.start(), m.end(), "at the center"))
     for m in _CENTERED.finditer(text):
         out.append(_single(text, "anchor", m.start(), m.end(), "off-center"))
     return out
@@ -439,6 +442,8 @@ def _relation_sites(text: str) -> list[_Candidate]:
             continue
         p2, p1 = _prev_tokens(text, start, 2)
         has_object = bool(_OBJECT.match(text, end))
+        if m.group().lower() == "surrounding" and (not has_object or _is_det_poss(p1) or p1 in {"a", "an"}):
+            continue  # "the surrounding hills": an adjective, not a relation
         if group == "frontb":
             nxt = _next_token(text, end)
             if not nxt[:1].isalpha() or nxt in _CLAUSE_WORDS | {"with"}:
@@ -533,7 +538,7 @@ _VERTICAL_WORDS = {"above": "below", "below": "above", "behind": "in front of", 
 
 
 def _amid_targets(phrase: str) -> tuple[str, ...]:
-    """Where "amid"/"among"/"surrounded by" may move: beside, in front, behind ("flanked by" is beside)."""
+    """Where "amid"/"among"/"surrounding" may move: beside, in front, behind ("flanked by" is beside)."""
     return ("in front of", "behind") if phrase.lower().startswith("flanked") else ("next to", "in front of", "behind")
 
 
