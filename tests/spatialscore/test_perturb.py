@@ -431,6 +431,7 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "He finished the letter before her husband arrived.",
         "A dog sleeps nearby.",
         "The surrounding hills glow in the dusk.",
+        "He wears a velvet coat, its rich textures surrounding him.",
     ],
 )
 def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:
