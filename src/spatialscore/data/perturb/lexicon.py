@@ -129,8 +129,8 @@ _NON_OBJECT = set(
 _NON_OBJECT |= set(
     # surroundings and moods that "amid", "among" or "surrounded by" can take: not things to put beside
     "chaos bustle hustle commotion laughter chatter sounds noises aura splendor splendour beauty serenity "
-    "mists texture textures tranquility tranquillity stillness solitude isolation darkness gloom warmth sense feeling landscape "
-    "landscapes scenery setting surroundings environment nature wilderness".split()
+    "mists texture textures tranquility tranquillity stillness solitude isolation darkness gloom warmth sense "
+    "feeling landscape landscapes scenery setting surroundings environment nature wilderness".split()
 )
 # "open before him": "before" with a pronoun object and a clause boundary after it is spatial, not temporal
 _BEFORE_PRONOUN = r"before(?=\s(?:him|her|them|us|me)(?:\s*[,.;:!?]|\s*$|\s+(?:and|while|as|where|with|in|on)\b))"
