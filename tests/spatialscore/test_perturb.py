@@ -431,6 +431,7 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "He finished the letter before her husband arrived.",
         "A dog sleeps nearby.",
         "The surrounding hills glow in the dusk.",
+        "Bright patches of sunlight fall amid areas of deep shadow.",
         "He wears a velvet coat, its rich textures surrounding him.",
     ],
 )

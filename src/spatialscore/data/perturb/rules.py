@@ -551,15 +551,13 @@ def _subject_placeable(text: str, pos: int) -> bool:
 
 def _bare_plural(text: str, pos: int) -> list[str] | None:
     """The words of a noun phrase without a determiner that ends in a plural ("towering bookshelves") right
-    after ``pos``, or ``None``."""
-    words = []
-    for tok in _TOKEN.findall(text, pos, min(len(text), pos + 60))[:4]:
-        low = tok.lower()
+    after ``pos``, or ``None``; also ``None`` when "of" follows ("areas of shadow": the head is further on)."""
+    toks = [t.lower() for t in _TOKEN.findall(text, pos, min(len(text), pos + 60))[:5]]
+    for k, low in enumerate(toks[:4]):
         if not low[0].isalpha() or low in _NP_STOP or low in _LOWERABLE:
             return None
-        words.append(low)
         if low.endswith("s") and not low.endswith(("ss", "us", "is", "'s", "’s")):
-            return words
+            return None if toks[k + 1 : k + 2] == ["of"] else toks[: k + 1]
     return None
 
 
