@@ -199,6 +199,8 @@ def markdown(report: dict[str, Any]) -> str:
             head += " | ".join(f"{e} coverage | {e} validity | {e} P | {e} R" for e in engines) + " |"
             lines += [head, "|" + "---|" * (2 + 4 * len(engines))]
             for name in report["current"][split][level]:
+                if not report["current"][split][level][name]["prompts"]:
+                    continue  # e.g. no templated prompts in the blind split
                 cells = []
                 for e in engines:
                     s = report[e][split][level].get(name, _EMPTY)
@@ -219,6 +221,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for split in SPLITS:
         for name, s in rules[split]["by_group"].items():
+            if not s["prompts"]:
+                continue
             lines.append(
                 f"| {split} | {name} | {_fmt(s['coverage'])} ({s['perturbed']}/{s['with_relation']}) | "
                 f"{_fmt(s['validity'])} ({s['valid']}/{s['perturbed']}) |"
