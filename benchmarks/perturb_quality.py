@@ -3,10 +3,12 @@
     python benchmarks/perturb_quality.py
     git show fff5612:src/spatialscore/data/perturb.py > /tmp/perturb_old.py   # the engine before issue 13
     python benchmarks/perturb_quality.py --baseline /tmp/perturb_old.py   # adds the old engine's numbers
+    python benchmarks/perturb_quality.py --previous OLD_RUN.json   # adds the current numbers of an earlier run
 
 Runs the perturber with the ``spatialscore perturb`` semantics (:func:`perturb_prompts`, seed 0): ``--num 1``
 on the short and templated prompts, ``--num 2-3`` on the long dense ones. Reports per source and per split
-(hand-labelled ``dev`` / ``test``; ``all`` adds the unlabelled templated prompts):
+(hand-labelled ``dev`` / ``test``; ``all`` adds the unlabelled templated prompts; ``blind`` is the long dense set
+added after the long-prompt fixes, never used to develop them, and not part of ``all``):
 
 - coverage: perturbed prompts / prompts with a spatial relation (labelled ones: by their labels; unlabelled
   templated ones contain one by construction);
@@ -41,6 +43,8 @@ DATA = ROOT / "data" / "perturb_prompts"
 GROUP_NUM = {"short_position": "1", "templated_2d3d": "1", "long_dense": "2-3"}  # the targets' modes
 EXTRA_RUNS = [("long_dense", "1")]  # reported beside them, not part of the per-source tables
 SWAP_LIKE = {"swap", "row_permute", "attribute_swap"}
+SPLITS = ("dev", "test", "blind", "all")
+ENGINES = ("baseline", "previous", "current")  # the columns, where present
 
 
 def load_engine(path: str | None) -> ModuleType:
@@ -93,7 +97,7 @@ def evaluate(engine: ModuleType, rules: Any, prompts: list[dict], labels: dict[s
             rec: dict[str, Any] = {
                 "source": row["source"],
                 "group": group if num == GROUP_NUM[group] else f"{group} (--num {num})",
-                "split": label["split"] if label else "unlabelled",
+                "split": label["split"] if label else row.get("split", "unlabelled"),
                 "has_relation": bool(label["relations"]) if label else True,
                 "skip": reasons.get(index),
                 "result": res,
@@ -145,12 +149,12 @@ def summarise(recs: Sequence[dict]) -> dict[str, Any]:
 
 
 def tables(outcomes: dict[str, Any]) -> dict[str, Any]:
-    """Summaries per split (dev, test, all) and per source and per group."""
+    """Summaries per split (dev, test, blind, all but blind) and per source and per group."""
     recs = list(outcomes.values())
     groups = list(dict.fromkeys(r["group"] for r in recs))
     out: dict[str, Any] = {}
-    for split in ("dev", "test", "all"):
-        chosen = recs if split == "all" else [r for r in recs if r["split"] == split]
+    for split in SPLITS:
+        chosen = [r for r in recs if (r["split"] != "blind" if split == "all" else r["split"] == split)]
         main = [r for r in chosen if r["group"] in GROUP_NUM]
         out[split] = {
             "by_source": {
@@ -161,32 +165,45 @@ def tables(outcomes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_EMPTY = dict.fromkeys(("coverage", "validity", "precision", "recall")) | dict.fromkeys(
+    ("perturbed", "valid", "with_relation"), 0
+)
+"""The summary cells of a group an earlier run did not have."""
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
-    engines = [k for k in ("baseline", "current") if k in report]
+    engines = [k for k in ENGINES if k in report]
     rules = report["rules_alone"]
     lines = [
         "# Rule perturber on public benchmark prompts",
         "",
-        "`python benchmarks/perturb_quality.py" + (" --baseline OLD_perturb.py`" if "baseline" in report else "`"),
+        "`python benchmarks/perturb_quality.py"
+        + (" --baseline OLD_perturb.py" if "baseline" in report else "")
+        + (" --previous OLD_RUN.json" if "previous" in report else "")
+        + "`",
         f"({report['prompts']} prompts, {report['labelled']} hand-labelled; `--num 1` on short/templated, "
         "`--num 2-3` on long dense; seed 0). Coverage = perturbed / with a relation; validity = perturbed prompts "
-        "passing `check_perturbation`; P/R = relation phrases found vs hand labels.",
+        "passing `check_perturbation`; P/R = relation phrases found vs hand labels. `blind` = long dense prompts "
+        "added after the long-prompt fixes and never used to develop them (not part of `all`)."
+        + (f" `previous` = {report['previous_note']}." if "previous" in report else ""),
         "",
     ]
     for level in ("by_group", "by_source"):
-        for split in ("dev", "test", "all"):
+        for split in SPLITS:
             lines += [f"## {split}, {level.replace('_', ' ')}", ""]
             head = "| " + ("group" if level == "by_group" else "source") + " | n | "
             head += " | ".join(f"{e} coverage | {e} validity | {e} P | {e} R" for e in engines) + " |"
             lines += [head, "|" + "---|" * (2 + 4 * len(engines))]
             for name in report["current"][split][level]:
+                if not report["current"][split][level][name]["prompts"]:
+                    continue  # e.g. no templated prompts in the blind split
                 cells = []
                 for e in engines:
-                    s = report[e][split][level][name]
+                    s = report[e][split][level].get(name, _EMPTY)
                     cells += [
                         f"{_fmt(s['coverage'])} ({s['perturbed']}/{s['with_relation']})",
                         f"{_fmt(s['validity'])} ({s['valid']}/{s['perturbed']})",
@@ -202,15 +219,17 @@ def markdown(report: dict[str, Any]) -> str:
         "| split | group | coverage | validity |",
         "|---|---|---|---|",
     ]
-    for split in ("dev", "test", "all"):
+    for split in SPLITS:
         for name, s in rules[split]["by_group"].items():
+            if not s["prompts"]:
+                continue
             lines.append(
                 f"| {split} | {name} | {_fmt(s['coverage'])} ({s['perturbed']}/{s['with_relation']}) | "
                 f"{_fmt(s['validity'])} ({s['valid']}/{s['perturbed']}) |"
             )
     lines += [
         "",
-        "## Edits by kind (all prompts)",
+        "## Edits by kind (all prompts but blind)",
         "",
         "| engine | kind | edits | valid |",
         "|---|---|---|---|",
@@ -223,18 +242,21 @@ def markdown(report: dict[str, Any]) -> str:
                 kinds[kind][1] += k["valid"]
         for kind, (n, v) in sorted(kinds.items()):
             lines.append(f"| {e} | {kind} | {n} | {v / n:.3f} ({v}/{n}) |")
-    lines += ["", "## Skip reasons (all prompts with a relation)", ""]
-    for e in engines:
-        reasons: Counter[str] = Counter()
-        for s in report[e]["all"]["by_group"].values():
-            reasons.update(s["skip_reasons"])
-        lines.append(f"- {e}: " + ("; ".join(f"{n} x {r}" for r, n in reasons.most_common()) or "none"))
+    for split in ("all", "blind"):
+        lines += ["", f"## Skip reasons ({split}, prompts with a relation)", ""]
+        for e in engines:
+            reasons: Counter[str] = Counter()
+            for s in report[e][split]["by_group"].values():
+                reasons.update(s["skip_reasons"])
+            lines.append(f"- {e}: " + ("; ".join(f"{n} x {r}" for r, n in reasons.most_common()) or "none"))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=None, help="path of an older perturb.py to compare with")
+    parser.add_argument("--previous", type=Path, default=None, help="a report JSON of an earlier run to compare with")
+    parser.add_argument("--note", default="an earlier run", help="what --previous is (printed in the report)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perturb_quality")
     parser.add_argument("--edits", type=Path, default=None, help="write the perturbed records (JSONL)")
     args = parser.parse_args(argv)
@@ -243,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         row["id"]: row for row in map(json.loads, (DATA / "labels.jsonl").read_text(encoding="utf-8").splitlines())
     }
     report: dict[str, Any] = {"prompts": len(prompts), "labelled": len(labels)}
+    if args.previous is not None:
+        report["previous"] = json.loads(args.previous.read_text(encoding="utf-8"))["current"]
+        report["previous_note"] = args.note
     engines: dict[str, tuple[ModuleType, Any]] = {
         "current": (perturb, perturb.RulePerturber()),
         "rules_alone": (perturb, perturb.RulePerturber(verify=False)),

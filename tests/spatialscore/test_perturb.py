@@ -363,6 +363,25 @@ def offered(text: str) -> set[tuple[str, str, str]]:
         ("In the distance, a windmill turns slowly.", ("flip", "In the distance", "In the foreground")),
         ("The background is filled with pine trees.", ("flip", "background", "foreground")),
         ("A delivery van is parked on the gravel shore.", ("predicate", "on", "behind")),
+        # long descriptive prose
+        ("A teapot cools on a tray, and to its right are two small cups.", ("flip", "right", "left")),
+        ("On the right stands a tall lamp with a paper shade.", ("flip", "right", "left")),
+        ("Overhead, strings of paper lanterns sway in the breeze.", ("flip", "Overhead", "Below")),
+        ("The road winds into the hazy distance.", ("flip", "into the hazy distance", "into the foreground")),
+        ("In the far distance, a windmill turns.", ("flip", "In the far distance", "In the foreground")),
+        ("A row of poplars fills the background.", ("flip", "background", "foreground")),
+        ("The background displays a row of barns.", ("flip", "background", "foreground")),
+        ("The midground showcases a wooden barn.", ("anchor", "midground", "background")),
+        ("A scholar stands amidst towering bookshelves.", ("predicate", "amidst", "next to")),
+        ("A small cabin is nestled among the pines.", ("predicate", "among", "behind")),
+        ("The statue is flanked by two marble columns.", ("predicate", "flanked by", "in front of")),
+        ("A journal lies open before him, and a quill rests beside it.", ("flip", "before", "behind")),
+        ("A busker plays under the glow of a nearby streetlamp.", ("flip", "nearby", "distant")),
+        ("Her face is turned towards the viewer.", ("flip", "towards", "away from")),
+        ("The gazebo is framed centrally against the lake.", ("anchor", "centrally", "off-center")),
+        ("Surrounding the old well, a ring of daisies blooms.", ("predicate", "Surrounding", "Next to")),
+        ("The shelves surrounding him hold dusty atlases.", ("predicate", "surrounding", "behind")),
+        ("Two ferns, blurred in the periphery, frame the scene.", ("anchor", "in the periphery", "at the center")),
     ],
 )
 def test_relations_the_finder_used_to_miss(text: str, edit: tuple[str, str, str]) -> None:
@@ -403,10 +422,26 @@ def test_swaps_keep_whole_noun_phrases() -> None:
         "A kiosk stands on the busy waterfront.",
         "The scene is framed from a vantage point atop a hill.",
         "Shadows fall on the stone terrace beneath them.",
+        "A bride poses in front of the camera with her bouquet.",
+        "Overhead, the sky glows orange.",
+        "We are on the right track, at the right time.",
+        "He keeps his distance from the crowd.",
+        "She dances amid the chaos of the festival.",
+        "The boy sits surrounded by an aura of calm.",
+        "He finished the letter before her husband arrived.",
+        "A dog sleeps nearby.",
+        "The surrounding hills glow in the dusk.",
+        "Bright patches of sunlight fall amid areas of deep shadow.",
+        "He wears a velvet coat, its rich textures surrounding him.",
     ],
 )
 def test_non_spatial_and_immovable_phrases_are_left_alone(text: str) -> None:
     assert not offered(text)
+
+
+def test_frame_relations_only_flip() -> None:
+    framed = offered("To the right of the frame, an old bicycle leans on a fence.")
+    assert framed == {("flip", "right", "left")}
 
 
 def test_no_op_flips_stale_mentions_and_corners() -> None:

@@ -52,6 +52,10 @@ def rewrite_problems(prompt: str, perturbed: str) -> list[str]:
         ("The upper drawer is open.", "upper", "lower"),
         ("A scarf lies in the top-left corner of the bed.", "top-left", "top-right"),
         ("A heron stands next to a boat on the shore.", "next to", "behind"),
+        ("A heron stands amidst tall reeds.", "amidst", "next to"),
+        ("A lamp glows in a nearby window.", "nearby", "distant"),
+        ("Her face is turned towards the camera.", "towards", "away from"),
+        ("A map lies open before him.", "before", "behind"),
         (
             "A vase filled with lilies sits left of a clock.",
             "A vase filled with lilies sits left of a clock",
@@ -181,3 +185,14 @@ def test_stale_left_right_and_same_corner() -> None:
     assert problems(corners, "top-right", "bottom-right") == []
     labels = "The left jar is amber, the right one is clear."
     assert problems(labels, "right", "left") == ["two mentions now name the same position 'left'"]
+
+
+def test_the_frame_and_the_camera_are_not_objects() -> None:
+    prompt = "A tall cactus stands to the left of the frame."
+    assert problems(prompt, "left", "right") == []
+    assert problems(prompt, "to the left of", "above") == [
+        "relation 'above' places something relative to 'the frame', the picture or its viewer"
+    ]
+    assert problems("A bride poses in front of the camera.", "in front of", "behind")
+    assert problems("A clock hangs to the left of the picture.", "to the left of", "above") == []
+    assert problems("A clock sits next to the white picture frame.", "next to", "above") == []

@@ -1,7 +1,9 @@
 """Assemble the perturbation evaluation set from the raw copies in ``raw/`` (seeded, reproducible).
 
-Writes ``prompts.jsonl`` (``id``, ``source``, ``group``, ``prompt``) and ``to_label.txt`` (the ids drawn for
-hand labelling, with their dev/test split). The labels themselves are written by hand in ``labels.jsonl``.
+Writes ``prompts.jsonl`` (``id``, ``source``, ``group``, ``prompt``; ``split: "blind"`` for the blind sources) and
+``to_label.txt`` (the ids drawn for hand labelling, with their dev/test split, or ``blind``). The labels themselves
+are written by hand in ``labels.jsonl``. The blind sources were added after the rule engine's long-prompt fixes and
+are never used to develop them: all their prompts form the ``blind`` split.
 Run from the repository root: ``python benchmarks/data/perturb_prompts/build.py``.
 """
 
@@ -22,7 +24,10 @@ SOURCES = {
     "compbench_complex": ("compbench_complex_val_spatial.txt", "templated_2d3d", 40, 20),
     "lpd_long": ("lpd_bench.jsonl", "long_dense", 22, 22),
     "dpg_long": ("dpg_bench.jsonl", "long_dense", 2, 2),
+    "lpd_long_blind": ("lpd_bench_blind.jsonl", "long_dense", 16, 12),
+    "detailmaster_long": ("detailmaster.jsonl", "long_dense", 10, 10),
 }
+BLIND = {"lpd_long_blind", "detailmaster_long"}
 
 
 def _read(name: str) -> list[tuple[str, str]]:
@@ -47,7 +52,12 @@ def build() -> tuple[list[dict], list[tuple[str, str]]]:
             key, prompt = rows[index]
             ids.append(f"{source}:{key}")
             prompts.append({"id": ids[-1], "source": source, "group": group, "prompt": prompt})
+            if source in BLIND:
+                prompts[-1]["split"] = "blind"
         labelled = rng.sample(ids, n_label)
+        if source in BLIND:
+            to_label += [(i, "blind") for i in labelled]
+            continue
         dev = set(rng.sample(labelled, len(labelled) // 2))
         to_label += [(i, "dev" if i in dev else "test") for i in labelled]
     return prompts, to_label

@@ -11,7 +11,8 @@
 4. **Grammatical noun phrases**: verbs, commas, clause words and sentence-opening framing text ("a photo
    of" in a sentence without a verb) keep their order; only noun phrases and relation phrases move or
    change. Relation arguments are things that can be placed (not "the contrast", "the morning sunlight", "a
-   routine", a camera "vantage point"); "between" keeps two arguments.
+   routine", a camera "vantage point"); "between" keeps two arguments; the frame, the camera and the viewer
+   are only left or right of something ("to the left of the frame", never "above the frame").
 5. **Arrangement actually different**: the relation facts differ after mapping converses together ("A left
    of B" equals "B right of A"; "a phone in front of a phone" flipped is a no-op).
 6. **No detectable self-contradiction**: no object newly placed both left and right (a stale later "on the
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from spatialscore.data.perturb.edits import Edit, apply_edits
 from spatialscore.data.perturb.lexicon import (
     _AGREE,
+    _BEFORE_PRONOUN,
     _COLOURS,
     _FLOOR_LIKE,
     _FRAMING,
@@ -47,9 +49,10 @@ from spatialscore.data.perturb.lexicon import (
     _PLACE_VERBS,
     _RIGHT_NON_SPATIAL,
     _SKY,
+    _VIEWER,
     NON_SPATIAL_IDIOM,
 )
-from spatialscore.data.perturb.rules import _placeable
+from spatialscore.data.perturb.rules import _is_frame, _placeable
 
 __all__ = ["check_perturbation"]
 
@@ -71,23 +74,28 @@ _REL_PATTERNS: list[tuple[str, str]] = [
     (r"(?:at|in|to) the (?:back|rear)(?: of)?", "on-back"),
     (r"(?:in|into|toward|towards|at) the foreground(?: of)?", "on-front"),
     (r"(?:in|into|toward|towards|at) the background(?: of)?", "on-back"),
-    (r"(?:in|into|toward|towards) the (?:far |misty )?distance", "on-back"),
+    (r"(?:in|into|toward|towards) the (?:far |misty |hazy |far-off )?distance", "on-back"),
     (r"in the midground", "on-mid"),
     (r"(?:in|at) the (?:very )?(?:center|centre|middle)(?: of)?", "center"),
+    (r"(?:in|on|at) the periphery(?: of)?", "periphery"),
     (r"on (?:the )?side of", "near"),
     (r"left of", "left"),
     (r"right of", "right"),
     (r"in front of", "front"),
+    (_BEFORE_PRONOUN, "front"),
+    (r"(?:toward|towards|away from)(?= the " + _VIEWER + r"(?![\w'’-]))", "orient"),
     (r"in front", "on-front"),
     (r"on top of", "above"),
     (r"(?:(?:partly|partially|half) )?(?:hidden|obscured|occluded|blocked) (?:by|behind)", "behind-of"),
     (r"next to|close to|adjacent to|alongside|beside|besides|near(?:by)?", "near"),
     (r"(?:(?:vertically|horizontally) )?aligned with|offset from", "aligned"),
-    (r"off-cent(?:er|re)|cent(?:er|r)ed", "centered"),
+    (r"off-cent(?:er|re)|cent(?:er|r)ed|centrally", "centered"),
+    (r"distant|far-off|faraway", "far"),
+    (r"surrounded by|encircled by|flanked by|surrounding", "around"),
     (r"behind", "behind"),
     (r"above|atop|over|overhead", "above"),
     (r"below|beneath|underneath|under", "below"),
-    (r"between|among|amongst|amid", "between"),
+    (r"between|among|amongst|amid|amidst", "between"),
     (r"on|onto|upon", "on"),
     (r"inside|within|in|into", "in"),
     (r"around|against|across|along|beyond|opposite|outside|at|by|facing", "other"),
@@ -431,6 +439,8 @@ def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str,
             words = fa.obj.split()
             if not (words[0] in {"two", "three", "both", "the", "these", "those"} and words[-1].endswith("s")):
                 problems.append(f"'between' in {text!r} has only one argument {fa.obj!r}")
+        if fa.key != fb.key and fa.key not in {"left", "right"} and _is_frame((fa.obj or "").split()):
+            problems.append(f"relation {text!r} places something relative to {fa.obj!r}, the picture or its viewer")
         # 6. implausible placements of fixed landmarks (only where the edit made them)
         implausible = _implausible(fa)
         if implausible and implausible != _implausible(fb):

@@ -77,6 +77,7 @@ _HANG_VERBS = set(
     "arches arching".split()
 )
 _SKIPPABLE = _ADVERBS | _NONFINITE | set(_AGREE)
+_SLOT_FOLLOWERS = set(_AGREE) | _PLACE_VERBS | _HANG_VERBS | {"and", "while", "where", "rises", "rise"}
 _BARE_OF_PREV = _ADVERBS | _PLACE_VERBS | _NONFINITE | {"is", "are", "was", "were", "and", "or", "just"}
 _NON_SPATIAL_LEFT_OF = {
     "what",
@@ -125,6 +126,15 @@ _NON_OBJECT = set(
     "mood ambience air breeze wind storm silence noise sound music lens focus hue hues color colors colour "
     "colours tones palette".split()
 )
+_NON_OBJECT |= set(
+    # surroundings and moods that "amid", "among" or "surrounded by" can take: not things to put beside
+    "chaos bustle hustle commotion laughter chatter sounds noises aura splendor splendour beauty serenity "
+    "mists texture textures tranquility tranquillity stillness solitude isolation darkness gloom warmth sense "
+    "feeling landscape landscapes scenery setting surroundings environment nature wilderness".split()
+)
+# "open before him": "before" with a pronoun object and a clause boundary after it is spatial, not temporal
+_BEFORE_PRONOUN = r"before(?=\s(?:him|her|them|us|me)(?:\s*[,.;:!?]|\s*$|\s+(?:and|while|as|where|with|in|on)\b))"
+_VIEWER = r"(?:viewer|camera|lens|onlooker|audience)"
 _SKY = set("sky skies ceiling sun moon stars clouds cloud heavens roof rooftop canopy treetops".split())
 _GROUND_LEVEL = set(
     "floor ground road street streets sidewalk pavement lawn grass sand beach shore shores soil earth water "
@@ -132,6 +142,8 @@ _GROUND_LEVEL = set(
 )
 _FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
 _VIEWPOINT = set("vantage viewpoint perspective angle".split())
+# the picture itself and whoever looks at it: "to the left of the frame" may flip, never become "above the frame"
+_FRAME_NOUNS = set("frame image composition shot photo photograph viewer camera lens".split())
 _OBJECT_LIGHTS = set(
     "traffic street string fairy ceiling pendant tail head brake porch desk reading flood neon night".split()
 )

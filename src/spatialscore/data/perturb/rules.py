@@ -14,10 +14,12 @@ from spatialscore.data.perturb.lexicon import (
     _AGREE,
     _ANCHOR_NOUNS,
     _BARE_OF_PREV,
+    _BEFORE_PRONOUN,
     _CLAUSE_WORDS,
     _COLOURS,
     _DET_POSS,
     _FLOOR_LIKE,
+    _FRAME_NOUNS,
     _FRAMING,
     _FRONT_NOUNS,
     _GROUND_LEVEL,
@@ -53,10 +55,12 @@ from spatialscore.data.perturb.lexicon import (
     _SINGULAR_DETS,
     _SKIPPABLE,
     _SKY,
+    _SLOT_FOLLOWERS,
     _SPATIAL_LEFT,
     _SWAP_DETS,
     _TOKEN,
     _TOP_NOUNS,
+    _VIEWER,
     _VIEWPOINT,
     NON_SPATIAL_IDIOM,
 )
@@ -180,21 +184,30 @@ _FROM_TO = re.compile(
     r"(?<![\w-])from (left|right|top|bottom|front|back) to (left|right|top|bottom|front|back)\b", re.I
 )
 _VD_ADJ = re.compile(r"(?<![\w'’-])(upper|lower|top|bottom|front|back|rear)(?![\w-])", re.I)
+_GROUND_VERBS = (
+    r"is|was|shows|showcases|features|includes|holds|contains|reveals|displays|presents|boasts|elements|details|"
+    r"objects"
+)
 _GROUND = re.compile(
-    r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing) the (foreground|background)\b"
-    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:is|was|shows|features|includes|holds|contains|"
-    r"reveals|elements|details|objects)\b))",
+    r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing|fill|fills|filling|dominate|dominates|"
+    r"dominating) the (foreground|background)\b"
+    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:" + _GROUND_VERBS + r")\b))",
     re.I,
 )
-_DISTANCE = re.compile(r"(?<![\w-])in the (?:far )?distance\b", re.I)
-_MIDGROUND = re.compile(r"(?<![\w-])(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b", re.I)
+_DISTANCE = re.compile(r"(?<![\w-])(?:in|into|toward|towards) (the (?:(?:far|misty|hazy|far-off) )?distance)\b", re.I)
+_MIDGROUND = re.compile(
+    r"(?<![\w-])(?:(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b"
+    r"|(?:^|(?<=[.;!?] ))(?:the )?(midground)(?= (?:" + _GROUND_VERBS + r")\b))",
+    re.I,
+)
 _CENTER = re.compile(r"(?<![\w-])(?:in|at) the (?:very )?(?:center|centre|middle)\b" + _NIGHT, re.I)
+_PERIPHERY = re.compile(r"(?<![\w-])(?:in|on|at) the periphery\b", re.I)
 _CENTERED = re.compile(
     r"(?<![\w-])(?:centered|centred)(?= (?:on|under|above|below|between|in|within|beneath|over|along)\b)",
     re.I,
 )
 _REL = re.compile(
-    r"""(?<![\w'’-])(?:
+    rf"""(?<![\w'’-])(?:
       (?P<comp>(?:above|below|behind|in\ front\ of)\ and\ (?:to\ the\ )?(?:left|right)\ of)
     | (?P<hidden>(?:(?:partly|partially|half)\ )?(?:hidden|obscured|occluded)\ (?:by|behind))
     | (?P<h>to\ the\ (?:(?:immediate|far|extreme)\ )?(?:left|right)\ of)
@@ -206,9 +219,12 @@ _REL = re.compile(
     | (?P<top>on\ top\ of|atop)
     | (?P<under>beneath|underneath|under)
     | (?P<over>over)
+    | (?P<overhead>overhead)
     | (?P<side>on\ side\ of)
     | (?P<on>on)
     | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
+    | (?P<amid>amid|amidst|among|amongst|surrounded\ by|encircled\ by|flanked\ by|surrounding)
+    | (?P<before>{_BEFORE_PRONOUN})
     | (?P<between>between)
     | (?P<aligned>(?:(?:vertically|horizontally)\ )?aligned\ with)
     )(?![\w-])""",
@@ -274,7 +290,7 @@ def _lr_sites(text: str) -> list[_Candidate]:
         elif _is_det_poss(p1):
             spatial = nxt != "over"
             if word == "right" and nxt.isalpha() and nxt not in _SIDE_NOUNS:
-                spatial = nxt not in _RIGHT_NON_SPATIAL and has_left
+                spatial = nxt not in _RIGHT_NON_SPATIAL and (has_left or _slot_then_verb(p2, nxt))
         elif nxt == "of":
             spatial = _bare_of_ok(text, m.start())
         else:
@@ -285,6 +301,11 @@ def _lr_sites(text: str) -> list[_Candidate]:
     for m in _LR_DERIVED.finditer(text):
         out.append(_single(text, "flip", m.start(1), m.end(1), _OPPOSITE[m.group(1).lower()]))
     return out
+
+
+def _slot_then_verb(prep: str, nxt: str) -> bool:
+    """ "to its right are two cups", "on the right stands a lamp": a place phrase that a verb follows."""
+    return prep in {"to", "on", "at"} and nxt in _SLOT_FOLLOWERS
 
 
 def _compound_sites(text: str) -> list[_Candidate]:
@@ -333,9 +354,10 @@ def _vd_sites(text: str) -> list[_Candidate]:
         group = 1 if m.group(1) else 2
         out.append(_single(text, "flip", m.start(group), m.end(group), _OPPOSITE[m.group(group).lower()]))
     for m in _DISTANCE.finditer(text):
-        out.append(_single(text, "flip", m.start(), m.end(), "in the foreground"))
+        out.append(_single(text, "flip", m.start(), m.end(), text[m.start() : m.start(1)] + "the foreground"))
     for m in _MIDGROUND.finditer(text):
-        alternatives = [[(m.start(1), m.end(1), word)] for word in ("foreground", "background")]
+        group = 1 if m.group(1) else 2
+        alternatives = [[(m.start(group), m.end(group), word)] for word in ("foreground", "background")]
         out.append(_candidate(text, "anchor", alternatives))
     for m in _CENTER.finditer(text):
         if any(_slot_position(s.group(2)) != 1 for s in _SLOT.finditer(text, *_sentence_span(text, m.start()))):
@@ -347,8 +369,34 @@ def _vd_sites(text: str) -> list[_Candidate]:
                 [[(m.start(), m.end(), "on the left side")], [(m.start(), m.end(), "on the right side")]],
             )
         )
+    for m in _PERIPHERY.finditer(text):
+        out.append(_single(text, "anchor", m.start(), m.end(), "at the center"))
     for m in _CENTERED.finditer(text):
         out.append(_single(text, "anchor", m.start(), m.end(), "off-center"))
+    return out
+
+
+_NEARBY = re.compile(r"(?<![\w'’-])(nearby)(?= ([^\W\d_][\w'’-]*))", re.I)
+_FACING = re.compile(
+    r"(?<![\w'’-])(?:turned|turning|facing|looking|gazing|glancing|angled|tilted|oriented|leaning)"
+    r"(?: (?:slightly|directly|partly|partially|straight|just))? (toward|towards) the " + _VIEWER + r"\b",
+    re.I,
+)
+_CENTRALLY = re.compile(r"(?<![\w'’-])(?:framed|positioned|placed|set|located|situated) (centrally)\b", re.I)
+
+
+def _prose_sites(text: str) -> list[_Candidate]:
+    """Distance, facing and framing words of descriptive prose: "a nearby streetlamp" -> "a distant
+    streetlamp", "turned towards the viewer" -> "turned away from the viewer", "framed centrally" ->
+    "framed off-center"."""
+    out = []
+    for m in _NEARBY.finditer(text):
+        if m.group(2).lower() not in _NP_STOP and _placeable(["", m.group(2)]):
+            out.append(_single(text, "flip", m.start(1), m.end(1), "distant"))
+    for m in _FACING.finditer(text):
+        out.append(_single(text, "flip", m.start(1), m.end(1), "away from"))
+    for m in _CENTRALLY.finditer(text):
+        out.append(_single(text, "anchor", m.start(1), m.end(1), "off-center"))
     return out
 
 
@@ -363,6 +411,14 @@ def _placeable(words: Sequence[str]) -> bool:
         return True
     k = lows.index(head)
     return head in {"light", "lights"} and k > 0 and lows[k - 1] in _OBJECT_LIGHTS
+
+
+def _is_frame(words: Sequence[str]) -> bool:
+    """Whether a noun phrase is the picture or its viewer ("the frame", "the camera"), not an object ("the
+    white picture frame", "a vintage camera")."""
+    lows = [w.lower() for w in words[:3]]
+    bare = len(lows) == 2 or (len(lows) == 3 and lows[2] == "with")
+    return bare and lows[0] in {"the", "this"} and lows[1] in _FRAME_NOUNS
 
 
 def _np_key(words: Sequence[str]) -> str:
@@ -386,14 +442,19 @@ def _relation_sites(text: str) -> list[_Candidate]:
             continue
         p2, p1 = _prev_tokens(text, start, 2)
         has_object = bool(_OBJECT.match(text, end))
+        if m.group().lower() == "surrounding" and (not has_object or _is_det_poss(p1) or p1 in {"a", "an"}):
+            continue  # "the surrounding hills": an adjective, not a relation
         if group == "frontb":
             nxt = _next_token(text, end)
             if not nxt[:1].isalpha() or nxt in _CLAUSE_WORDS | {"with"}:
                 out.append(_single(text, "flip", start, end, "behind"))
             continue
         if not has_object:
-            if group in {"ab", "under"} and text.startswith(",", end) and p1 in {"", ".", ";", ":", "!", "?"}:
+            if group in _ADVERBIAL_GROUPS and text.startswith(",", end) and p1 in {"", ".", ";", ":", "!", "?"}:
                 out.append(_adverbial(text, m))
+            bare = _bare_plural(text, end) if group == "amid" else None
+            if bare and _placeable(["", *bare]) and _subject_placeable(text, start):
+                out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
             continue
         left = _left_np(text, start)
         right = _right_np(text, end, between=False)
@@ -406,6 +467,8 @@ def _relation_sites(text: str) -> list[_Candidate]:
         floor_subject = subj_head in _FLOOR_LIKE and obj_head not in _FLOOR_LIKE  # "the deck beneath them"
         if {subj_head, obj_head} & {"horizon", "skyline"}:
             continue  # "the horizon behind the barn" cannot come in front of it
+        if right and _is_frame(right[2]):
+            continue  # "to the left of the frame": only its left/right word flips, "in front of the camera" stays
         landmark = {subj_head, obj_head} & (_SKY | _GROUND_LEVEL) if group in _VERTICAL_GROUPS else set()
         if landmark or (floor_subject and group in _VERTICAL_GROUPS):
             # "the floor beneath the table", "the sky above the town": not movable; "a van parked on the
@@ -423,8 +486,11 @@ def _relation_sites(text: str) -> list[_Candidate]:
             if not _bare_of_ok(text, start):
                 continue
             axis = "horizontal"
-        elif group in {"front", "behind", "hidden"}:
-            flip, axis = ("in front of" if group != "front" else "behind"), "depth"
+        elif group in {"front", "behind", "hidden", "before"}:
+            flip, axis = ("behind" if group in {"front", "before"} else "in front of"), "depth"
+        elif group == "amid":
+            out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
+            continue
         elif group == "ab":
             flip, axis = _OPPOSITE[m.group(group).lower()], "vertical"
         elif group == "top":
@@ -471,6 +537,30 @@ _VERTICAL_GROUPS = {"comp", "ab", "top", "under", "over", "on", "between"}
 _VERTICAL_WORDS = {"above": "below", "below": "above", "behind": "in front of", "in front of": "behind"}
 
 
+def _amid_targets(phrase: str) -> tuple[str, ...]:
+    """Where "amid"/"among"/"surrounding" may move: beside, in front, behind ("flanked by" is beside)."""
+    return ("in front of", "behind") if phrase.lower().startswith("flanked") else ("next to", "in front of", "behind")
+
+
+def _subject_placeable(text: str, pos: int) -> bool:
+    """Whether what a relation at ``pos`` places is a thing: its noun phrase, where one is found, is
+    placeable, and no abstract "X of" ("a sense of calm amid ...") stands before it."""
+    left = _left_np(text, pos)
+    return _placeable(left.words) if left else not _abstract_of_before(text, pos)
+
+
+def _bare_plural(text: str, pos: int) -> list[str] | None:
+    """The words of a noun phrase without a determiner that ends in a plural ("towering bookshelves") right
+    after ``pos``, or ``None``; also ``None`` when "of" follows ("areas of shadow": the head is further on)."""
+    toks = [t.lower() for t in _TOKEN.findall(text, pos, min(len(text), pos + 60))[:5]]
+    for k, low in enumerate(toks[:4]):
+        if not low[0].isalpha() or low in _NP_STOP or low in _LOWERABLE:
+            return None
+        if low.endswith("s") and not low.endswith(("ss", "us", "is", "'s", "’s")):
+            return None if toks[k + 1 : k + 2] == ["of"] else toks[: k + 1]
+    return None
+
+
 def _abstract_of_before(text: str, pos: int) -> bool:
     """Whether the words just before ``pos`` (in its clause) hold an abstract "X of" ("the shade of a tree")."""
     toks = [t.lower() for t in _TOKEN.findall(text, max(0, pos - 80), pos)]
@@ -492,13 +582,17 @@ def _compound_relation(text: str, m: re.Match[str], *, same: bool) -> list[_Cand
     return [*out, _swap(text, m.start(), m.end(), between=False)]
 
 
+_ADVERBIAL_GROUPS = {"ab", "under", "overhead"}
+
+
 def _adverbial(text: str, m: re.Match[str]) -> _Candidate | None:
-    """A clause-initial "Below, ..." / "Above, ..." flipped, unless its clause is about the sky or ground."""
+    """A clause-initial "Below, ..." / "Above, ..." / "Overhead, ..." flipped, unless its clause is about the
+    sky or ground."""
     subject = [t.lower() for t in _TOKEN.findall(text, m.end() + 1, m.end() + 60)[:5]]
     if set(subject) & (_SKY | _GROUND_LEVEL | _NON_OBJECT | {"city", "valley", "town"}):
         return None
     word = m.group().lower()
-    return _single(text, "flip", m.start(), m.end(), "above" if word != "above" else "below")
+    return _single(text, "flip", m.start(), m.end(), "below" if word in {"above", "overhead"} else "above")
 
 
 def _between_object(text: str, pos: int) -> bool:
@@ -869,6 +963,7 @@ class RulePerturber:
 
     def _candidates(self, prompt: str) -> list[_Candidate]:
         words = [c for c in _lr_sites(prompt) + _compound_sites(prompt) + _vd_sites(prompt) if c]
+        words += [c for c in _prose_sites(prompt) if c]
         sites = _contrasting_labels(prompt, words)
         sites += [c for c in _relation_sites(prompt) + _row_sites(prompt) if c]
         sites += [c for c in _attribute_sites(prompt, words) if c]
