@@ -468,7 +468,7 @@ def _legacy(module: str) -> Callable[[list[str]], int]:
 
 
 TOOLS: dict[str, Callable[[list[str]], int]] = {
-    "synth": _legacy("spatialscore.data.synthetic"),
+    "synth": tool("spatialscore.data.synthetic.write:synth_command", prog="spatialscore synth"),
     "perturb": _legacy("spatialscore.data.perturb"),
     "verify-perturbations": _legacy("spatialscore.data.verify_perturbations"),
     "make-pairs": _legacy("spatialscore.data.pairs"),
