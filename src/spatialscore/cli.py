@@ -469,7 +469,7 @@ def _legacy(module: str) -> Callable[[list[str]], int]:
 
 TOOLS: dict[str, Callable[[list[str]], int]] = {
     "synth": tool("spatialscore.data.synthetic.write:synth_command", prog="spatialscore synth"),
-    "perturb": _legacy("spatialscore.data.perturb"),
+    "perturb": tool("spatialscore.data.perturb.cli:perturb_command", prog="spatialscore perturb"),
     "verify-perturbations": _legacy("spatialscore.data.verify_perturbations"),
     "make-pairs": _legacy("spatialscore.data.pairs"),
     "filter-pairs": _legacy("spatialscore.data.verify"),
