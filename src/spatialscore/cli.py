@@ -470,7 +470,9 @@ def _legacy(module: str) -> Callable[[list[str]], int]:
 TOOLS: dict[str, Callable[[list[str]], int]] = {
     "synth": tool("spatialscore.data.synthetic.write:synth_command", prog="spatialscore synth"),
     "perturb": tool("spatialscore.data.perturb.cli:perturb_command", prog="spatialscore perturb"),
-    "verify-perturbations": _legacy("spatialscore.data.verify_perturbations"),
+    "verify-perturbations": tool(
+        "spatialscore.data.verify_perturbations:verify_perturbations_command", prog="spatialscore verify-perturbations"
+    ),
     "make-pairs": _legacy("spatialscore.data.pairs"),
     "filter-pairs": _legacy("spatialscore.data.verify"),
     "review": _legacy("spatialscore.review"),

@@ -47,11 +47,12 @@ The package: ``edits``, ``lexicon``, ``rules``, ``batch``, ``cli``; every public
 from __future__ import annotations
 
 from spatialscore.data.perturb.batch import perturb_prompts
-from spatialscore.data.perturb.cli import PERTURBER_ALIASES, cli_main, load_perturber, read_prompts
+from spatialscore.data.perturb.cli import PERTURBER_ALIASES, cli_main, load_perturber, perturb_command, read_prompts
 from spatialscore.data.perturb.edits import (
     KINDS,
     NUM_CHOICES,
     Edit,
+    Num,
     PerturbationError,
     PerturbationResult,
     Perturber,
@@ -68,6 +69,7 @@ __all__ = [
     "Edit",
     "KINDS",
     "NON_SPATIAL_IDIOM",
+    "Num",
     "PERTURBER_ALIASES",
     "PerturbationError",
     "PerturbationResult",
@@ -78,6 +80,7 @@ __all__ = [
     "cli_main",
     "diff_edits",
     "load_perturber",
+    "perturb_command",
     "perturb_prompts",
     "read_prompts",
     "subset_for",
