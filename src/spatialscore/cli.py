@@ -473,8 +473,8 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "verify-perturbations": tool(
         "spatialscore.data.verify_perturbations:verify_perturbations_command", prog="spatialscore verify-perturbations"
     ),
-    "make-pairs": _legacy("spatialscore.data.pairs"),
-    "filter-pairs": _legacy("spatialscore.data.verify"),
+    "make-pairs": tool("spatialscore.data.pairs:make_pairs_command", prog="spatialscore make-pairs"),
+    "filter-pairs": tool("spatialscore.data.verify:filter_pairs_command", prog="spatialscore filter-pairs"),
     "review": _legacy("spatialscore.review"),
     "score": tool("spatialscore.cli:score_command", prog="spatialscore score"),
     "export": _legacy("spatialscore.export"),
