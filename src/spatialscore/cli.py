@@ -475,7 +475,7 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     ),
     "make-pairs": tool("spatialscore.data.pairs:make_pairs_command", prog="spatialscore make-pairs"),
     "filter-pairs": tool("spatialscore.data.verify:filter_pairs_command", prog="spatialscore filter-pairs"),
-    "review": _legacy("spatialscore.review"),
+    "review": tool("spatialscore.review.cli:review_command", prog="spatialscore review"),
     "score": tool("spatialscore.cli:score_command", prog="spatialscore score"),
     "export": _legacy("spatialscore.export"),
     "benchmark": _legacy("spatialscore.benchmark"),
