@@ -144,6 +144,8 @@ def run_command(function: Callable[..., int], argv: Sequence[str] | None, *, pro
     ``list`` one takes any number of values: one or more if it has no default). Every tool so gets jsonargparse's
     typed validation, ``--config FILE.yaml`` (its keys are the parameter names) and ``--print_config``.
     Options are spelled with underscores, as LightningCLI's; the dash spelling is read too (:func:`_canonical`).
+    An ``epilog`` attribute of ``function`` (text built from the module's tables, as the spec forms) is shown
+    after the options.
     A parse error or a :class:`UsageError` prints one line ``PROG: error: ...`` and exits with status 2.
     """
     from jsonargparse import ArgumentError
@@ -180,6 +182,7 @@ def command_parser(function: Callable[..., int], *, prog: str) -> ArgumentParser
     parser = ArgumentParser(
         prog=prog,
         description="\n\n".join(filter(None, (doc.short_description, doc.long_description))),
+        epilog=getattr(function, "epilog", None),
         exit_on_error=False,
     )
     parser.add_argument(
@@ -477,8 +480,8 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "filter-pairs": tool("spatialscore.data.verify:filter_pairs_command", prog="spatialscore filter-pairs"),
     "review": tool("spatialscore.review.cli:review_command", prog="spatialscore review"),
     "score": tool("spatialscore.cli:score_command", prog="spatialscore score"),
-    "export": _legacy("spatialscore.export"),
-    "benchmark": _legacy("spatialscore.benchmark"),
+    "export": tool("spatialscore.export:export_command", prog="spatialscore export"),
+    "benchmark": tool("spatialscore.benchmark:benchmark_command", prog="spatialscore benchmark"),
     "serve": _legacy("spatialscore.serve"),
 }
 
