@@ -482,7 +482,7 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "score": tool("spatialscore.cli:score_command", prog="spatialscore score"),
     "export": tool("spatialscore.export:export_command", prog="spatialscore export"),
     "benchmark": tool("spatialscore.benchmark:benchmark_command", prog="spatialscore benchmark"),
-    "serve": _legacy("spatialscore.serve"),
+    "serve": tool("spatialscore.serve:serve_command", prog="spatialscore serve"),
 }
 
 
