@@ -461,28 +461,20 @@ def tool(entry: str, *, prog: str) -> Callable[[list[str]], int]:
     return run
 
 
-def _legacy(module: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        import importlib
-
-        return importlib.import_module(module).cli_main(argv)
-
-    return run
-
-
 TOOLS: dict[str, Callable[[list[str]], int]] = {
-    "synth": tool("spatialscore.data.synthetic.write:synth_command", prog="spatialscore synth"),
-    "perturb": tool("spatialscore.data.perturb.cli:perturb_command", prog="spatialscore perturb"),
-    "verify-perturbations": tool(
-        "spatialscore.data.verify_perturbations:verify_perturbations_command", prog="spatialscore verify-perturbations"
-    ),
-    "make-pairs": tool("spatialscore.data.pairs:make_pairs_command", prog="spatialscore make-pairs"),
-    "filter-pairs": tool("spatialscore.data.verify:filter_pairs_command", prog="spatialscore filter-pairs"),
-    "review": tool("spatialscore.review.cli:review_command", prog="spatialscore review"),
-    "score": tool("spatialscore.cli:score_command", prog="spatialscore score"),
-    "export": tool("spatialscore.export:export_command", prog="spatialscore export"),
-    "benchmark": tool("spatialscore.benchmark:benchmark_command", prog="spatialscore benchmark"),
-    "serve": tool("spatialscore.serve:serve_command", prog="spatialscore serve"),
+    name: tool(entry, prog=f"spatialscore {name}")
+    for name, entry in {
+        "synth": "spatialscore.data.synthetic.write:synth_command",
+        "perturb": "spatialscore.data.perturb.cli:perturb_command",
+        "verify-perturbations": "spatialscore.data.verify_perturbations:verify_perturbations_command",
+        "make-pairs": "spatialscore.data.pairs:make_pairs_command",
+        "filter-pairs": "spatialscore.data.verify:filter_pairs_command",
+        "review": "spatialscore.review.cli:review_command",
+        "score": "spatialscore.cli:score_command",
+        "export": "spatialscore.export:export_command",
+        "benchmark": "spatialscore.benchmark:benchmark_command",
+        "serve": "spatialscore.serve:serve_command",
+    }.items()
 }
 
 
