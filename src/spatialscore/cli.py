@@ -1,4 +1,5 @@
-"""``spatialscore`` command line: LightningCLI for fit/validate/test, plus data and scoring tools.
+"""``spatialscore`` command line: LightningCLI for fit/validate/test, plus data and scoring tools; and the one
+command layer of the tools of both CLIs (:func:`run_command`: a typed entry function as a jsonargparse command).
 
 spatialscore fit --config configs/spatialscore/tiny.yaml
 spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
@@ -27,10 +28,11 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
+from docstring_parser import parse as parse_docstring
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from jsonargparse.typing import register_type
 
 if TYPE_CHECKING:
-    from jsonargparse import ArgumentParser
     from lightning.pytorch.cli import LightningCLI
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # predict: `spatialscore score` scores manifests and lists
@@ -145,11 +147,9 @@ def run_command(function: Callable[..., int], argv: Sequence[str] | None, *, pro
     typed validation, ``--config FILE.yaml`` (its keys are the parameter names) and ``--print_config``.
     Options are spelled with underscores, as LightningCLI's; the dash spelling is read too (:func:`_canonical`).
     An ``epilog`` attribute of ``function`` (text built from the module's tables, as the spec forms) is shown
-    after the options.
-    A parse error or a :class:`UsageError` prints one line ``PROG: error: ...`` and exits with status 2.
+    after the options. A parse error or a :class:`UsageError` prints one line ``PROG: error: ...`` and exits
+    with status 2.
     """
-    from jsonargparse import ArgumentError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = command_parser(function, prog=prog)
 
@@ -175,10 +175,7 @@ def run_command(function: Callable[..., int], argv: Sequence[str] | None, *, pro
 
 def command_parser(function: Callable[..., int], *, prog: str) -> ArgumentParser:
     """The jsonargparse parser :func:`run_command` reads ``function``'s command line with (``--help`` shows it)."""
-    from docstring_parser import parse
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    doc = parse(function.__doc__ or "")
+    doc = parse_docstring(function.__doc__ or "")
     parser = ArgumentParser(
         prog=prog,
         description="\n\n".join(filter(None, (doc.short_description, doc.long_description))),
