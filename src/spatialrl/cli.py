@@ -18,34 +18,22 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from spatialscore.cli import lightning_cli, tool
+
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
 
 COMMANDS = ("fit", "validate")  # no test/predict: `spatialrl evaluate` judges policies; exports load in diffusers
 
-
-def evaluate_main(argv: list[str]) -> int:
-    """``spatialrl evaluate`` (imported on use: it needs no Lightning CLI)."""
-    from spatialrl.evaluate import cli_main
-
-    return cli_main(argv)
-
-
-def paper_main(argv: list[str]) -> int:
-    """``spatialrl paper`` (imported on use)."""
-    from spatialrl.paper import cli_main
-
-    return cli_main(argv)
-
-
-TOOLS: dict[str, Callable[[list[str]], int]] = {"evaluate": evaluate_main, "paper": paper_main}
+TOOLS: dict[str, Callable[[list[str]], int]] = {
+    "evaluate": tool("spatialrl.evaluate:evaluate_command", prog="spatialrl evaluate"),
+    "paper": tool("spatialrl.paper:paper_command", prog="spatialrl paper"),
+}
 
 
 def lightning_main(args: list[str] | None) -> LightningCLI:
     """LightningCLI over any LightningModule / LightningDataModule named by class path in the config."""
     import lightning as L
-
-    from spatialscore.cli import lightning_cli
 
     return lightning_cli(
         commands=COMMANDS,

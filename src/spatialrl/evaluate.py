@@ -33,7 +33,6 @@ samples of each, captioned with the first reward).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import platform
@@ -42,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ from spatialrl.config import EvalConfig, SamplingConfig
 from spatialrl.flux import SETTINGS_FILE, FluxSource, recorded_settings
 from spatialrl.rewards import Reward, RuleReward, SpatialScoreReward, StrictReward, reward_components
 from spatialrl.rollout import ode_images
+from spatialscore.cli import PositiveInt, UsageError, invoked_command, run_command
 from spatialscore.data.datamodule import PromptDataset
 from spatialscore.data.manifest import read_manifest
 from spatialscore.report import ci_cell, markdown_table, write_json
@@ -488,120 +488,99 @@ def _write_outputs(
     Image.fromarray(picture).save(out_dir / "grid.png")
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialrl evaluate``: rewards of several policies on held-out prompts, with CIs and paired differences."""
-    parser = argparse.ArgumentParser(
-        prog="spatialrl evaluate",
-        description="Sample held-out prompts from one or more FLUX policies (ODE, shared initial noise) and "
-        "score them with one or more rewards: mean and 95%% bootstrap CI, paired differences, image grid.",
-        epilog="policy specs: " + "; ".join(POLICY_FORMS) + ". reward specs: " + "; ".join(REWARD_FORMS),
-    )
-    parser.add_argument(
-        "--policy",
-        required=True,
-        action="append",
-        help="policy spec (repeatable; the first is the baseline of the paired differences)",
-    )
-    parser.add_argument(
-        "--prompts", required=True, help="pair manifest (.jsonl/.parquet) or text file with one prompt per line"
-    )
-    parser.add_argument(
-        "--reward",
-        action="append",
-        help="reward spec (repeatable; default: strict, the strict judge and its diagnostics)",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    recorded = f"default: what the policy folders recorded in {SETTINGS_FILE} at export, else"
-    parser.add_argument("--steps", type=int, default=None, help=f"ODE steps ({recorded} {EvalConfig.num_steps})")
-    parser.add_argument(
-        "--samples-per-prompt",
-        type=int,
-        default=EvalConfig.samples_per_prompt,
-        help=f"samples of each prompt per policy (default {EvalConfig.samples_per_prompt})",
-    )
-    parser.add_argument("--height", type=int, default=None, help=f"image height ({recorded} {SamplingConfig.height})")
-    parser.add_argument("--width", type=int, default=None, help=f"image width ({recorded} {SamplingConfig.width})")
-    parser.add_argument("--seed", type=int, default=EvalConfig.seed, help="initial-noise seed (as eval.seed)")
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=SamplingConfig.guidance,
-        help=f"FLUX guidance scale (default {SamplingConfig.guidance}, as sampling.guidance)",
-    )
-    parser.add_argument("--batch-size", type=int, default=SamplingConfig.rollout_batch, help="images per sampling pass")
-    parser.add_argument("--reward-batch-size", type=int, default=16, help="images per SpatialScore forward")
-    parser.add_argument("--device", default=None, help="default: cuda if available")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
-    parser.add_argument(
-        "--max-sequence-length",
-        type=int,
-        default=None,
-        help="T5 prompt length (default: the one each policy folder was trained with, else 512)",
-    )
-    parser.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
-    parser.add_argument("--grid-prompts", type=int, default=8, help="prompts (rows) in grid.png")
-    parser.add_argument("--grid-samples", type=int, default=1, help="samples of each prompt per policy in grid.png")
-    parser.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bars (one per policy, over its images, on stderr)",
-    )
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    for flag in (
-        "steps",
-        "height",
-        "width",
-        "samples_per_prompt",
-        "batch_size",
-        "reward_batch_size",
-        "grid_prompts",
-        "grid_samples",
-    ):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.bootstrap < 0:
-        parser.error("--bootstrap must be >= 0")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def evaluate_command(
+    *,
+    policy: list[str],
+    prompts: str,
+    reward: list[str] | None = None,
+    out: Path,
+    steps: PositiveInt | None = None,
+    samples_per_prompt: PositiveInt = EvalConfig.samples_per_prompt,
+    height: PositiveInt | None = None,
+    width: PositiveInt | None = None,
+    seed: int = EvalConfig.seed,
+    guidance: float = SamplingConfig.guidance,
+    batch_size: PositiveInt = SamplingConfig.rollout_batch,
+    reward_batch_size: PositiveInt = 16,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    max_sequence_length: int | None = None,
+    max_prompts: int | None = None,
+    bootstrap: int = 1000,
+    grid_prompts: PositiveInt = 8,
+    grid_samples: PositiveInt = 1,
+    no_progress: bool = False,
+) -> int:
+    """Sample held-out prompts from one or more FLUX policies (ODE, shared initial noise) and score them with one
+    or more rewards: mean and 95% bootstrap CI, paired differences, image grid.
+
+    Args:
+        policy: policy spec (repeatable; the first is the baseline of the paired differences)
+        prompts: pair manifest (.jsonl/.parquet) or text file with one prompt per line
+        reward: reward spec (repeatable; default: strict, the strict judge and its diagnostics)
+        out: output folder
+        steps: ODE steps (default: what the policy folders recorded in spatialrl.json at export, else
+            EvalConfig.num_steps)
+        samples_per_prompt: samples of each prompt per policy
+        height: image height (default: what the policy folders recorded at export, else SamplingConfig.height)
+        width: image width (default: what the policy folders recorded at export, else SamplingConfig.width)
+        seed: initial-noise seed (as eval.seed)
+        guidance: FLUX guidance scale (as sampling.guidance)
+        batch_size: images per sampling pass
+        reward_batch_size: images per SpatialScore forward
+        device: default: cuda if available
+        dtype: policy dtype
+        max_sequence_length: T5 prompt length (default: the one each policy folder was trained with, else 512)
+        max_prompts: only the first N prompts
+        bootstrap: bootstrap resamples (0: no CIs)
+        grid_prompts: prompts (rows) in grid.png
+        grid_samples: samples of each prompt per policy in grid.png
+        no_progress: no progress bars (one per policy, over its images, on stderr)
+    """
+    if bootstrap < 0:
+        raise UsageError("--bootstrap must be >= 0")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        policies = [
-            parse_policy_spec(s, dtype=args.dtype, max_sequence_length=args.max_sequence_length) for s in args.policy
-        ]
-        rewards = [
-            parse_reward_spec(s, batch_size=args.reward_batch_size, device=device) for s in args.reward or ["strict"]
-        ]
-        prompts, metadata = read_prompts(args.prompts)
-        chosen, sources = resolve_sampling(policies, height=args.height, width=args.width, num_steps=args.steps)
+        policies = [parse_policy_spec(s, dtype=dtype, max_sequence_length=max_sequence_length) for s in policy]
+        rewards = [parse_reward_spec(s, batch_size=reward_batch_size, device=device) for s in reward or ["strict"]]
+        texts, metadata = read_prompts(prompts)
+        chosen, sources = resolve_sampling(policies, height=height, width=width, num_steps=steps)
     except (SpecError, OSError, ValueError) as error:
-        parser.error(str(error))
-    if args.max_prompts is not None:
-        prompts, metadata = prompts[: args.max_prompts], metadata[: args.max_prompts]
+        raise UsageError(str(error)) from None
+    if max_prompts is not None:
+        texts, metadata = texts[:max_prompts], metadata[:max_prompts]
     for name, names in (("policy", [p.name for p in policies]), ("reward", [r.name for r in rewards])):
         if len(set(names)) != len(names):
-            parser.error(f"duplicate {name} names {names}; name them with NAME=SPEC")
+            raise UsageError(f"duplicate {name} names {names}; name them with NAME=SPEC")
     print(describe_sampling(chosen, sources), file=sys.stderr, flush=True)
     results = evaluate_policies(
         policies=policies,
-        prompts=prompts,
+        prompts=texts,
         metadata=metadata,
         rewards=rewards,
-        num_steps=args.steps,
-        samples_per_prompt=args.samples_per_prompt,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
-        guidance=args.guidance,
-        batch_size=args.batch_size,
+        num_steps=steps,
+        samples_per_prompt=samples_per_prompt,
+        height=height,
+        width=width,
+        seed=seed,
+        guidance=guidance,
+        batch_size=batch_size,
         device=device,
-        bootstrap=args.bootstrap,
-        grid_prompts=args.grid_prompts,
-        grid_samples=args.grid_samples,
-        out_dir=args.out,
-        command=["spatialrl", "evaluate", *argv],
-        progress=args.progress,
+        bootstrap=bootstrap,
+        grid_prompts=grid_prompts,
+        grid_samples=grid_samples,
+        out_dir=out,
+        command=invoked_command(),
+        progress=not no_progress,
     )
     print(format_tables(results), end="")
-    print(f"wrote {args.out}/results.json, table.md, grid.png")
+    print(f"wrote {out}/results.json, table.md, grid.png")
     return 0
+
+
+evaluate_command.epilog = "policy specs: " + "; ".join(POLICY_FORMS) + ". reward specs: " + "; ".join(REWARD_FORMS)  # type: ignore[attr-defined]
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialrl evaluate`` (:func:`evaluate_command`)."""
+    return run_command(evaluate_command, argv, prog="spatialrl evaluate")

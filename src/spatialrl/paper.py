@@ -40,7 +40,6 @@ training reward and the strict judge diverged during RL, and the wall-clock of e
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
@@ -54,6 +53,8 @@ from typing import Any
 import yaml
 
 from spatialrl.callbacks import diverged
+from spatialscore.cli import run_command
+from spatialscore.data.verify import RejectedCheck
 from spatialscore.report import ci_cell, markdown_table
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "accuracy_bar",
     "check_reward_model",
     "cli_main",
+    "paper_command",
     "run_paper",
     "run_stage",
     "stage_names",
@@ -561,80 +563,67 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialrl paper``: run or resume the paper in miniature (module docstring)."""
-    defaults = PaperConfig(out="")
-    parser = argparse.ArgumentParser(prog="spatialrl paper", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every stage (prompt data stay fixed)")
-    for name in ("sft_config", "rm_config", "rl_config", "rule_config"):
-        parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name), help="base config")
-    parser.add_argument(
-        "--images-per-prompt",
-        type=int,
-        default=defaults.images_per_prompt,
-        help="pairs rendered per training prompt (one seed each)",
-    )
-    parser.add_argument(
-        "--heldout-images-per-prompt",
-        type=int,
-        default=defaults.heldout_images_per_prompt,
-        help="pairs rendered per held-out prompt (the reward model's validation pairs)",
-    )
-    parser.add_argument(
-        "--rejected",
-        choices=("violates", "faithful"),
-        default=defaults.rejected,
-        help="filter-pairs' check of the rejected image",
-    )
-    parser.add_argument(
-        "--hard-negatives",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.hard_negatives,
-        help="train the reward model also on edited copies of its verified chosen images "
-        "(filter-pairs --hard-negatives; without them the policy games it, README)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=defaults.rounds,
-        help="hardening rounds: probe RL, its renders as negatives, reward model retrained",
-    )
-    parser.add_argument("--probe-minutes", type=int, default=defaults.probe_minutes, help="RL minutes per probe")
-    parser.add_argument(
-        "--rl-minutes",
-        type=int,
-        default=defaults.rl_minutes,
-        help="wall-clock cap of both final GRPO runs (default: their configs' 10; max_steps 330 still applies)",
-    )
-    parser.add_argument(
-        "--probe-images-per-prompt",
-        type=int,
-        default=defaults.probe_images_per_prompt,
-        help="pairs rendered per training prompt by each hardening round's probe policy",
-    )
-    parser.add_argument("--compare-rule", action="store_true", help="also run GRPO with the strict rule reward")
-    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="samples per held-out prompt")
-    parser.add_argument("--until", metavar="STAGE", help="stop after this stage (sft, prompts, pairs, filter, ...)")
-    args = parser.parse_args(argv)
+def paper_command(
+    *,
+    out: str,
+    seed: int = PaperConfig.seed,
+    sft_config: str = PaperConfig.sft_config,
+    rm_config: str = PaperConfig.rm_config,
+    rl_config: str = PaperConfig.rl_config,
+    rule_config: str = PaperConfig.rule_config,
+    images_per_prompt: int = PaperConfig.images_per_prompt,
+    heldout_images_per_prompt: int = PaperConfig.heldout_images_per_prompt,
+    rejected: RejectedCheck = PaperConfig.rejected,
+    hard_negatives: bool = PaperConfig.hard_negatives,
+    rounds: int = PaperConfig.rounds,
+    probe_minutes: int = PaperConfig.probe_minutes,
+    rl_minutes: int | None = PaperConfig.rl_minutes,
+    probe_images_per_prompt: int = PaperConfig.probe_images_per_prompt,
+    compare_rule: bool = PaperConfig.compare_rule,
+    eval_samples: int = PaperConfig.eval_samples,
+    until: str | None = None,
+) -> int:
+    """Run or resume the paper in miniature, stage by stage (the module docstring of spatialrl.paper).
+
+    Args:
+        out: run folder (resumed if it exists)
+        seed: seed of every stage (prompt data stay fixed)
+        sft_config: base config of the supervised start
+        rm_config: base config of the reward model
+        rl_config: base config of GRPO on the reward model
+        rule_config: base config of GRPO on the rule reward (--compare_rule)
+        images_per_prompt: pairs rendered per training prompt (one seed each)
+        heldout_images_per_prompt: pairs rendered per held-out prompt (the reward model's validation pairs)
+        rejected: filter-pairs' check of the rejected image
+        hard_negatives: train the reward model also on edited copies of its verified chosen images
+            (filter-pairs --hard_negatives; without them the policy games it, README; --no_hard_negatives: off)
+        rounds: hardening rounds: probe RL, its renders as negatives, reward model retrained
+        probe_minutes: RL minutes per probe
+        rl_minutes: wall-clock cap of both final GRPO runs (default: their configs' 10; their max_steps, 330, still
+            applies)
+        probe_images_per_prompt: pairs rendered per training prompt by each hardening round's probe policy
+        compare_rule: also run GRPO with the strict rule reward
+        eval_samples: samples per held-out prompt
+        until: stop after this stage (sft, prompts, pairs, filter, ...)
+    """
     settings = PaperConfig(
-        out=args.out,
-        seed=args.seed,
-        sft_config=args.sft_config,
-        rm_config=args.rm_config,
-        rl_config=args.rl_config,
-        rule_config=args.rule_config,
-        images_per_prompt=args.images_per_prompt,
-        heldout_images_per_prompt=args.heldout_images_per_prompt,
-        rejected=args.rejected,
-        hard_negatives=args.hard_negatives,
-        rounds=args.rounds,
-        probe_minutes=args.probe_minutes,
-        rl_minutes=args.rl_minutes,
-        probe_images_per_prompt=args.probe_images_per_prompt,
-        compare_rule=args.compare_rule,
-        eval_samples=args.eval_samples,
-        until=args.until,
+        out=out,
+        seed=seed,
+        sft_config=sft_config,
+        rm_config=rm_config,
+        rl_config=rl_config,
+        rule_config=rule_config,
+        images_per_prompt=images_per_prompt,
+        heldout_images_per_prompt=heldout_images_per_prompt,
+        rejected=rejected,
+        hard_negatives=hard_negatives,
+        rounds=rounds,
+        probe_minutes=probe_minutes,
+        rl_minutes=rl_minutes,
+        probe_images_per_prompt=probe_images_per_prompt,
+        compare_rule=compare_rule,
+        eval_samples=eval_samples,
+        until=until,
     )
     try:
         run_paper(settings, log=lambda line: print(f"[spatialrl paper] {line}", file=sys.stderr, flush=True))
@@ -642,3 +631,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"spatialrl paper: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialrl paper`` (:func:`paper_command`)."""
+    return run_command(paper_command, argv, prog="spatialrl paper")

@@ -29,7 +29,6 @@ Writes ``results.json``, ``table.md`` (rows: subsets and overall; columns: score
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -46,6 +45,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spatialscore.cli import PositiveInt, UsageError, invoked_command, run_command
 from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import Manifest, ManifestValidationError, PairRecord, read_manifest
 from spatialscore.metrics import PairwiseAccuracy
@@ -392,62 +392,70 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore benchmark``: pairwise accuracy of several scorers on one manifest."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore benchmark",
-        description="Pairwise accuracy of scorers on a pair manifest, per subset and category, with bootstrap CIs.",
-        epilog="scorer specs: " + "; ".join(SCORER_FORMS),
-    )
-    parser.add_argument("--pairs", required=True, help="pair manifest (JSON Lines or Parquet)")
-    parser.add_argument("--scorer", required=True, action="append", help="scorer spec (repeatable)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument(
-        "--batch-size", type=int, default=32, help="images (pairs, for pairwise scorers) per scorer call (>= 1)"
-    )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed and default seed of random")
-    parser.add_argument("--device", default=None, help="device of spatialscore scorers (default: cuda if any)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.bootstrap < 0:
-        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+def benchmark_command(
+    *,
+    pairs: Path,
+    scorer: list[str],
+    out: Path,
+    batch_size: PositiveInt = 32,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    device: str | None = None,
+    no_progress: bool = False,
+) -> int:
+    """Pairwise accuracy of scorers on a pair manifest, per subset and category, with bootstrap CIs.
+
+    Args:
+        pairs: pair manifest (JSON Lines or Parquet)
+        scorer: scorer spec (repeatable; the forms are listed below)
+        out: output folder
+        batch_size: images (pairs, for pairwise scorers) per scorer call (>= 1)
+        bootstrap: bootstrap resamples (0: no CIs)
+        seed: bootstrap seed and default seed of random
+        device: device of spatialscore scorers (default: cuda if any)
+        no_progress: hide progress bars
+    """
+    if bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
     try:
-        specs = [parse_scorer_spec(spec) for spec in args.scorer]
+        specs = [parse_scorer_spec(spec) for spec in scorer]
     except ScorerSpecError as error:
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
     duplicates = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
     if duplicates:
-        parser.error(f"duplicate scorer names {duplicates}; name them with NAME=SPEC")
-    if not Path(args.pairs).is_file():
-        parser.error(f"manifest not found: {args.pairs}")
+        raise UsageError(f"duplicate scorer names {duplicates}; name them with NAME=SPEC")
+    if not pairs.is_file():
+        raise UsageError(f"manifest not found: {pairs}")
     try:
-        manifest = read_manifest(args.pairs, show_progress=not args.no_progress)
+        manifest = read_manifest(pairs, show_progress=not no_progress)
     except ManifestValidationError as error:
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
     try:
-        scorers = {
-            s.name: build_scorer(s, batch_size=args.batch_size, device=args.device, seed=args.seed) for s in specs
-        }
+        scorers = {s.name: build_scorer(s, batch_size=batch_size, device=device, seed=seed) for s in specs}
     except ScorerSpecError as error:
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
     try:
         results = run_benchmark(
             manifest=manifest,
             scorers=scorers,
-            out_dir=args.out,
-            batch_size=args.batch_size,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            show_progress=not args.no_progress,
-            command=["spatialscore", "benchmark", *argv],
+            out_dir=out,
+            batch_size=batch_size,
+            bootstrap=bootstrap,
+            seed=seed,
+            show_progress=not no_progress,
+            command=invoked_command(),
         )
     except UndefinedScoresError as error:
         print(f"spatialscore benchmark: error: {error}", file=sys.stderr)
         return 1
     print(format_tables(results)[0], end="")
-    print(f"wrote {args.out}/results.json, table.md, categories.md, scores.jsonl, accuracy.png")
+    print(f"wrote {out}/results.json, table.md, categories.md, scores.jsonl, accuracy.png")
     return 0
+
+
+benchmark_command.epilog = "scorer specs: " + "; ".join(SCORER_FORMS)  # type: ignore[attr-defined]
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore benchmark`` (:func:`benchmark_command`)."""
+    return run_command(benchmark_command, argv, prog="spatialscore benchmark")

@@ -1,4 +1,5 @@
-"""``spatialscore`` command line: LightningCLI for fit/validate/test, plus data and scoring tools.
+"""``spatialscore`` command line: LightningCLI for fit/validate/test, plus data and scoring tools; and the one
+command layer of the tools of both CLIs (:func:`run_command`: a typed entry function as a jsonargparse command).
 
 spatialscore fit --config configs/spatialscore/tiny.yaml
 spatialscore synth --out data/synthetic --num-pairs 1000 --seed 0
@@ -14,14 +15,22 @@ spatialscore review --pairs pairs/pairs.jsonl
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import json
 import logging
+import math
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, NoReturn, Union, get_args, get_origin, get_type_hints
+
+from docstring_parser import parse as parse_docstring
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from jsonargparse.typing import register_type
 
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
@@ -85,15 +94,199 @@ def lightning_main(args: list[str] | None) -> None:
     )
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+class UsageError(Exception):
+    """A command line that an entry function refuses after parsing (a bad combination, an unusable value):
+    :func:`run_command` prints ``PROG: error: MESSAGE`` on one line and exits with status 2, as argparse did."""
+
+
+class PositiveInt(int):
+    """Option type: an integer >= 1 (the message says so and shows the value, like the other typed options)."""
+
+    def __new__(cls, value: Any) -> PositiveInt:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a positive integer, got {value!r}") from None
+        if number < 1 or (number != value and not isinstance(value, str)):  # 0, -2; 2.5 from a YAML file
+            raise ValueError(f"must be a positive integer, got {value}")
+        return super().__new__(cls, number)
+
+
+class PositiveFloat(float):
+    """Option type: a finite number > 0."""
+
+    def __new__(cls, value: Any) -> PositiveFloat:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a positive float, got {value!r}") from None
+        if not (number > 0 and math.isfinite(number)):
+            raise ValueError(f"must be a positive float, got {value!r}")
+        return super().__new__(cls, number)
+
+
+for _kind in (PositiveInt, PositiveFloat):  # values, not classes to pick a subclass of
+    register_type(_kind, serializer=_kind.__base__)
+_COMMAND_LINE: ContextVar[list[str] | None] = ContextVar("command_line", default=None)
+_BOOLEAN_WORDS = ("true", "false")
+
+
+def invoked_command() -> list[str]:
+    """The command line of the tool :func:`run_command` is running (its program words and arguments as typed),
+    for the results files that record how they were made; ``sys.argv`` outside a tool."""
+    return list(_COMMAND_LINE.get() or sys.argv)
+
+
+def run_command(function: Callable[..., int], argv: Sequence[str] | None, *, prog: str) -> int:
+    """Parse ``argv`` (``None``: ``sys.argv[1:]``) into ``function``'s parameters and return what it returns: the
+    one runner of every ``spatialscore`` and ``spatialrl`` tool.
+
+    ``function`` is a typed entry function: its keyword-only parameters are the options (``--name``, type from
+    the hint, help from the docstring's ``Args:``), the parameters before ``*`` the positional arguments (a
+    ``list`` one takes any number of values: one or more if it has no default). Every tool so gets jsonargparse's
+    typed validation, ``--config FILE.yaml`` (its keys are the parameter names) and ``--print_config``.
+    Options are spelled with underscores, as LightningCLI's; the dash spelling is read too (:func:`_canonical`).
+    An ``epilog`` attribute of ``function`` (text built from the module's tables, as the spec forms) is shown
+    after the options. A parse error or a :class:`UsageError` prints one line ``PROG: error: ...`` and exits
+    with status 2.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = command_parser(function, prog=prog)
+
+    def refuse(message: str) -> NoReturn:
+        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(2)
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+        config = parser.parse_args(_canonical(argv, function=function, parser=parser))
+    except ArgumentError as error:
+        refuse(_one_line(str(error), options=list(_options(function))))
+    token = _COMMAND_LINE.set([*prog.split(), *argv])
+    try:
+        return function(
+            *(config[name] for name in _positional(function)),
+            **{name: config[name] for name in _options(function)},
+        )
+    except UsageError as error:
+        refuse(str(error))
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def command_parser(function: Callable[..., int], *, prog: str) -> ArgumentParser:
+    """The jsonargparse parser :func:`run_command` reads ``function``'s command line with (``--help`` shows it)."""
+    doc = parse_docstring(function.__doc__ or "")
+    parser = ArgumentParser(
+        prog=prog,
+        description="\n\n".join(filter(None, (doc.short_description, doc.long_description))),
+        epilog=getattr(function, "epilog", None),
+        exit_on_error=False,
+    )
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="YAML file of these options, keyed by their names in the underscore spelling (later options win)",
+    )
+    positional = _positional(function)
+    parser.add_function_arguments(function, as_group=False, skip=set(positional))
+    helps = {param.arg_name: param.description for param in doc.params}
+    for name, parameter in positional.items():
+        element, many = _element(parameter.annotation)
+        nargs = ("*" if parameter.default is not parameter.empty else "+") if many else None
+        default = {} if parameter.default is parameter.empty else {"default": parameter.default}
+        parser.add_argument(name, type=element, nargs=nargs, help=helps.get(name), **default)
+    return parser
+
+
+def _parameters(function: Callable[..., int]) -> dict[str, inspect.Parameter]:
+    hints = get_type_hints(function)
+    return {
+        name: parameter.replace(annotation=hints.get(name, parameter.annotation))
+        for name, parameter in inspect.signature(function).parameters.items()
+    }
+
+
+def _positional(function: Callable[..., int]) -> dict[str, inspect.Parameter]:
+    return {n: p for n, p in _parameters(function).items() if p.kind is not inspect.Parameter.KEYWORD_ONLY}
+
+
+def _options(function: Callable[..., int]) -> dict[str, inspect.Parameter]:
+    return {n: p for n, p in _parameters(function).items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _element(hint: Any) -> tuple[Any, bool]:
+    """``(type, many)`` of a hint without its ``None``: ``list[Path] | None`` -> ``(Path, True)``."""
+    args = [arg for arg in get_args(hint) if arg is not type(None)]
+    if get_origin(hint) in (Union, UnionType) and len(args) == 1:
+        return _element(args[0])
+    if get_origin(hint) in (list, tuple, Sequence):
+        return (get_args(hint) or (str,))[0], True
+    return hint, False
+
+
+def _canonical(argv: list[str], *, function: Callable[..., int], parser: ArgumentParser) -> list[str]:
+    """``argv`` in the one spelling jsonargparse reads; what every command line that worked before still means.
+
+    ``--num-pairs`` is ``--num_pairs`` (any option the parser knows, ``=VALUE`` kept); a ``bool`` option given
+    alone (``--merged``, ``--no-progress``) is ``--merged=true``, and ``--no-X`` of a ``bool`` option ``X`` is
+    ``--X=false``; the values of a ``list`` option, repeated (``--policy A --policy B``) or several after one
+    flag (``--stages 0 1``), become one list in the place of its first occurrence (given after ``--config``,
+    it replaces the file's list). ``--`` ends the options, as in argparse.
+    """
+    known = parser._option_string_actions  # argparse's map of option strings to their actions
+    kinds = {name: _element(parameter.annotation) for name, parameter in _options(function).items()}
+    lists: dict[str, list[str]] = {}
+    out: list[str] = []
+    position = 0
+    while position < len(argv):
+        token = argv[position]
+        position += 1
+        if token == "--":
+            out += argv[position - 1 :]
+            break
+        if not token.startswith("--"):
+            out.append(token)
+            continue
+        name, equals, value = token[2:].partition("=")
+        if f"--{name.replace('-', '_')}" in known:
+            name = name.replace("-", "_")
+        elif name.replace("-", "_").startswith("no_") and kinds.get(name.replace("-", "_")[3:]) == (bool, False):
+            name, equals, value = name.replace("-", "_")[3:], "=", "false"
+        kind = kinds.get(name)
+        if kind == (bool, False) and not equals:
+            take = position < len(argv) and argv[position].lower() in _BOOLEAN_WORDS
+            equals, value, position = "=", argv[position] if take else "true", position + take
+        elif kind is not None and kind[1]:
+            values = lists.setdefault(name, [])
+            if not values:
+                out.append(f"--{name}")
+            if equals:
+                values.append(value)
+            while not equals and position < len(argv) and not argv[position].startswith("-"):
+                values.append(argv[position])
+                position += 1
+            continue
+        out.append(f"--{name}{equals}{value}")
+    for name, values in lists.items():
+        given = out.index(f"--{name}")
+        single_list = len(values) == 1 and values[0].lstrip().startswith("[")
+        out.insert(given + 1, values[0] if single_list else json.dumps(values))
+    return out
+
+
+def _one_line(message: str, *, options: Sequence[str]) -> str:
+    """jsonargparse's parse error as one line that names the option: ``argument --NAME: what is wrong``."""
+    match = re.match(r'Parser key "([^"]+)"(?: element \d+)?:\s*(.*)', message, re.DOTALL)
+    if match is None:  # argparse's own: unrecognised arguments, missing ones (options named by their key)
+        named = lambda m: m[1] + ", ".join(f"--{n}" if n in options else n for n in m[2].split(", "))  # noqa: E731
+        return re.sub(r"(required: )(.*)", named, message)
+    key, detail = match.groups()
+    union_errors = [e for e in re.findall(r"^\s*- (.*)$", detail, re.MULTILINE) if "NoneType" not in e]
+    if union_errors:  # ``X | None``: what X said, and the value
+        given = re.search(r"Given value: (.*)", detail)
+        detail = union_errors[0] + (f". Got value: {given[1]}" if given and "Got value" not in union_errors[0] else "")
+    detail = re.sub(r"^Not of type \w+: ", "", detail).replace("typing.", "")
+    return f"argument --{key}: " + re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", detail)
 
 
 def read_score_list(path: Path) -> list[tuple[str, Path, dict[str, Any]]]:
@@ -124,54 +317,72 @@ def read_score_list(path: Path) -> list[tuple[str, Path, dict[str, Any]]]:
     return rows
 
 
-def score_main(argv: list[str]) -> int:
+def score_command(
+    images: Sequence[Path] = (),
+    *,
+    model: str,
+    prompt: str | None = None,
+    list: Path | None = None,
+    manifest: Path | None = None,
+    out: Path | None = None,
+    base_path: str | None = None,
+    batch_size: PositiveInt = 16,
+    device: str = "cpu",
+    no_progress: bool = False,
+) -> int:
     """Score images with a saved SpatialScore and write one JSON line per image (or per pair); the CLI's predict.
 
-    Three inputs: ``--prompt P IMAGE...`` (every image against one prompt), ``--list FILE`` (JSONL of
-    ``{"prompt", "image"}``; other keys are copied to the output) or ``--manifest FILE`` (a pair manifest: each
-    pair's chosen and rejected image against its prompt, with ``chosen_wins``; the pairwise accuracy, ties
-    counted half, goes to stderr). User errors (a missing or tampered model folder, an unreadable image or line,
-    a bad prompt) exit with status 2 and one line ``spatialscore score: error: ...`` on stderr, no traceback.
+    Three inputs, one of them: --prompt P IMAGE... (every image against one prompt), --list FILE (JSONL of
+    {"prompt", "image"}; other keys are copied to the output) or --manifest FILE (a pair manifest: each pair's
+    chosen and rejected image against its prompt, with chosen_wins; the pairwise accuracy, ties counted half, goes
+    to stderr). User errors (a missing or tampered model folder, an unreadable image or line, a bad prompt) exit
+    with status 2 and one line "spatialscore score: error: ..." on stderr, no traceback.
+
+    Args:
+        images: image files (with --prompt)
+        model: folder written by SpatialScore.save_pretrained
+        prompt: the prompt every IMAGE is judged against
+        list: JSONL of {"prompt": ..., "image": ...} (paths relative to it)
+        manifest: pair manifest (JSONL/Parquet): chosen and rejected scored
+        out: write the JSON lines here (default: stdout)
+        base_path: override the base Qwen2.5-VL checkpoint path
+        batch_size: images per forward pass (>= 1)
+        device: torch device to score on (cpu, cuda, cuda:1, ...)
+        no_progress: no progress bar on stderr
     """
-    parser = argparse.ArgumentParser(prog="spatialscore score", description=score_main.__doc__)
-    parser.add_argument("--model", required=True, help="folder written by SpatialScore.save_pretrained")
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--prompt", help="the prompt every IMAGE is judged against")
-    inputs.add_argument("--list", type=Path, help='JSONL of {"prompt": ..., "image": ...} (paths relative to it)')
-    inputs.add_argument("--manifest", type=Path, help="pair manifest (JSONL/Parquet): chosen and rejected scored")
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON lines here (default: stdout)")
-    parser.add_argument("--base-path", default=None, help="override the base Qwen2.5-VL checkpoint path")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (>= 1)")
-    parser.add_argument("--device", default="cpu", help="torch device to score on (cpu, cuda, cuda:1, ...)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
-    parser.add_argument("images", nargs="*", help="image files (with --prompt)")
-    args = parser.parse_args(argv)
-    if (args.prompt is not None) != bool(args.images):
-        parser.error("IMAGE files go with --prompt (and only with it)")
+    given = [
+        name for name, value in (("--prompt", prompt), ("--list", list), ("--manifest", manifest)) if value is not None
+    ]
+    if len(given) != 1:
+        raise UsageError(f"give one of --prompt, --list, --manifest (got {', '.join(given) or 'none'})")
+    if (prompt is not None) != bool(images):
+        raise UsageError("IMAGE files go with --prompt (and only with it)")
 
     def fail(message: str) -> int:
-        print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"spatialscore score: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
 
     try:
-        rows, pairs = _score_inputs(args)
+        rows, pairs = _score_inputs(
+            prompt=prompt, images=images, list_file=list, manifest=manifest, progress=not no_progress
+        )
     except (OSError, ValueError) as error:  # unreadable list or manifest, bad lines, missing images
         return fail(str(error) or type(error).__name__)
     from spatialscore.model import SpatialScore
 
     try:
-        model = SpatialScore.from_pretrained(args.model, base_path=args.base_path, device=args.device)
-        out = model.score(
-            prompts=[prompt for prompt, _, _ in rows],
+        scorer = SpatialScore.from_pretrained(model, base_path=base_path, device=device)
+        scores = scorer.score(
+            prompts=[p for p, _, _ in rows],
             images=[str(image) for _, image, _ in rows],
-            batch_size=args.batch_size,
-            show_progress=args.progress,
+            batch_size=batch_size,
+            show_progress=not no_progress,
         )
     except (OSError, ValueError) as error:  # FileNotFoundError, corrupt images/weights, tampered config, prompts
         return fail(str(error) or type(error).__name__)
     results = [
         {**extra, "image": str(image), "score": mu, "sigma": sigma}
-        for (_, image, extra), mu, sigma in zip(rows, out.mu.tolist(), out.sigma.tolist(), strict=True)
+        for (_, image, extra), mu, sigma in zip(rows, scores.mu.tolist(), scores.sigma.tolist(), strict=True)
     ]
     if pairs is not None:
         results = [
@@ -185,28 +396,35 @@ def score_main(argv: list[str]) -> int:
             f"pairwise accuracy {wins / len(results):.4f} over {len(results)} pairs (ties count half)", file=sys.stderr
         )
     text = "".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results)
-    if args.out is None:
+    if out is None:
         sys.stdout.write(text)
     else:
         from spatialscore.files import atomic_write
 
-        atomic_write(args.out, lambda f: f.write(text.encode("utf-8")))
-        print(f"wrote {len(results)} lines to {args.out}", file=sys.stderr)
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        print(f"wrote {len(results)} lines to {out}", file=sys.stderr)
     return 0
 
 
-def _score_inputs(args: argparse.Namespace) -> tuple[list[tuple[str, Path, dict[str, Any]]], list[Any] | None]:
+def score_main(argv: list[str] | None = None) -> int:
+    """``spatialscore score`` (:func:`score_command`)."""
+    return run_command(score_command, argv, prog="spatialscore score")
+
+
+def _score_inputs(
+    *, prompt: str | None, images: Sequence[Path], list_file: Path | None, manifest: Path | None, progress: bool
+) -> tuple[list[tuple[str, Path, dict[str, Any]]], list[Any] | None]:
     """The ``(prompt, image, extra)`` rows to score, and the manifest's records (chosen, rejected interleaved)."""
-    if args.manifest is not None:
+    if manifest is not None:
         from spatialscore.data.manifest import read_manifest
 
-        records = read_manifest(args.manifest, show_progress=args.progress).records
+        records = read_manifest(manifest, show_progress=progress).records
         rows = [(r.prompt, image, {}) for r in records for image in (r.chosen, r.rejected)]
         return rows, records
-    if args.list is not None:
-        rows = read_score_list(args.list)
+    if list_file is not None:
+        rows = read_score_list(list_file)
     else:
-        rows = [(args.prompt, Path(image), {}) for image in args.images]
+        rows = [(prompt, Path(image), {}) for image in images]
     missing = [str(image) for _, image, _ in rows if not image.is_file()]
     if missing:  # before loading the model, which can take minutes
         raise ValueError(f"no such image file: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
@@ -227,26 +445,33 @@ def _pair_result(record: Any, chosen: dict[str, Any], rejected: dict[str, Any]) 
     }
 
 
-def _tool(module: str, name: str = "cli_main") -> Callable[[list[str]], int]:
+def tool(entry: str, *, prog: str) -> Callable[[list[str]], int]:
+    """A ``TOOLS`` entry: the typed entry function ``module:function`` run by :func:`run_command` (imported on
+    use, so ``spatialscore synth`` loads neither Lightning nor the model)."""
+
     def run(argv: list[str]) -> int:
         import importlib
 
-        return importlib.import_module(module).__dict__[name](argv)
+        module, _, name = entry.partition(":")
+        return run_command(getattr(importlib.import_module(module), name), argv, prog=prog)
 
     return run
 
 
 TOOLS: dict[str, Callable[[list[str]], int]] = {
-    "synth": _tool("spatialscore.data.synthetic"),
-    "perturb": _tool("spatialscore.data.perturb"),
-    "verify-perturbations": _tool("spatialscore.data.verify_perturbations"),
-    "make-pairs": _tool("spatialscore.data.pairs"),
-    "filter-pairs": _tool("spatialscore.data.verify"),
-    "review": _tool("spatialscore.review"),
-    "score": score_main,
-    "export": _tool("spatialscore.export"),
-    "benchmark": _tool("spatialscore.benchmark"),
-    "serve": _tool("spatialscore.serve"),
+    name: tool(entry, prog=f"spatialscore {name}")
+    for name, entry in {
+        "synth": "spatialscore.data.synthetic.write:synth_command",
+        "perturb": "spatialscore.data.perturb.cli:perturb_command",
+        "verify-perturbations": "spatialscore.data.verify_perturbations:verify_perturbations_command",
+        "make-pairs": "spatialscore.data.pairs:make_pairs_command",
+        "filter-pairs": "spatialscore.data.verify:filter_pairs_command",
+        "review": "spatialscore.review.cli:review_command",
+        "score": "spatialscore.cli:score_command",
+        "export": "spatialscore.export:export_command",
+        "benchmark": "spatialscore.benchmark:benchmark_command",
+        "serve": "spatialscore.serve:serve_command",
+    }.items()
 }
 
 
@@ -267,5 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m spatialscore.cli: run the importable module's main, whose UsageError and
+    from spatialscore.cli import main as imported_main  # option types are the ones the tools' modules import
+
+    sys.exit(imported_main())

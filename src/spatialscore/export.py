@@ -12,7 +12,6 @@ embedding table; ``save_pretrained`` writes the checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import sys
@@ -27,6 +26,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from spatialscore.backbone import REWARD_TOKEN
 from spatialscore.card import HeldOutAccuracy, held_out_from_benchmark, read_training_facts, write_model_card
+from spatialscore.cli import UsageError, run_command
 from spatialscore.files import folder_sha256
 from spatialscore.imports import without_bitsandbytes
 from spatialscore.model import (
@@ -118,31 +118,40 @@ def export_merged(
     return out
 
 
-def cli_main(argv: list[str]) -> int:
-    """Export a saved SpatialScore: as a peft adapter folder plus head (default), or with ``--merged`` as a
-    Qwen2.5-VL checkpoint that stock ``transformers`` loads; both with a model card. User errors exit with status
-    2 and one line ``spatialscore export: error: ...``."""
-    parser = argparse.ArgumentParser(prog="spatialscore export", description=cli_main.__doc__)
-    parser.add_argument("--model", required=True, help="folder written by SpatialScore.save_pretrained (any layout)")
-    parser.add_argument("--out", required=True, type=Path, help="new folder to write (refused if not empty)")
-    parser.add_argument("--merged", action="store_true", help="merge the LoRA into a Qwen2.5-VL checkpoint")
-    parser.add_argument("--base-path", default=None, help="override the base Qwen2.5-VL checkpoint path")
-    parser.add_argument(
-        "--benchmark",
-        type=Path,
-        default=None,
-        help="a `spatialscore benchmark` results.json: its accuracy and CI go into the model card",
-    )
-    parser.add_argument("--scorer", default=None, help="the scorer of --benchmark that is this model")
-    args = parser.parse_args(argv)
-    if args.scorer is not None and args.benchmark is None:
-        parser.error("--scorer goes with --benchmark")
+def export_command(
+    *,
+    model: str,
+    out: Path,
+    merged: bool = False,
+    base_path: str | None = None,
+    benchmark: Path | None = None,
+    scorer: str | None = None,
+) -> int:
+    """Export a saved SpatialScore: as a peft adapter folder plus head (default), or with --merged as a
+    Qwen2.5-VL checkpoint that stock transformers loads; both with a model card. User errors exit with status
+    2 and one line "spatialscore export: error: ...".
+
+    Args:
+        model: folder written by SpatialScore.save_pretrained (any layout)
+        out: new folder to write (refused if not empty)
+        merged: merge the LoRA into a Qwen2.5-VL checkpoint
+        base_path: override the base Qwen2.5-VL checkpoint path
+        benchmark: a `spatialscore benchmark` results.json: its accuracy and CI go into the model card
+        scorer: the scorer of --benchmark that is this model
+    """
+    if scorer is not None and benchmark is None:
+        raise UsageError("--scorer goes with --benchmark")
     try:
-        held_out = held_out_from_benchmark(args.benchmark, scorer=args.scorer) if args.benchmark else None
-        export = export_merged if args.merged else export_adapter
-        out = export(model=args.model, out=args.out, base_path=args.base_path, held_out=held_out)
+        held_out = held_out_from_benchmark(benchmark, scorer=scorer) if benchmark else None
+        export = export_merged if merged else export_adapter
+        written = export(model=model, out=out, base_path=base_path, held_out=held_out)
     except (OSError, ValueError) as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"spatialscore export: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    print(f"wrote {written}")
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore export`` (:func:`export_command`)."""
+    return run_command(export_command, argv, prog="spatialscore export")

@@ -22,7 +22,6 @@ command-line argument, which other users of the machine could read. One inferenc
 (``--accelerator``, ``--devices``): on CPU one worker.
 """
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -33,7 +32,7 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import litserve as ls
 import numpy as np
@@ -44,6 +43,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
+from spatialscore.cli import PositiveFloat, PositiveInt, UsageError, run_command
 from spatialscore.data.images import aspect_ratio_problem, to_rgb
 from spatialscore.data.manifest import MAX_PROMPT_CHARS
 
@@ -52,7 +52,8 @@ __all__ = ["TOKEN_ENV", "RequestLimits", "ScoreRequest", "SpatialScoreAPI", "cli
 TOKEN_ENV = "SPATIALSCORE_SERVE_TOKEN"
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 LOOPBACK = "127.0.0.1"
-HOSTS = (LOOPBACK, "0.0.0.0", "::")  # what LitServe 0.2 binds
+Host = Literal["127.0.0.1", "0.0.0.0", "::"]  # what LitServe 0.2 binds (LOOPBACK first)
+HOSTS: tuple[str, ...] = get_args(Host)
 
 
 @dataclass(frozen=True)
@@ -232,9 +233,7 @@ def parse_devices(text: str) -> int | list[int] | str:
     except ValueError:
         values = []
     if not values or any(v < 0 for v in values) or ("," not in text and values[0] < 1):
-        raise argparse.ArgumentTypeError(
-            f"must be 'auto', a count >= 1 or indices like 0,2 (3, for index 3); got {text!r}"
-        )
+        raise ValueError(f"must be 'auto', a count >= 1 or indices like 0,2 (3, for index 3); got {text!r}")
     return values if "," in text else values[0]
 
 
@@ -276,108 +275,89 @@ def serve(
     server.run(host=host, port=port, log_level=log_level, generate_client_file=False)
 
 
-def positive(kind: type) -> Any:
-    """argparse type: a number of ``kind`` > 0."""
+def serve_command(
+    *,
+    model: str,
+    base_path: str | None = None,
+    host: Host = LOOPBACK,
+    port: int = 8000,
+    max_batch_size: PositiveInt = 8,
+    batch_timeout: float = 0.01,
+    forward_batch: PositiveInt = 32,
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
+    devices: str = "auto",
+    timeout: PositiveFloat = 30.0,
+    max_images: PositiveInt = RequestLimits.max_images,
+    max_image_bytes: PositiveInt = RequestLimits.max_image_bytes,
+    max_image_pixels: PositiveInt = RequestLimits.max_image_pixels,
+    log_level: Literal["debug", "info", "warning", "error"] = "info",
+) -> int:
+    """Serve a SpatialScore export over HTTP: POST /predict, GET /health (LitServe, dynamic batching).
 
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore serve``: serve a SpatialScore export over HTTP (LitServe, dynamic batching)."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore serve",
-        description="Serve a SpatialScore export over HTTP: POST /predict, GET /health (LitServe, dynamic batching).",
-        epilog=f"Set {TOKEN_ENV} in the environment to require 'Authorization: Bearer <token>' on every endpoint.",
-    )
-    parser.add_argument("--model", required=True, help="folder written by SpatialScore.save_pretrained")
-    parser.add_argument("--base-path", default=None, help="override the base Qwen2.5-VL checkpoint path")
-    parser.add_argument(
-        "--host", default=LOOPBACK, choices=HOSTS, help=f"address to bind (default {LOOPBACK}: this machine only)"
-    )
-    parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on, 1024..65535 (default 8000)")
-    parser.add_argument("--max-batch-size", type=positive(int), default=8, help="requests coalesced into a batch")
-    parser.add_argument(
-        "--batch-timeout",
-        type=float,
-        default=0.01,
-        help="seconds a batch waits to fill (0: never waits; LitServe then polls its queue on one CPU core)",
-    )
-    parser.add_argument("--forward-batch", type=positive(int), default=32, help="images per forward pass")
-    parser.add_argument(
-        "--accelerator",
-        default="auto",
-        choices=("auto", "cpu", "cuda", "mps"),
-        help="device kind of the inference workers (auto: a GPU if there is one)",
-    )
-    parser.add_argument(
-        "--devices",
-        type=parse_devices,
-        default="auto",
-        help="'auto', a count, or indices like 0,2 (3, for index 3): one worker each (on CPU: one worker)",
-    )
-    parser.add_argument("--timeout", type=positive(float), default=30.0, help="seconds a request may wait in queue")
-    parser.add_argument("--max-images", type=positive(int), default=RequestLimits.max_images, help="per request")
-    parser.add_argument(
-        "--max-image-bytes",
-        type=positive(int),
-        default=RequestLimits.max_image_bytes,
-        help="largest encoded image of a request, in bytes (larger: 422)",
-    )
-    parser.add_argument(
-        "--max-image-pixels",
-        type=positive(int),
-        default=RequestLimits.max_image_pixels,
-        help="largest decoded image of a request, in pixels, checked from the header before decoding (larger: 422)",
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="the HTTP server's log level"
-    )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if not (math.isfinite(args.batch_timeout) and args.batch_timeout >= 0):
-        parser.error(f"--batch-timeout must be >= 0, got {args.batch_timeout}")
-    if not 1024 <= args.port <= 65535:
-        parser.error(f"--port must be in 1024..65535, got {args.port}")
+    Args:
+        model: folder written by SpatialScore.save_pretrained
+        base_path: override the base Qwen2.5-VL checkpoint path
+        host: address to bind (default 127.0.0.1: this machine only)
+        port: TCP port to listen on, 1024..65535
+        max_batch_size: requests coalesced into a batch
+        batch_timeout: seconds a batch waits to fill (0: never waits; LitServe then polls its queue on one CPU core)
+        forward_batch: images per forward pass
+        accelerator: device kind of the inference workers (auto: a GPU if there is one)
+        devices: 'auto', a count, or indices like 0,2 (3, for index 3): one worker each (on CPU: one worker)
+        timeout: seconds a request may wait in queue
+        max_images: images per request
+        max_image_bytes: largest encoded image of a request, in bytes (larger: 422)
+        max_image_pixels: largest decoded image of a request, in pixels, checked from the header before decoding
+            (larger: 422)
+        log_level: the HTTP server's log level
+    """
+    prog = "spatialscore serve"
+    try:
+        workers = parse_devices(devices)
+    except ValueError as error:
+        raise UsageError(f"argument --devices: {error}") from None
+    if not (math.isfinite(batch_timeout) and batch_timeout >= 0):
+        raise UsageError(f"--batch_timeout must be >= 0, got {batch_timeout}")
+    if not 1024 <= port <= 65535:
+        raise UsageError(f"--port must be in 1024..65535, got {port}")
     from spatialscore.model import SpatialScore
 
     try:  # before starting workers, which would each fail to load it: config sound, every weights file there
-        SpatialScore.weight_files(args.model)
+        SpatialScore.weight_files(model)
     except (OSError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        raise UsageError(str(error)) from None
     token = os.environ.get(TOKEN_ENV) or None
-    if token is None and args.host != LOOPBACK:
+    if token is None and host != LOOPBACK:
         print(
-            f"{parser.prog}: warning: binding {args.host} without {TOKEN_ENV}: anyone who can reach port {args.port} "
-            "can use the model",
+            f"{prog}: warning: binding {host} without {TOKEN_ENV}: anyone who can reach port {port} can use the model",
             file=sys.stderr,
         )
     api = SpatialScoreAPI(
-        model_dir=args.model,
-        base_path=args.base_path,
-        forward_batch=args.forward_batch,
-        max_batch_size=args.max_batch_size,
-        batch_timeout=args.batch_timeout,
+        model_dir=model,
+        base_path=base_path,
+        forward_batch=forward_batch,
+        max_batch_size=max_batch_size,
+        batch_timeout=batch_timeout,
         token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,
     )
-    limits = RequestLimits(
-        max_images=args.max_images, max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels
-    )
+    limits = RequestLimits(max_images=max_images, max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels)
     serve(
         api,
         limits=limits,
-        host=args.host,
-        port=args.port,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        timeout=args.timeout,
-        log_level=args.log_level,
+        host=host,
+        port=port,
+        accelerator=accelerator,
+        devices=workers,
+        timeout=timeout,
+        log_level=log_level,
     )
     return 0
+
+
+_TOKEN_HELP = f"Set {TOKEN_ENV} in the environment to require 'Authorization: Bearer <token>' on every endpoint."
+serve_command.epilog = _TOKEN_HELP  # type: ignore[attr-defined]
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore serve`` (:func:`serve_command`)."""
+    return run_command(serve_command, argv, prog="spatialscore serve")

@@ -250,10 +250,10 @@ def test_cli_errors(chat_stub, tmp_path, capsys):
     assert perturb_cli(tmp_path, down, "--perturber-option", "concurrency=0") == 2
     assert "concurrency must be an integer >= 1" in capsys.readouterr().err
     assert perturb_cli(tmp_path, down, "--perturber-option", "colour=red") == 2
-    assert "--perturber-option: unknown option 'colour'" in capsys.readouterr().err
+    assert "--perturber_option: unknown option 'colour'" in capsys.readouterr().err
     no_url = ["perturb", "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "o.jsonl")]
     assert main([*no_url, "--perturber", "llm", "--perturber-option", "model=m"]) == 2
-    assert "--perturber-option needs base_url=..." in capsys.readouterr().err
+    assert "--perturber_option needs base_url=..." in capsys.readouterr().err
 
 
 def test_flat_options_build_the_endpoint_config(tmp_path):

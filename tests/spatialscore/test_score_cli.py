@@ -68,9 +68,9 @@ def test_score_refuses_a_batch_size_below_one(capsys, export, image, value):
     assert_user_error(
         code,
         err,
-        f"argument --batch-size: must be a positive integer, got {value!r}"
+        f"argument --batch_size: must be a positive integer, got {value!r}"
         if value == "two"
-        else f"argument --batch-size: must be a positive integer, got {value}",
+        else f"argument --batch_size: must be a positive integer, got {value}",
     )
 
 

@@ -16,7 +16,7 @@ reason. The model may also decline with ``{"skip": "...", "available": N}`` when
 (a 2-3 request then falls back to ``N`` edits when ``N >= 2``).
 
 The endpoint is an :class:`~spatialscore.chat.EndpointConfig`: ``LLMPerturber(endpoint=EndpointConfig(
-base_url=..., model=...))``, or flat ``--perturber-option KEY=VALUE`` options on the command line
+base_url=..., model=...))``, or flat ``--perturber_option KEY=VALUE`` options on the command line
 (:meth:`LLMPerturber.from_options`). Requests go through the :class:`~spatialscore.chat.ChatEndpoint` made from
 it: the API key from the environment variable ``api_key_env`` only, at most ``concurrency`` in flight (prompts
 are perturbed concurrently), a timeout and retries per request, seeded (each prompt's seed drawn from its
@@ -160,9 +160,9 @@ class LLMPerturber:
         self.chat = ChatEndpoint(endpoint)
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], *, what: str = "--perturber-option") -> LLMPerturber:
+    def from_options(cls, options: Mapping[str, Any], *, what: str = "--perturber_option") -> LLMPerturber:
         """The perturber of flat ``key=value`` options (``spatialscore perturb --perturber llm
-        --perturber-option base_url=URL --perturber-option model=M ...``): the
+        --perturber_option base_url=URL --perturber_option model=M ...``): the
         :class:`~spatialscore.chat.EndpointConfig` fields, ``kinds`` and ``attempts``; an unknown key is a
         ValueError naming it."""
         config, own = endpoint_options(options, what=what, own=cls.OPTIONS)

@@ -15,9 +15,7 @@ batching, ordering or on where a run was interrupted.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import re
 import sys
@@ -26,11 +24,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from tqdm import tqdm
 
+from spatialscore.cli import UsageError, run_command
 from spatialscore.data.manifest import (
     JSONLineError,
     atomic_write,
@@ -494,56 +493,51 @@ def _write_pair(out: Path, job: _Job, chosen: Image.Image, rejected: Image.Image
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _call_arg(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+def make_pairs_command(
+    *,
+    prompts: Path,
+    pipeline: Path,
+    out: Path,
+    steps: int | None = None,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 0,
+    batch_size: int = 4,
+    images_per_prompt: int = 1,
+    device: str = "cpu",
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+    call_arg: list[str] | None = None,
+    limit: int | None = None,
+    no_progress: bool = False,
+) -> int:
+    """Render each perfect and perturbed prompt with the same seed and settings; write images and
+    OUT/pairs.jsonl. Rerun the same command to resume.
+
+    Args:
+        prompts: output of `spatialscore perturb` (JSONL); its .skipped.jsonl sibling is reported too
+        pipeline: local diffusers pipeline folder
+        out: output folder (created; resumed if it exists)
+        steps: inference steps (default: the pipeline's)
+        guidance: guidance scale (default: the pipeline's)
+        height: image height in pixels (default: the pipeline's)
+        width: image width in pixels (default: the pipeline's)
+        seed: base seed; each pair's seed is derived from it and its id
+        batch_size: pairs per pipeline call (2 images each)
+        images_per_prompt: pairs per prompt, each with its own seed
+        device: torch device to run the pipeline on (cpu, cuda, cuda:1, ...)
+        dtype: default: bfloat16 on CUDA, float32 elsewhere
+        call_arg: extra pipeline argument as KEY=VALUE, VALUE parsed as JSON if it can be (e.g.
+            max_sequence_length=256; repeatable)
+        limit: stop after this many new pairs
+        no_progress: no progress bar
+    """
+    from spatialscore.chat import parse_options
+
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore make-pairs``: render chosen/rejected images of perturbed prompts into a pair manifest."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore make-pairs",
-        description="Render each perfect and perturbed prompt with the same seed and settings; write images and "
-        f"OUT/{MANIFEST_NAME}. Rerun the same command to resume.",
-    )
-    parser.add_argument(
-        "--prompts",
-        required=True,
-        type=Path,
-        help="output of `spatialscore perturb` (JSONL); its .skipped.jsonl sibling is reported too",
-    )
-    parser.add_argument("--pipeline", required=True, type=Path, help="local diffusers pipeline folder")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created; resumed if it exists)")
-    parser.add_argument("--steps", type=int, default=None, help="inference steps (default: the pipeline's)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
-    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; each pair's seed is derived from it and its id")
-    parser.add_argument("--batch-size", type=int, default=4, help="pairs per pipeline call (2 images each)")
-    parser.add_argument("--images-per-prompt", type=int, default=1, help="pairs per prompt, each with its own seed")
-    parser.add_argument("--device", default="cpu", help="torch device to run the pipeline on (cpu, cuda, cuda:1, ...)")
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default=None,
-        help="default: bfloat16 on CUDA, float32 elsewhere",
-    )
-    parser.add_argument(
-        "--call-arg",
-        type=_call_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra pipeline argument, VALUE parsed as JSON if it can be (e.g. max_sequence_length=256)",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="stop after this many new pairs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+        call_kwargs = parse_options(call_arg or [], what="--call_arg")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     from transformers.utils import logging as transformers_logging
 
     from spatialscore.imports import without_bitsandbytes
@@ -556,21 +550,21 @@ def cli_main(argv: list[str] | None = None) -> int:
     transformers_logging.set_verbosity_error()
     try:
         result = make_pairs(
-            prompts=args.prompts,
-            pipeline=args.pipeline,
-            out=args.out,
-            steps=args.steps,
-            guidance=args.guidance,
-            height=args.height,
-            width=args.width,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            images_per_prompt=args.images_per_prompt,
-            device=args.device,
-            dtype=args.dtype,
-            call_kwargs=dict(args.call_arg),
-            limit=args.limit,
-            show_progress=not args.no_progress,
+            prompts=prompts,
+            pipeline=pipeline,
+            out=out,
+            steps=steps,
+            guidance=guidance,
+            height=height,
+            width=width,
+            seed=seed,
+            batch_size=batch_size,
+            images_per_prompt=images_per_prompt,
+            device=device,
+            dtype=dtype,
+            call_kwargs=call_kwargs,
+            limit=limit,
+            show_progress=not no_progress,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"spatialscore make-pairs: error: {exc}", file=sys.stderr)
@@ -590,7 +584,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     reasons = Counter(s.reason for s in result.skipped)
     if reasons:
         plural = "" if len(result.skipped) == 1 else "s"
-        print(f"  {len(result.skipped)} prompt{plural} skipped -> {args.out / SKIPPED_NAME}:", file=sys.stderr)
+        print(f"  {len(result.skipped)} prompt{plural} skipped -> {out / SKIPPED_NAME}:", file=sys.stderr)
         for reason, count in reasons.most_common():
             print(f"    {count} x {reason}", file=sys.stderr)
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore make-pairs`` (:func:`make_pairs_command`)."""
+    return run_command(make_pairs_command, argv, prog="spatialscore make-pairs")

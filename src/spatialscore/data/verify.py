@@ -32,7 +32,6 @@ Their images go to ``OUT_STEM-negatives/``, their ``category`` is ``hard_negativ
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from spatialscore.cli import run_command
 from spatialscore.data.images import open_rgb
 from spatialscore.data.manifest import PairRecord, read_manifest, write_manifest
 from spatialscore.data.negatives import MIRRORED, NEGATIVE_KINDS, edit_object, mirror_image
@@ -363,57 +363,54 @@ def filter_pairs(
     return result
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore filter-pairs``: keep the rendered pairs a verifier accepts; report why the others were dropped."""
-    parser = argparse.ArgumentParser(prog="spatialscore filter-pairs", description=cli_main.__doc__)
-    parser.add_argument(
-        "--pairs", required=True, type=Path, nargs="+", help="pair manifest(s) (e.g. make-pairs' pairs.jsonl)"
-    )
-    parser.add_argument("--out", required=True, type=Path, help="manifest of the kept pairs (.jsonl)")
-    parser.add_argument(
-        "--verifier",
-        default="rule",
-        help="rule (the strict judge, procedural prompts) or review:DECISIONS.jsonl (spatialscore review's log)",
-    )
-    parser.add_argument(
-        "--rejected",
-        choices=("violates", "faithful"),
-        default="violates",
-        help="rule verifier: the rejected image must violate the prompt, or show its own perturbed prompt",
-    )
-    parser.add_argument(
-        "--pool",
-        action="store_true",
-        help="rule verifier: pair verified images across seeds for records whose own pair was dropped",
-    )
-    parser.add_argument(
-        "--hard-negatives",
-        action="store_true",
-        help="rule verifier: add up to three pairs per written pair against edited copies of its chosen image "
-        "(an object erased, duplicated, recoloured, or an extra one; the image mirrored, in both directions)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+def filter_pairs_command(
+    *,
+    pairs: list[Path],
+    out: Path,
+    verifier: str = "rule",
+    rejected: RejectedCheck = "violates",
+    pool: bool = False,
+    hard_negatives: bool = False,
+    no_progress: bool = False,
+) -> int:
+    """Keep the rendered pairs a verifier accepts; report why the others were dropped.
+
+    Args:
+        pairs: pair manifest(s) (e.g. make-pairs' pairs.jsonl)
+        out: manifest of the kept pairs (.jsonl)
+        verifier: rule (the strict judge, procedural prompts) or review:DECISIONS.jsonl (spatialscore review's log)
+        rejected: rule verifier: the rejected image must violate the prompt, or show its own perturbed prompt
+        pool: rule verifier: pair verified images across seeds for records whose own pair was dropped
+        hard_negatives: rule verifier: add up to three pairs per written pair against edited copies of its chosen
+            image (an object erased, duplicated, recoloured, or an extra one; the image mirrored, in both
+            directions)
+        no_progress: no progress bar
+    """
     try:
         result = filter_pairs(
-            pairs=args.pairs,
-            out=args.out,
-            verifier=args.verifier,
-            rejected=args.rejected,
-            pool=args.pool,
-            hard_negatives=args.hard_negatives,
-            show_progress=not args.no_progress,
+            pairs=pairs,
+            out=out,
+            verifier=verifier,
+            rejected=rejected,
+            pool=pool,
+            hard_negatives=hard_negatives,
+            show_progress=not no_progress,
         )
     except (OSError, ValueError) as exc:
         print(f"spatialscore filter-pairs: error: {exc}", file=sys.stderr)
         return 2
     print(
         f"spatialscore filter-pairs: {result.kept} of {result.total} pairs kept"
-        + (f", {result.pooled} pooled across seeds" if args.pool else "")
-        + (f", {sum(result.negatives.values())} hard negatives" if args.hard_negatives else "")
+        + (f", {result.pooled} pooled across seeds" if pool else "")
+        + (f", {sum(result.negatives.values())} hard negatives" if hard_negatives else "")
         + f" -> {result.out} (report: {result.report})",
         file=sys.stderr,
     )
     for reason, count in result.dropped.items():
         print(f"  {count} x dropped: {reason}", file=sys.stderr)
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore filter-pairs`` (:func:`filter_pairs_command`)."""
+    return run_command(filter_pairs_command, argv, prog="spatialscore filter-pairs")

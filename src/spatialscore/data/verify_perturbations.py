@@ -19,7 +19,6 @@ every record is valid, 1 otherwise, 2 when a file cannot be read.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Collection, Sequence
@@ -27,10 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spatialscore.data.perturb import KINDS, NUM_CHOICES, Edit, diff_edits, subset_for
+from spatialscore.cli import run_command
+from spatialscore.data.perturb import KINDS, Edit, Num, diff_edits, subset_for
 from spatialscore.data.perturb_validity import check_perturbation
 
-__all__ = ["RecordCheck", "cli_main", "verify_file", "verify_perturbation", "verify_record"]
+__all__ = [
+    "RecordCheck",
+    "cli_main",
+    "verify_file",
+    "verify_perturbation",
+    "verify_perturbations_command",
+    "verify_record",
+]
 
 _SUBSET_COUNTS = {"1-pert": (1,), "2-3-pert": (2, 3)}
 _EDIT_FIELDS = {"kind": str, "start": int, "end": int, "before": str, "after": str}
@@ -136,24 +143,25 @@ def verify_file(path: str | Path, *, num: Collection[int] | None = None) -> list
     return checks
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore verify-perturbations``: check perturbed-prompt files from any source, line by line."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore verify-perturbations",
-        description="Check every record of perturbed-prompt files (JSONL) against the perturbation verifier.",
-    )
-    parser.add_argument("files", nargs="+", type=Path, help="JSONL files (spatialscore perturb output, manifests)")
-    parser.add_argument(
-        "--num", choices=NUM_CHOICES, default=None, help="required edits per record (default: as recorded)"
-    )
-    parser.add_argument("--report", type=Path, default=None, help="write one JSON verdict per record here")
-    parser.add_argument("--keep", type=Path, default=None, help="write the valid lines, unchanged, here")
-    args = parser.parse_args(argv)
-    num = None if args.num is None else ((1,) if args.num == "1" else (2, 3))
+def verify_perturbations_command(
+    files: list[Path], *, num: Num | None = None, report: Path | None = None, keep: Path | None = None
+) -> int:
+    """Check every record of perturbed-prompt files (JSONL) against the perturbation verifier, line by line.
+
+    Exit status 0 when every record is valid, 1 otherwise, 2 when a file cannot be read.
+
+    Args:
+        files: JSONL files (spatialscore perturb output, manifests)
+        num: required edits per record (default: as recorded)
+        report: write one JSON verdict per record here
+        keep: write the valid lines, unchanged, here
+    """
+    prog = "spatialscore verify-perturbations"
+    counts = None if num is None else ((1,) if num == "1" else (2, 3))
     try:
-        checks = {path: verify_file(path, num=num) for path in args.files}
+        checks = {path: verify_file(path, num=counts) for path in files}
     except (OSError, UnicodeDecodeError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     total = sum(len(c) for c in checks.values())
     invalid = 0
@@ -163,8 +171,8 @@ def cli_main(argv: list[str] | None = None) -> int:
             where = f"{path}:{check.line}" + (f" (id {check.id})" if check.id is not None else "")
             for problem in check.problems:
                 print(f"{where}: {problem}")
-    if args.report is not None:
-        with args.report.open("w", encoding="utf-8") as sink:
+    if report is not None:
+        with report.open("w", encoding="utf-8") as sink:
             for path, file_checks in checks.items():
                 for c in file_checks:
                     row = {
@@ -175,9 +183,14 @@ def cli_main(argv: list[str] | None = None) -> int:
                         "problems": c.problems,
                     }
                     sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if args.keep is not None:
-        with args.keep.open("w", encoding="utf-8") as sink:
+    if keep is not None:
+        with keep.open("w", encoding="utf-8") as sink:
             for file_checks in checks.values():
                 sink.writelines(c.text if c.text.endswith("\n") else c.text + "\n" for c in file_checks if c.valid)
-    print(f"{parser.prog}: {total - invalid} of {total} records valid, {invalid} with problems", file=sys.stderr)
+    print(f"{prog}: {total - invalid} of {total} records valid, {invalid} with problems", file=sys.stderr)
     return 1 if invalid else 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore verify-perturbations`` (:func:`verify_perturbations_command`)."""
+    return run_command(verify_perturbations_command, argv, prog="spatialscore verify-perturbations")

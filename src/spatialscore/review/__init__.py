@@ -19,7 +19,7 @@ A session locks its decision log and its export (``.<name>.lock`` beside each) f
 second server or ``--export-only`` on the same files is refused instead of overwriting the other's export.
 """
 
-from spatialscore.review.cli import cli_main
+from spatialscore.review.cli import cli_main, review_command
 from spatialscore.review.decisions import DECISIONS, Decision, DecisionLog
 from spatialscore.review.highlight import edit_segments
 from spatialscore.review.server import ReviewServer, make_server
@@ -34,4 +34,5 @@ __all__ = [
     "cli_main",
     "edit_segments",
     "make_server",
+    "review_command",
 ]

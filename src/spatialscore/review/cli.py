@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import sys
@@ -10,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spatialscore.cli import run_command
 from spatialscore.review.decisions import DECISIONS
 from spatialscore.review.server import ReviewServer
 from spatialscore.review.session import ReviewSession
@@ -24,34 +24,42 @@ def _summary(stats: Mapping[str, Any]) -> str:
     return f"{stats['exported']} pairs exported -> {stats['export']} ({counts}); statistics -> {stats['stats_file']}"
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore review``: serve the review page until Ctrl-C (or SIGTERM), then write the export."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore review",
-        description="Review preference pairs in a local web page: accept (a), reject (r), swap (s), skip (k).",
-    )
-    parser.add_argument("--pairs", required=True, type=Path, help="pair manifest (JSONL) to review")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port, printed)")
-    parser.add_argument(
-        "--decisions", type=Path, default=None, help="decision log (default: PAIRS_STEM.decisions.jsonl)"
-    )
-    parser.add_argument(
-        "--export", type=Path, default=None, help="exported manifest (default: PAIRS_STEM.reviewed.jsonl)"
-    )
-    parser.add_argument("--export-only", action="store_true", help="write the export from the decision log and exit")
-    args = parser.parse_args(argv)
+def review_command(
+    *,
+    pairs: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    decisions: Path | None = None,
+    export: Path | None = None,
+    export_only: bool = False,
+) -> int:
+    """Review preference pairs in a local web page: accept (a), reject (r), swap (s), skip (k). Serves until
+    Ctrl-C (or SIGTERM), then writes the export.
+
+    Args:
+        pairs: pair manifest (JSONL) to review
+        host: address to bind (default: this machine only)
+        port: port (default 0: any free port, printed)
+        decisions: decision log (default: PAIRS_STEM.decisions.jsonl)
+        export: exported manifest (default: PAIRS_STEM.reviewed.jsonl)
+        export_only: write the export from the decision log and exit
+    """
     with contextlib.ExitStack() as stack:
         try:
-            session = stack.enter_context(ReviewSession(pairs=args.pairs, decisions=args.decisions, export=args.export))
-            if args.export_only:
+            session = stack.enter_context(ReviewSession(pairs=pairs, decisions=decisions, export=export))
+            if export_only:
                 print(f"spatialscore review: {_summary(session.export())}", file=sys.stderr)
                 return 0
-            server = ReviewServer(session, host=args.host, port=args.port)
+            server = ReviewServer(session, host=host, port=port)
         except (OSError, ValueError, RuntimeError) as exc:
             print(f"spatialscore review: error: {exc}", file=sys.stderr)
             return 2
         return _serve(session, server)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore review`` (:func:`review_command`)."""
+    return run_command(review_command, argv, prog="spatialscore review")
 
 
 def _serve(session: ReviewSession, server: ReviewServer) -> int:

@@ -37,7 +37,7 @@ Use it as ``perturb_prompts(prompts, num="1", seed=0, perturber=MyLLMRewriter())
 with ``--perturber mypackage.rewriters:MyLLMRewriter`` (imported with :mod:`importlib`, instantiated without
 arguments; the current directory is importable). Raise :class:`PerturbationError` with a ``reason`` to skip a
 prompt. Every result is checked (its edits must turn ``prompt`` into ``perturbed_prompt``); a result that
-fails the check is reported as skipped with the reason, never silently dropped. ``--perturber-option KEY=VALUE``
+fails the check is reported as skipped with the reason, never silently dropped. ``--perturber_option KEY=VALUE``
 passes keyword arguments to the class. A perturber with a ``map(function, items)`` method runs the prompts
 through it (concurrently). ``--perturber llm`` is the shipped LLM perturber
 (:class:`spatialscore.data.llm_perturb.LLMPerturber`, every reply verified).
@@ -47,11 +47,12 @@ The package: ``edits``, ``lexicon``, ``rules``, ``batch``, ``cli``; every public
 from __future__ import annotations
 
 from spatialscore.data.perturb.batch import perturb_prompts
-from spatialscore.data.perturb.cli import PERTURBER_ALIASES, cli_main, load_perturber, read_prompts
+from spatialscore.data.perturb.cli import PERTURBER_ALIASES, cli_main, load_perturber, perturb_command, read_prompts
 from spatialscore.data.perturb.edits import (
     KINDS,
     NUM_CHOICES,
     Edit,
+    Num,
     PerturbationError,
     PerturbationResult,
     Perturber,
@@ -68,6 +69,7 @@ __all__ = [
     "Edit",
     "KINDS",
     "NON_SPATIAL_IDIOM",
+    "Num",
     "PERTURBER_ALIASES",
     "PerturbationError",
     "PerturbationResult",
@@ -78,6 +80,7 @@ __all__ = [
     "cli_main",
     "diff_edits",
     "load_perturber",
+    "perturb_command",
     "perturb_prompts",
     "read_prompts",
     "subset_for",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -10,8 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from spatialscore.cli import run_command
 from spatialscore.data.perturb.batch import _run
-from spatialscore.data.perturb.edits import NUM_CHOICES, Perturber, SkippedPrompt
+from spatialscore.data.perturb.edits import Num, Perturber, SkippedPrompt
 from spatialscore.data.perturb.rules import RulePerturber
 from spatialscore.specs import import_plugin
 
@@ -70,80 +70,76 @@ def _skipped_path(out: Path) -> Path:
     return out.with_name(stem + ".skipped.jsonl")
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore perturb``: write perturbed prompts as JSONL; skipped ones to ``OUT.skipped.jsonl``."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore perturb",
-        description="Make minimally perturbed variants of scene prompts that change only spatial relations.",
-    )
-    parser.add_argument(
-        "--prompts",
-        required=True,
-        type=Path,
-        help="text file (one prompt per line) or .jsonl with a 'prompt' field",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output JSONL")
-    parser.add_argument("--num", choices=NUM_CHOICES, default="1", help="perturbations per prompt")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="random seed; prompt i draws from (seed, i), so the output is reproducible"
-    )
-    parser.add_argument(
-        "--perturber",
-        default=None,
-        metavar="MODULE:CLASS",
-        help="custom perturber class, or 'llm' (the LLM perturber; default: the built-in rule perturber)",
-    )
-    parser.add_argument(
-        "--perturber-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the perturber (repeatable; JSON values parsed): a keyword argument of its class; for "
-        "'llm' an endpoint setting (base_url=URL, model=M, concurrency=N, timeout=S, ...), kinds or attempts",
-    )
-    args = parser.parse_args(argv)
+def perturb_command(
+    *,
+    prompts: Path,
+    out: Path,
+    num: Num = "1",
+    seed: int = 0,
+    perturber: str | None = None,
+    perturber_option: list[str] | None = None,
+) -> int:
+    """Make minimally perturbed variants of scene prompts that change only spatial relations: perturbed prompts
+    as JSONL, skipped ones to OUT.skipped.jsonl.
+
+    Args:
+        prompts: text file (one prompt per line) or .jsonl with a 'prompt' field
+        out: output JSONL
+        num: perturbations per prompt
+        seed: random seed; prompt i draws from (seed, i), so the output is reproducible
+        perturber: custom perturber class as MODULE:CLASS, or 'llm' (the LLM perturber; default: the built-in
+            rule perturber)
+        perturber_option: an option of the perturber as KEY=VALUE (repeatable; JSON values parsed): a keyword
+            argument of its class; for 'llm' an endpoint setting (base_url=URL, model=M, concurrency=N,
+            timeout=S, ...), kinds or attempts
+    """
     fatal: tuple[type[Exception], ...] = ()  # perturber errors that stop the run (an endpoint that is down)
     try:
-        records = read_prompts(args.prompts)
-        if args.perturber:
+        records = read_prompts(prompts)
+        if perturber:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
             from spatialscore.chat import ChatEndpointError, parse_options
 
             fatal = (ChatEndpointError,)
-            perturber = load_perturber(args.perturber, parse_options(args.perturber_option, what="--perturber-option"))
-        elif args.perturber_option:
-            raise ValueError("--perturber-option needs --perturber")
+            chosen = load_perturber(perturber, parse_options(perturber_option or [], what="--perturber_option"))
+        elif perturber_option:
+            raise ValueError("--perturber_option needs --perturber")
         else:
-            perturber = RulePerturber()
+            chosen = RulePerturber()
     except (OSError, ValueError) as exc:
         print(f"spatialscore perturb: error: {exc}", file=sys.stderr)
         return 2
     try:
-        done = _run([p for _, p in records], num=args.num, seed=args.seed, perturber=perturber)
+        done = _run([p for _, p in records], num=num, seed=seed, perturber=chosen)
     except fatal as exc:
         print(
             f"spatialscore perturb: error: {exc} (replies received are cached; rerun to resume)",
             file=sys.stderr,
         )
         return 1
-    skipped_path = _skipped_path(args.out)
+    skipped_path = _skipped_path(out)
     reasons: Counter[str] = Counter()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", encoding="utf-8") as out, skipped_path.open("w", encoding="utf-8") as skip:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as sink, skipped_path.open("w", encoding="utf-8") as skip:
         for (rec_id, _), item in zip(records, done, strict=True):
             if isinstance(item, SkippedPrompt):
                 reasons[item.reason] += 1
                 row = {"id": rec_id, "prompt": item.prompt, "reason": item.reason}
                 skip.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
-                out.write(json.dumps({"id": rec_id, **item.to_dict()}, ensure_ascii=False) + "\n")
+                sink.write(json.dumps({"id": rec_id, **item.to_dict()}, ensure_ascii=False) + "\n")
     n_skipped = sum(reasons.values())
     print(
-        f"spatialscore perturb: {len(records) - n_skipped} of {len(records)} prompts perturbed -> {args.out}; "
+        f"spatialscore perturb: {len(records) - n_skipped} of {len(records)} prompts perturbed -> {out}; "
         f"{n_skipped} skipped -> {skipped_path}",
         file=sys.stderr,
     )
     for reason, count in reasons.most_common():
         print(f"  {count} x {reason}", file=sys.stderr)
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore perturb`` (:func:`perturb_command`)."""
+    return run_command(perturb_command, argv, prog="spatialscore perturb")

@@ -7,10 +7,11 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 KINDS = ("swap", "flip", "predicate", "anchor", "attribute_swap", "row_permute")
-NUM_CHOICES = ("1", "2-3")
+Num = Literal["1", "2-3"]  # edits per prompt: one, or two to three (the commands' --num)
+NUM_CHOICES: tuple[str, ...] = get_args(Num)
 
 
 # --------------------------------------------------------------------------------------------- records

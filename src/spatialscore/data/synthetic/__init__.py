@@ -70,7 +70,7 @@ from spatialscore.data.synthetic.scene import (
     SceneObject,
     ScenePair,
 )
-from spatialscore.data.synthetic.write import cli_main, write_synthetic_dataset
+from spatialscore.data.synthetic.write import cli_main, synth_command, write_synthetic_dataset
 
 __all__ = [
     "BACKGROUND",
@@ -98,5 +98,6 @@ __all__ = [
     "parse_prompt",
     "relation_score",
     "render_scene",
+    "synth_command",
     "write_synthetic_dataset",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections import Counter
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from spatialscore.cli import UsageError, run_command
 from spatialscore.data.manifest import check_settings
 from spatialscore.data.synthetic.generate import _STAGES, FULL_STAGE
 from spatialscore.data.synthetic.pairs import _checked_size, _generate
@@ -142,47 +142,43 @@ def _write_synthetic(
     return manifest, True
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``spatialscore synth``: write a synthetic preference data set and print what was written."""
-    parser = argparse.ArgumentParser(
-        prog="spatialscore synth", description="Write procedural spatial preference pairs (PNG + JSON Lines)."
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="output folder; rerunning with the same settings writes nothing, other settings are refused",
-    )
-    parser.add_argument("--num-pairs", required=True, type=int, help="scene pairs (two records each)")
-    parser.add_argument("--seed", type=int, default=0, help="generation seed; the output is byte-identical for a seed")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels (default: 64)")
-    parser.add_argument(
-        "--stages",
-        type=int,
-        nargs="+",
-        default=[FULL_STAGE],
-        choices=sorted(_STAGES),
-        help=f"curriculum stages, spread evenly over the pairs (0 = red/blue warm-up ... 4 = two objects of all "
-        f"colours ... {FULL_STAGE} = the full task, the default; a stage listed k times gets k shares)",
-    )
-    parser.add_argument("--split", default="train", help="manifest name: OUT/SPLIT.jsonl")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+def synth_command(
+    *,
+    out: Path,
+    num_pairs: int,
+    seed: int = 0,
+    image_size: int = 64,
+    stages: Sequence[int] = (FULL_STAGE,),
+    split: str = "train",
+    no_progress: bool = False,
+) -> int:
+    """Write procedural spatial preference pairs (PNG + JSON Lines) and print what was written.
+
+    Args:
+        out: output folder; rerunning with the same settings writes nothing, other settings are refused
+        num_pairs: scene pairs (two records each)
+        seed: generation seed; the output is byte-identical for a seed
+        image_size: side of the square images in pixels
+        stages: curriculum stages, spread evenly over the pairs (0 = red/blue warm-up ... 4 = two objects of all
+            colours ... the last = the full task, the default; a stage listed k times gets k shares)
+        split: manifest name: OUT/SPLIT.jsonl
+        no_progress: hide the progress bar
+    """
     try:
         manifest, wrote = _write_synthetic(
-            args.out,
-            num_pairs=args.num_pairs,
-            seed=args.seed,
-            image_size=args.image_size,
-            stages=args.stages,
-            split=args.split,
-            show_progress=not args.no_progress,
+            out,
+            num_pairs=num_pairs,
+            seed=seed,
+            image_size=image_size,
+            stages=stages,
+            split=split,
+            show_progress=not no_progress,
         )
     except ValueError as error:
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
     records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").split("\n") if line]
     if wrote:
-        print(f"wrote {len(records)} records ({args.num_pairs} pairs, {2 * args.num_pairs} images) to {manifest}")
+        print(f"wrote {len(records)} records ({num_pairs} pairs, {2 * num_pairs} images) to {manifest}")
     else:
         print(f"{manifest} already holds these {len(records)} records (same settings): nothing written")
     for title, key in (("subset", "subset"), ("category", "category")):
@@ -191,3 +187,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     stage_counts = Counter(r["meta"]["stage"] for r in records)
     print("  per stage: " + ", ".join(f"{k}={v}" for k, v in sorted(stage_counts.items())))
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``spatialscore synth`` (:func:`synth_command`)."""
+    return run_command(synth_command, argv, prog="spatialscore synth")
