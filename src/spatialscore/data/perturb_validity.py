@@ -15,8 +15,10 @@
    are only left or right of something ("to the left of the frame", never "above the frame").
 5. **Arrangement actually different**: the relation facts differ after mapping converses together ("A left
    of B" equals "B right of A"; "a phone in front of a phone" flipped is a no-op).
-6. **No detectable self-contradiction**: no object newly placed both left and right (a stale later "on the
-   right" after a flip or swap), no two mentions turned into the same corner or the same contrasting label
+6. **No detectable self-contradiction**: no object newly placed on both sides of an axis by a mention the edit
+   left stale: left/right ("on the right" after a flip or swap), depth ("in the foreground" yet "on the
+   horizon" or only "behind" things), centre/periphery, around/beside ("in front of the carousel ... encircle
+   it"); no two mentions turned into the same corner or the same contrasting label
    ("the left lantern ..., the left one"), no implausible flip of a fixed landmark ("the floor above the
    table", "the sky below", "the rug above the table").
 
