@@ -8,7 +8,7 @@
 Runs the perturber with the ``spatialscore perturb`` semantics (:func:`perturb_prompts`, seed 0): ``--num 1``
 on the short and templated prompts, ``--num 2-3`` on the long dense ones. Reports per source and per split
 (hand-labelled ``dev`` / ``test``; ``all`` adds the unlabelled templated prompts; ``blind`` is the long dense set
-added after the long-prompt fixes, never used to develop them, and not part of ``all``):
+added after the long-prompt fixes, not part of ``all``; no longer blind since its edits were hand-checked):
 
 - coverage: perturbed prompts / prompts with a spatial relation (labelled ones: by their labels; unlabelled
   templated ones contain one by construction);
@@ -188,7 +188,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"({report['prompts']} prompts, {report['labelled']} hand-labelled; `--num 1` on short/templated, "
         "`--num 2-3` on long dense; seed 0). Coverage = perturbed / with a relation; validity = perturbed prompts "
         "passing `check_perturbation`; P/R = relation phrases found vs hand labels. `blind` = long dense prompts "
-        "added after the long-prompt fixes and never used to develop them (not part of `all`)."
+        "added after the long-prompt fixes (not part of `all`); **no longer blind**: their edits were hand-checked "
+        "and the stale-mention validity rules were written after reading them."
         + (f" `previous` = {report['previous_note']}." if "previous" in report else ""),
         "",
     ]

@@ -474,3 +474,29 @@ def test_unverified_rules_offer_more_than_verified() -> None:
     text = "A fox sits to the left of a hare. The hare on the right nibbles clover."
     raw = {(e.kind, e.before, e.after) for e in RulePerturber(verify=False).candidates(text)}
     assert ("flip", "left", "right") in raw and ("flip", "left", "right") not in offered(text)
+
+
+def test_overhead_adjective_flips_unless_its_clause_says_up_or_down() -> None:
+    rules = RulePerturber()
+    assert [(e.kind, e.before, e.after) for e in rules.candidates("An overhead lamp lights the desk.")] == [
+        ("flip", "An overhead", "A ground-level")
+    ]
+    assert rules.candidates("Overhead lights beam down on the rink.") == []
+    assert not [e for e in rules.candidates("Stalls stand beneath a web of overhead tarps.") if "overhead" in e.before]
+
+
+def test_depth_stale_mentions_are_not_offered() -> None:
+    """A foreground/background flip that would leave a later mention of the same object stale is dropped."""
+    prompt = "In the background, a lone kayak floats quietly on the horizon. A heron stands in the foreground."
+    offered = {(e.before, e.after) for e in RulePerturber().candidates(prompt)}
+    assert ("background", "foreground") not in offered
+    assert ("foreground", "background") in offered
+
+
+def test_label_repairs_stay_small() -> None:
+    """A stale left/right label is repaired in the same edit, but not an object named on many sides."""
+    prompt = (
+        "A fox sits to the left of a hare. The hare on the right eats. The hare on the right naps. "
+        "The hare on the right hops."
+    )
+    assert not [e for e in RulePerturber().candidates(prompt) if e.before.startswith("left of a hare")]

@@ -178,7 +178,7 @@ def test_implausible_landmark_flips() -> None:
 def test_stale_left_right_and_same_corner() -> None:
     prompt = "A fox sits to the left of a hare. The hare on the right nibbles clover."
     got = problems(prompt, "left", "right")
-    assert got == ["'hare' is now placed both left and right (a later left/right mention not updated?)"]
+    assert got == ["'hare' is now placed both left and right (the mention 'on the right' not updated?)"]
     assert problems(prompt, "A fox sits to the left of a hare", "A hare sits to the left of a fox")
     corners = "A map hangs in the top-left corner and a clock in the top-right corner."
     assert problems(corners, "top-right", "top-left") == ["two mentions now name the same position 'top-left'"]
@@ -196,3 +196,91 @@ def test_the_frame_and_the_camera_are_not_objects() -> None:
     assert problems("A bride poses in front of the camera.", "in front of", "behind")
     assert problems("A clock hangs to the left of the picture.", "to the left of", "above") == []
     assert problems("A clock sits next to the white picture frame.", "next to", "above") == []
+
+
+@pytest.mark.parametrize(
+    "prompt, before, after, stale",
+    [
+        (
+            "In the background, a lone kayak with a red hull floats quietly on the horizon.",
+            "background",
+            "foreground",
+            "on the horizon",
+        ),
+        (
+            "A low hedge in the background is behind the two benches.",
+            "background",
+            "foreground",
+            "behind the two benches",
+        ),
+        (
+            "A wooden gate stands in the background. Beyond the meadow, the gate is behind all the cows.",
+            "background",
+            "foreground",
+            "behind all the cows",
+        ),
+        (
+            "A tent is in front of the cabin. The tent is in front of the cabin, near a creek.",
+            "in front of",
+            "behind",
+            "in front of the cabin",
+        ),
+        (
+            "A lamp glows at the center of the stage. The lamp at the center flickers.",
+            "at the center",
+            "in the periphery",
+            "at the center",
+        ),
+        (
+            "Surrounding the fountain, a crowd of children, laughing loudly, encircle it.",
+            "Surrounding",
+            "In front of",
+            "encircle it",
+        ),
+        (
+            "There is a row of parked bikes on the left side, which is to the left of all the runners.",
+            "left of all",
+            "right of all",
+            "on the left side",
+        ),
+    ],
+)
+def test_stale_depth_region_and_around_mentions(prompt: str, before: str, after: str, stale: str) -> None:
+    """Moving an object along an axis while another mention of it still says the opposite is invalid."""
+    got = problems(prompt, before, after)
+    assert len(got) == 1 and f"(the mention {stale!r} not updated?)" in got[0], got
+
+
+@pytest.mark.parametrize(
+    "prompt, before, after",
+    [
+        ("In the background, a lone kayak floats. A gull dives on the horizon.", "background", "foreground"),
+        ("A red barn sits in the foreground. The silo in the foreground is rusty.", "foreground", "background"),
+        ("In the foreground, a bench stands. In the background, trees sway.", "foreground", "background"),
+        ("A black goat stands in the foreground. A brown goat is behind the fence.", "foreground", "background"),
+        (
+            "A lamp stands at the center of the stage. The chair at the periphery is empty.",
+            "at the center",
+            "on the left side",
+        ),
+        ("Surrounding the fountain, a crowd of children play. A dog sleeps near it.", "Surrounding", "In front of"),
+        ("A woman with bright eyes stands beside a canvas.", "beside", "behind"),
+    ],
+)
+def test_same_word_for_another_object_is_not_stale(prompt: str, before: str, after: str) -> None:
+    assert problems(prompt, before, after) == []
+
+
+def test_water_surface_and_graded_center() -> None:
+    assert problems("Pelicans skim above the gentle surf.", "above", "below") == [
+        "implausible: something placed below 'the gentle surf'"
+    ]
+    assert problems("the crowd, barely in the periphery, waits.", "in the periphery", "at the center") == [
+        "'barely' cannot grade 'at the center' (a point is not barely or partly reached)"
+    ]
+    assert problems("the crowd, clearly in the periphery, waits.", "in the periphery", "at the center") == []
+
+
+def test_overhead_as_an_adjective() -> None:
+    assert problems("An overhead lamp lights the desk.", "An overhead", "A ground-level") == []
+    assert problems("Overhead, paper lanterns sway.", "Overhead", "Below") == []

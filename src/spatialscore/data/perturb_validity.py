@@ -15,8 +15,10 @@
    are only left or right of something ("to the left of the frame", never "above the frame").
 5. **Arrangement actually different**: the relation facts differ after mapping converses together ("A left
    of B" equals "B right of A"; "a phone in front of a phone" flipped is a no-op).
-6. **No detectable self-contradiction**: no object newly placed both left and right (a stale later "on the
-   right" after a flip or swap), no two mentions turned into the same corner or the same contrasting label
+6. **No detectable self-contradiction**: no object newly placed on both sides of an axis by a mention the edit
+   left stale: left/right ("on the right" after a flip or swap), depth ("in the foreground" yet "on the
+   horizon" or only "behind" things), centre/periphery, around/beside ("in front of the carousel ... encircle
+   it"); no two mentions turned into the same corner or the same contrasting label
    ("the left lantern ..., the left one"), no implausible flip of a fixed landmark ("the floor above the
    table", "the sky below", "the rug above the table").
 
@@ -27,6 +29,7 @@ rewrites (e.g. a participle clause that moves across a relation) rather than let
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -46,13 +49,14 @@ from spatialscore.data.perturb.lexicon import (
     _NONFINITE,
     _ORIENT_VERBS,
     _OTHER_VERBS,
+    _OVERHEAD_NOUNS,
     _PLACE_VERBS,
     _RIGHT_NON_SPATIAL,
     _SKY,
     _VIEWER,
     NON_SPATIAL_IDIOM,
 )
-from spatialscore.data.perturb.rules import _is_frame, _placeable
+from spatialscore.data.perturb.rules import _in_spans, _is_frame, _placeable
 
 __all__ = ["check_perturbation"]
 
@@ -123,7 +127,45 @@ _DIRECTED = {
     "behind": ("d", -1),
     "behind-of": ("d", -1),  # "hidden by Y": the subject is behind Y
 }
-_SIDE_OF = {"left": "L", "right": "R", "on-left": "L", "on-right": "R"}
+# Stale mentions: where a relation key places its subject, per axis ("h" left/right, "d" depth, "r" centre or
+# edge, "a" around or beside); a binary key also places its object on the opposite pole.
+_UNARY_POLES = {
+    "on-left": ("h", "left"),
+    "on-right": ("h", "right"),
+    "on-front": ("d", "in front"),
+    "on-back": ("d", "behind"),
+    "on-mid": ("d", "in the midground"),
+    "center": ("r", "at the center"),
+    "periphery": ("r", "at the periphery"),
+}
+_BINARY_POLES = {
+    "left": ("h", "left"),
+    "right": ("h", "right"),
+    "front": ("d", "in front"),
+    "behind": ("d", "behind"),
+    "behind-of": ("d", "behind"),
+}
+_OPPOSITE_POLE = {
+    "left": "right",
+    "right": "left",
+    "in front": "behind",
+    "behind": "in front",
+    "around": "beside",
+    "beside": "around",
+}
+# absolute poles that contradict being only ever on the other side of things: "the lamp on the right" only
+# left of things, a foreground fence only behind things; a background lighthouse in front of a rocky point is fine
+_AGAINST_POLES = {"left", "right", "in front"}
+_BESIDE_KEYS = {"left", "right", "front", "behind", "behind-of", "near"}  # one side of it, not all around it
+_ANTECEDENT_KEYS = {*_BESIDE_KEYS, "around", "above", "below", "between"}  # what "it" may point back to
+_AROUND_VERBS = set("surround surrounds encircle encircles ring rings circle circles enclose encloses".split())
+_HORIZON_PREPS = {"on", "at", "along", "near"}  # "drifts on the horizon": far away
+_PRONOUNS = {"it": False, "them": True}  # plural?
+_RELATIVE_PRONOUNS = {"which", "who", "that"}
+_FRONTED_FILLERS = set(
+    "we you one there is are was were can could see stands stand sits sit lies lie rises rise looms loom".split()
+)
+_MARGINAL = set("barely hardly scarcely slightly partly partially somewhat".split())  # not with a point
 
 _CLAUSE_WORDS = set("and or but while as which that where who whose when so then than there yet nor".split())
 _PRONOUN_STOP = set("he she they we you i".split())
@@ -139,7 +181,7 @@ _FINITE = (
 _PREP_STOP = set("from for of to with without about during through toward towards via like unlike".split())
 _POSITION_WORDS = set(
     "left right leftmost rightmost upper lower top bottom front back rear middle center centre "
-    "far near nearest farthest foreground background midground".split()
+    "far near nearest farthest foreground background midground overhead ground-level".split()
 )
 _CORNER = re.compile(r"(?<![\w'’-])(upper|lower|top|bottom)[- ](left|right)(?![\w'’-])", re.I)
 _SINGULAR_DETS = {"a", "an", "one", "each", "every", "another", "this", "that"}
@@ -159,6 +201,7 @@ _DETS = {
     "those",
     "each",
 }
+_QUANTIFIERS = {"all", "some", "few", "many", "several", "both", "other", "another", "one", *_SINGULAR_DETS}
 _POS_MODIFIERS = {"far", "very", "extreme", "upper", "lower", "top", "bottom", "front", "back"}
 
 _VERTICAL_UP = {"above", "on", "on-top"}
@@ -226,6 +269,12 @@ def _head(words: Sequence[str]) -> str:
     return words[-1]
 
 
+def _overhead_adjective(text: str, rel: re.Match[str]) -> bool:
+    """ "*Overhead* lights", "an *overhead* fan": a position word of a noun phrase, not a relation."""
+    nxt = _WORD.match(text, rel.end() + 1) if text[rel.end() : rel.end() + 1] == " " else None
+    return rel.group().lower() == "overhead" and nxt is not None and nxt.group().lower() in _OVERHEAD_NOUNS
+
+
 def _frames_sentence(text: str, pos: int, raw: Sequence[tuple[str, str, int, int, str]]) -> bool:
     """Framing text ("a photo of") opens a sentence without a finite verb ("a photo of a cat left of a dog");
     in "A painting of a ship hangs above the bed" the painting is an object."""
@@ -252,7 +301,7 @@ def _items(text: str) -> tuple[_Item, ...]:
             pos = frame.end()
             continue
         rel = _REL.match(text, pos)
-        if rel:
+        if rel and not _overhead_adjective(text, rel):
             raw.append(("rel", "<rel>", rel.start(), rel.end(), _rel_key(rel)))
             pos = rel.end()
             continue
@@ -316,15 +365,57 @@ class _Fact:
 
 
 def _subject_index(items: Sequence[_Item], rel_index: int) -> int:
-    """The nearest noun phrase before a relation in its clause (verbs may stand between), or -1."""
-    for j in range(rel_index - 1, -1, -1):
-        if items[j].kind == "np":
-            return j
-        if items[j].kind == "rel" and items[j].key == "centered":
-            continue
-        if items[j].kind != "word" or not items[j].norm[:1].isalpha() or items[j].norm in _CLAUSE_WORDS:
+    """The nearest noun phrase before a relation in its clause, or -1. Verbs, adverbs, a "with" attribute, a
+    position label ("the fence in the background *is behind* ...") and a relative pronoun ("vehicles on the
+    right, *which are* left of ...") may stand between."""
+    j = rel_index - 1
+    while j >= 0:
+        it = items[j]
+        if it.kind == "np" and not _is_adverb(it.norm):
+            owner = _attribute_owner(items, j)
+            if owner < 0:
+                return j
+            j = owner + 1  # "a woman with captivating eyes stands beside ...": the woman, not her eyes
+        elif it.kind == "word" and it.norm in _RELATIVE_PRONOUNS and j > 0 and items[j - 1].norm == ",":
+            j -= 1  # ", which": past the comma too
+        elif it.kind == "word" and (not it.norm[:1].isalpha() or it.norm in _CLAUSE_WORDS - _RELATIVE_PRONOUNS):
             return -1
+        elif it.kind == "rel" and it.key != "centered" and it.key not in _UNARY_POLES:
+            return -1
+        j -= 1
     return -1
+
+
+def _attribute_owner(items: Sequence[_Item], j: int) -> int:
+    """The noun phrase that a "with" phrase ending at noun phrase ``j`` belongs to ("*a woman* with
+    captivating eyes"), or -1."""
+    k = j - 2 if j > 1 and items[j - 1].kind == "word" and items[j - 1].norm[:1].isalpha() else j - 1
+    ok = k > 0 and items[k].norm == "with" and items[k - 1].kind == "np"
+    return k - 1 if ok else -1
+
+
+def _is_adverb(norm: str) -> bool:
+    """A lone "-ly" word ("quietly", "lazily"): an adverb, which the noun-phrase chunker cannot tell apart."""
+    return " " not in norm and norm.endswith("ly") and len(norm) > 4
+
+
+def _fronted_subject(items: Sequence[_Item], rel_index: int) -> int:
+    """The subject after a clause-initial place phrase, or -1: "Below, *the cat* sleeps", "Surrounding the
+    carousel, *figures* ..." (past a binary relation's object), "In the background we can see *a fence*"."""
+    k = rel_index + 1
+    unary = items[rel_index].key in _UNARY_POLES
+    if not unary and k < len(items) and items[k].kind == "np":
+        k += 1
+    if k < len(items) and items[k].norm == ",":
+        return k + 1 if k + 1 < len(items) and items[k + 1].kind == "np" else -1
+    return _after_fillers(items, k) if unary else -1
+
+
+def _after_fillers(items: Sequence[_Item], k: int) -> int:
+    """The first noun phrase from ``k`` on past words such as "we can see", "there are", "stands", or -1."""
+    while k < len(items) and items[k].kind == "word" and items[k].norm in _FRONTED_FILLERS:
+        k += 1
+    return k if k < len(items) and items[k].kind == "np" else -1
 
 
 def _facts(items: Sequence[_Item]) -> list[_Fact]:
@@ -334,12 +425,12 @@ def _facts(items: Sequence[_Item]) -> list[_Fact]:
         if it.kind != "rel":
             continue
         j = _subject_index(items, k)
-        clause_start = k == 0 or items[k - 1].norm in {".", "!", "?", ";", ":"}
-        if j < 0 and clause_start and k + 2 < len(items) and items[k + 1].norm == ",":
-            j = k + 2 if items[k + 2].kind == "np" else -1  # "Below, the cat sleeps": the cat is below
+        clause_start = k == 0 or items[k - 1].norm in {".", "!", "?", ";", ":", "and"}
+        if j < 0 and clause_start:
+            j = _fronted_subject(items, k)  # "Below, the cat sleeps": the cat is below
         subject = items[j].norm if j >= 0 else None
         obj = items[k + 1].norm if k + 1 < len(items) and items[k + 1].kind == "np" else None
-        if it.key.startswith("on-") or it.key in {"center", "centered", "row"}:
+        if it.key.startswith("on-") or it.key in {"center", "centered", "periphery", "row"}:
             obj = None  # unary: "the dog on the right", "in the center"
         if it.key == "between" and obj and k + 3 < len(items) and items[k + 2].norm == "and":
             obj = " & ".join(sorted([obj, items[k + 3].norm]))
@@ -364,39 +455,146 @@ def _np_head(norm: str | None) -> str:
     return _head(norm.split()) if norm else ""
 
 
-def _side_conflicts(text: str, items: Sequence[_Item], facts: Sequence[_Fact]) -> set[str]:
-    """Objects placed on both sides: two absolute labels ("on the left", "the right lantern") that disagree,
-    an absolute label against a binary relation ("A right of B" with "B on the right"), or "A left of B"
-    with "A right of B"."""
-    absolute: dict[str, set[str]] = {}
-    relative: dict[str, set[str]] = {}
-    pairs: set[tuple[str, str]] = set()
-    for f in facts:
-        side = _SIDE_OF.get(f.key)
-        if side is None or f.subject is None:
-            continue
-        if f.key in {"on-left", "on-right"}:
-            if not (f.obj or f.subject_attached):
-                absolute.setdefault(_np_head(f.subject), set()).add(side)
-        elif f.obj is not None and not f.subject_attached:
-            a, b = _np_head(f.subject), _np_head(f.obj)
-            relative.setdefault(a, set()).add(side)
-            relative.setdefault(b, set()).add("R" if side == "L" else "L")
-            pairs.add((a, b) if side == "L" else (b, a))
-    for it in items:
+@dataclass(frozen=True)
+class _Placement:
+    """One phrase placing an object on an axis: absolutely ("in the foreground") or against another object."""
+
+    axis: str
+    noun: str  # head noun of the placed object, for messages
+    ident: frozenset[str]  # its content words: "the black cow" and "the brown cow" are different objects
+    pole: str  # "left", "in front", "at the center", "around", ...
+    other: frozenset[str]  # the reference object's content words, empty for an absolute placement
+    start: int  # span of the placing phrase
+    end: int
+
+
+def _ident(norm: str) -> frozenset[str]:
+    """Content words of a noun phrase (no determiners, quantifiers or position words)."""
+    return frozenset(norm.split()) - _DETS - _QUANTIFIERS - _POSITION_WORDS
+
+
+def _same(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Whether two mentions may name the same object: one's content words contain the other's ("the cow",
+    "a brown cow"), so "the black cow" and "the brown cow" are kept apart."""
+    return bool(a and b) and (a <= b or b <= a)
+
+
+def _antecedent(items: Sequence[_Item], facts: Sequence[_Fact], k: int, pronoun: str) -> _Fact | None:
+    """The spatial relation that "it"/"them" at item ``k`` points back to: the sentence's last one before it
+    whose object agrees in number ("Surrounding *the carousel*, figures ... encircle it")."""
+    stop = max((j for j in range(k) if items[j].norm in {".", "!", "?"}), default=-1)
+    for f in reversed(facts):
+        obj = _np_head(f.obj)
+        if stop < f.index < k and f.key in _ANTECEDENT_KEYS and obj and obj not in _PRONOUNS:
+            if obj.endswith("s") == _PRONOUNS[pronoun]:
+                return f
+    return None
+
+
+def _referent(items: Sequence[_Item], facts: Sequence[_Fact], k: int, norm: str | None) -> str:
+    """A relation argument, with "it"/"them" resolved to its antecedent's object ("" when there is none)."""
+    if _np_head(norm) not in _PRONOUNS:
+        return norm or ""
+    f = _antecedent(items, facts, k, _np_head(norm))
+    return f.obj or "" if f else ""
+
+
+def _place(axis: str, subj: str, pole: str, other: str, span: tuple[int, int]) -> _Placement:
+    return _Placement(axis, _np_head(subj), _ident(subj), pole, _ident(other), *span)
+
+
+def _fact_placements(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact) -> list[_Placement]:
+    """What one relation says about where its subject (and object) are."""
+    rel = items[f.index]
+    span = (rel.start, items[f.index + 1].end if f.obj else rel.end)
+    subj, obj = _referent(items, facts, f.index, f.subject), _referent(items, facts, f.index, f.obj)
+    if not subj or f.subject_attached:
+        return []
+    out = []
+    if f.key in _UNARY_POLES and not f.obj:
+        axis, pole = _UNARY_POLES[f.key]
+        out.append(_place(axis, subj, pole, "", span))
+    elif f.key == "centered":
+        out.append(_place("r", subj, "at the periphery" if f.phrase.startswith("off") else "at the center", "", span))
+    elif f.phrase in _HORIZON_PREPS and _np_head(obj) in {"horizon", "skyline"}:
+        out.append(_place("d", subj, "behind", "", span))  # "drifts on the horizon": far away
+    if not obj or _np_head(obj) == _np_head(subj):
+        return out
+    if f.key in _BINARY_POLES:
+        axis, pole = _BINARY_POLES[f.key]
+        out += [_place(axis, subj, pole, obj, span), _place(axis, obj, _OPPOSITE_POLE[pole], subj, span)]
+    if f.key in _BESIDE_KEYS or f.key == "around" or f.phrase == "around":
+        pole = "beside" if f.key in _BESIDE_KEYS else "around"
+        out += [_place("a", subj, pole, obj, span), _place("a", obj, pole, subj, span)]
+    return out
+
+
+def _placements(text: str, items: Sequence[_Item], facts: Sequence[_Fact]) -> list[_Placement]:
+    """Every phrase of ``text`` that places an object on an axis: relations, position labels ("the right
+    lantern") and "surround"/"encircle" with a pronoun ("figures ... encircle it")."""
+    out = [p for f in facts for p in _fact_placements(items, facts, f)]
+    for k, it in enumerate(items):
         if it.kind != "np":
             continue
+        f = _antecedent(items, facts, k, it.key) if it.key in _PRONOUNS else None
+        if f and f.subject and f.obj and it.norm.split()[0] in _AROUND_VERBS:
+            span = (it.start, it.end)
+            out += [_place("a", f.subject, "around", f.obj, span), _place("a", f.obj, "around", f.subject, span)]
         raw = {w.lower() for w in _WORD.findall(text[it.start : it.end])}
         if raw & {"left", "right", "leftmost", "rightmost"} and not raw & {"upper", "lower", "top", "bottom"}:
             if "<pos>" in it.shape.split() and it.key not in {"left", "right", "side", "one"}:
-                absolute.setdefault(it.key, set()).add("L" if raw & {"left", "leftmost"} else "R")
-    out = {noun for noun, sides in absolute.items() if len(sides) == 2}
-    for noun, sides in absolute.items():
-        implied = relative.get(noun, set())
-        if implied and not implied & sides:  # labelled "on the right", yet only ever left of something
-            out.add(noun)
-    out |= {a for a, b in pairs if a != b and (b, a) in pairs}
-    return {noun for noun in out if noun}
+                pole = "left" if raw & {"left", "leftmost"} else "right"
+                out.append(_place("h", it.norm, pole, "", (it.start, it.end)))
+    return out
+
+
+def _conflicts(places: Sequence[_Placement]) -> dict[tuple[str, frozenset[str]], tuple[_Placement, _Placement]]:
+    """Objects placed inconsistently, each with two placements that disagree: two absolute labels ("in the
+    foreground" and "on the horizon"), a left/right/foreground label against every relation of the object
+    ("in the foreground" yet only ever "behind" something), or two relations to the same object ("left of B" and
+    "right of B"; "encircle it" and "in front of it"). Keyed by axis and the object's content words."""
+    out = {}
+    absolute = [p for p in places if not p.other]
+    relative = [p for p in places if p.other]
+    for p in absolute:
+        related = [q for q in relative if q.axis == p.axis and _same(p.ident, q.ident)]
+        clash = [q for q in absolute if q.axis == p.axis and q.pole != p.pole and _same(p.ident, q.ident)]
+        if p.pole in _AGAINST_POLES and related and all(_OPPOSITE_POLE.get(q.pole) == p.pole for q in related):
+            clash.append(related[0])
+        for q in clash:
+            out.setdefault((p.axis, p.ident | q.ident), (p, q))
+    for p, q in itertools.combinations(relative, 2):
+        if p.axis == q.axis and _OPPOSITE_POLE.get(p.pole) == q.pole and _same(p.ident, q.ident):
+            if _same(p.other, q.other):
+                out.setdefault((p.axis, p.ident | q.ident), (p, q))
+    return out
+
+
+def _stale_mentions(
+    prompt: str,
+    perturbed: str,
+    facts: tuple[Sequence[_Fact], Sequence[_Fact]],
+    items: tuple[Sequence[_Item], Sequence[_Item]],
+    edited: Sequence[tuple[int, int]],
+) -> list[str]:
+    """Objects the perturbation newly places in two contradicting ways, naming the mention it left stale."""
+    old = _conflicts(_placements(prompt, items[0], facts[0]))
+    problems: list[str] = []
+    reported: set[tuple[int, int]] = set()
+    for key, (p, q) in sorted(
+        _conflicts(_placements(perturbed, items[1], facts[1])).items(), key=lambda kv: kv[1][0].start
+    ):
+        if key in old:
+            continue
+        moved, stale = (q, p) if _in_spans(edited, q.start, q.end) and not _in_spans(edited, p.start, p.end) else (p, q)
+        if (stale.start, stale.end) in reported:
+            continue
+        reported.add((stale.start, stale.end))
+        problems.append(
+            f"'{moved.noun}' is now placed both {moved.pole} and {stale.pole}"
+            f" (the mention {perturbed[stale.start : stale.end]!r} not updated?)"
+        )
+    return problems
 
 
 def _labels(text: str) -> list[Counter[str]]:
@@ -413,7 +611,9 @@ def _labels(text: str) -> list[Counter[str]]:
     return out
 
 
-def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str, perturbed: str) -> list[str]:
+def _problems_in_relations(
+    before: list[_Item], after: list[_Item], prompt: str, perturbed: str, edited: Sequence[tuple[int, int]]
+) -> list[str]:
     problems: list[str] = []
     facts_b, facts_a = _facts(before), _facts(after)
     changed = {k for k, (x, y) in enumerate(zip(before, after, strict=True)) if x.norm != y.norm or x.key != y.key}
@@ -441,14 +641,16 @@ def _problems_in_relations(before: list[_Item], after: list[_Item], prompt: str,
                 problems.append(f"'between' in {text!r} has only one argument {fa.obj!r}")
         if fa.key != fb.key and fa.key not in {"left", "right"} and _is_frame((fa.obj or "").split()):
             problems.append(f"relation {text!r} places something relative to {fa.obj!r}, the picture or its viewer")
+        if fa.key != fb.key and fa.key in {"center", "centered"} and not fa.phrase.startswith("off"):
+            word = _WORD.findall(perturbed, max(0, after[fa.index].start - 20), after[fa.index].start)[-1:]
+            if word and word[0].lower() in _MARGINAL:
+                problems.append(f"{word[0]!r} cannot grade {text!r} (a point is not barely or partly reached)")
         # 6. implausible placements of fixed landmarks (only where the edit made them)
         implausible = _implausible(fa)
         if implausible and implausible != _implausible(fb):
             problems.append(implausible)
     # 6. self-contradictions new in the perturbed prompt
-    old = _side_conflicts(prompt, before, facts_b)
-    for noun in sorted(_side_conflicts(perturbed, after, facts_a) - old):
-        problems.append(f"'{noun}' is now placed both left and right (a later left/right mention not updated?)")
+    problems += _stale_mentions(prompt, perturbed, (facts_b, facts_a), (before, after), edited)
     for labels_b, labels_a in zip(_labels(prompt), _labels(perturbed), strict=False):
         for label, count in sorted(labels_a.items()):
             if count > max(1, labels_b[label]) and len(labels_a) < len(labels_b):
@@ -517,7 +719,16 @@ def check_perturbation(prompt: str, perturbed: str, edits: Sequence[Edit]) -> li
         new = sorted((np_a - np_b).elements())
         problems.append(f"noun phrases differ (cut or merged): {gone} became {new}")
         return problems
-    return problems + _problems_in_relations(before, after, prompt, perturbed)
+    return problems + _problems_in_relations(before, after, prompt, perturbed, _perturbed_spans(edits))
+
+
+def _perturbed_spans(edits: Sequence[Edit]) -> list[tuple[int, int]]:
+    """Where the edits' new text lies in the perturbed prompt."""
+    out, shift = [], 0
+    for edit in sorted(edits, key=lambda e: (e.start, e.end)):
+        out.append((edit.start + shift, edit.start + shift + len(edit.after)))
+        shift += len(edit.after) - len(edit.before)
+    return out
 
 
 def _unattributed(phrases: Counter[str]) -> Counter[str]:

@@ -138,11 +138,19 @@ _VIEWER = r"(?:viewer|camera|lens|onlooker|audience)"
 _SKY = set("sky skies ceiling sun moon stars clouds cloud heavens roof rooftop canopy treetops".split())
 _GROUND_LEVEL = set(
     "floor ground road street streets sidewalk pavement lawn grass sand beach shore shores soil earth water "
-    "river lake sea ocean bay canal pond".split()
+    "river lake sea ocean bay canal pond surf shallows".split()
 )
 _FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
 _VIEWPOINT = set("vantage viewpoint perspective angle".split())
 # the picture itself and whoever looks at it: "to the left of the frame" may flip, never become "above the frame"
+# what "overhead" may place as an adjective ("overhead lights" -> "ground-level lights")
+_OVERHEAD_NOUNS = set(
+    "light lights lamp lamps lantern lanterns fan fans bulb bulbs fixture fixtures spotlight spotlights tarp tarps "
+    "awning awnings beam beams cable cables wires pipes bins compartment compartments shelf shelves sign signs "
+    "screen screens speakers".split()
+)
+# a word of the clause that already says up or down ("overhead lights beam *down*"): flipping would leave it stale
+_VERTICAL_CUES = set("down downward downwards up upward upwards above below beneath under underneath overhead".split())
 _FRAME_NOUNS = set("frame image composition shot photo photograph viewer camera lens".split())
 _OBJECT_LIGHTS = set(
     "traffic street string fairy ceiling pendant tail head brake porch desk reading flood neon night".split()

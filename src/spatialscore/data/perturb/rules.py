@@ -39,6 +39,7 @@ from spatialscore.data.perturb.lexicon import (
     _ON_BLOCK,
     _OPPOSITE,
     _ORIENT_VERBS,
+    _OVERHEAD_NOUNS,
     _PLACE_VERBS,
     _PLURAL_DETS,
     _POLES,
@@ -60,6 +61,7 @@ from spatialscore.data.perturb.lexicon import (
     _SWAP_DETS,
     _TOKEN,
     _TOP_NOUNS,
+    _VERTICAL_CUES,
     _VIEWER,
     _VIEWPOINT,
     NON_SPATIAL_IDIOM,
@@ -382,13 +384,14 @@ _FACING = re.compile(
     r"(?: (?:slightly|directly|partly|partially|straight|just))? (toward|towards) the " + _VIEWER + r"\b",
     re.I,
 )
+_OVERHEAD = re.compile(r"(?<![\w'’-])(overhead) ([^\W\d_][\w'’-]*)", re.I)
 _CENTRALLY = re.compile(r"(?<![\w'’-])(?:framed|positioned|placed|set|located|situated) (centrally)\b", re.I)
 
 
 def _prose_sites(text: str) -> list[_Candidate]:
     """Distance, facing and framing words of descriptive prose: "a nearby streetlamp" -> "a distant
     streetlamp", "turned towards the viewer" -> "turned away from the viewer", "framed centrally" ->
-    "framed off-center"."""
+    "framed off-center", "the overhead lamp" -> "the ground-level lamp"."""
     out = []
     for m in _NEARBY.finditer(text):
         if m.group(2).lower() not in _NP_STOP and _placeable(["", m.group(2)]):
@@ -397,7 +400,21 @@ def _prose_sites(text: str) -> list[_Candidate]:
         out.append(_single(text, "flip", m.start(1), m.end(1), "away from"))
     for m in _CENTRALLY.finditer(text):
         out.append(_single(text, "anchor", m.start(1), m.end(1), "off-center"))
+    for m in _OVERHEAD.finditer(text):
+        if _overhead_adjective(text, m):
+            out.append(_single(text, "flip", m.start(1), m.end(1), "ground-level"))
     return out
+
+
+def _overhead_adjective(text: str, m: re.Match[str]) -> bool:
+    """ "Overhead lights", "the overhead fan": flippable when it opens a noun phrase and nothing else in its
+    clause says up or down ("Overhead lights beam *down*", "beneath a network of overhead tarps")."""
+    p1 = _prev_tokens(text, m.start(), 1)[0]
+    if m.group(2).lower() not in _OVERHEAD_NOUNS or not (_is_det_poss(p1) or p1 in {"", ".", "!", "?", ";", "a", "an"}):
+        return False
+    s0, s1 = _sentence_span(text, m.start())
+    clause = [t.lower() for t in _TOKEN.findall(text, s0, s1)]
+    return not (set(clause) - {m.group(1).lower()}) & (_VERTICAL_CUES | _HANG_VERBS)
 
 
 def _placeable(words: Sequence[str]) -> bool:
@@ -911,6 +928,9 @@ _SIDE_LABEL = re.compile(
 )
 
 
+_MAX_LABEL_REPAIRS = 2
+
+
 def _with_labels(prompt: str, edit: Edit) -> Edit | None:
     """``edit`` plus flips of the other mentions that place its objects left or right ("The hare on the right
     ..." after "a fox to the left of a hare" became "... to the right of ..."), or ``None`` if there are none."""
@@ -921,8 +941,8 @@ def _with_labels(prompt: str, edit: Edit) -> Edit | None:
         noun = m.group("noun1") or m.group("noun2")
         if noun.lower() in nouns and not (edit.start < m.end() and m.start() < edit.end):
             subs.append((m.start(side), m.end(side), _OPPOSITE[m.group(side).lower()]))
-    if len(subs) == 1:
-        return None
+    if not 1 < len(subs) <= 1 + _MAX_LABEL_REPAIRS:
+        return None  # none, or an object named so often that flipping its labels would rewrite the scene
     return _compose(prompt, edit.kind, subs)
 
 
