@@ -248,10 +248,11 @@ def _canonical(argv: list[str], *, function: Callable[..., int], parser: Argumen
             out.append(token)
             continue
         name, equals, value = token[2:].partition("=")
-        if f"--{name.replace('-', '_')}" in known:
-            name = name.replace("-", "_")
-        elif name.replace("-", "_").startswith("no_") and kinds.get(name.replace("-", "_")[3:]) == (bool, False):
-            name, equals, value = name.replace("-", "_")[3:], "=", "false"
+        underscored = name.replace("-", "_")
+        if f"--{underscored}" in known:
+            name = underscored
+        elif underscored.startswith("no_") and kinds.get(underscored[3:]) == (bool, False):
+            name, equals, value = underscored[3:], "=", "false"
         kind = kinds.get(name)
         if kind == (bool, False) and not equals:
             take = position < len(argv) and argv[position].lower() in _BOOLEAN_WORDS
