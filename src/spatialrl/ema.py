@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-__all__ = ["ParameterEMA"]
+__all__ = ["ParameterEMA", "ema_context", "load_ema", "save_ema"]
 
 
 class ParameterEMA:
@@ -73,3 +73,23 @@ class ParameterEMA:
     def _check(self, params: Sequence[nn.Parameter]) -> None:
         if len(params) != len(self.shadow):
             raise ValueError(f"EMA tracks {len(self.shadow)} tensors, got {len(params)}")
+
+
+def ema_context(ema: ParameterEMA | None, params: Sequence[nn.Parameter]) -> AbstractContextManager:
+    """The averaged weights swapped into ``params`` while inside, or nothing when there is no EMA."""
+    return ema.swapped(params) if ema is not None else nullcontext()
+
+
+def save_ema(ema: ParameterEMA | None, checkpoint: dict[str, object]) -> None:
+    """Put the EMA state under ``checkpoint["ema"]`` (a Lightning ``on_save_checkpoint`` step)."""
+    if ema is not None:
+        checkpoint["ema"] = ema.state_dict()
+
+
+def load_ema(ema: ParameterEMA | None, checkpoint: dict[str, object]) -> None:
+    """Restore ``checkpoint["ema"]`` into ``ema``; a checkpoint with EMA weights for a run without one is refused."""
+    if "ema" not in checkpoint:
+        return
+    if ema is None:
+        raise ValueError("the checkpoint has EMA weights but ema_decay is not set")
+    ema.load_state_dict(checkpoint["ema"])  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,15 @@ class FluxPolicy:
             truncation=True,
             return_tensors="pt",
         ).input_ids
+        cut = [
+            p for p, ids in zip(prompts, self.tokenizer_2(prompts).input_ids, strict=True) if len(ids) > len(t5_ids[0])
+        ]
+        if cut:  # FluxPipeline logs the same; nothing is dropped silently
+            warnings.warn(
+                f"{len(cut)} prompt(s) longer than max_sequence_length={self.max_sequence_length} T5 tokens were cut "
+                f"to it, e.g. {cut[0]!r}",
+                stacklevel=2,
+            )
         embeds = self.text_encoder_2(t5_ids.to(self.text_encoder_2.device), output_hidden_states=False)[0]
         return embeds, pooled
 

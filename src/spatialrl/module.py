@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning as L
@@ -25,7 +25,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from spatialrl.config import EvalConfig, EvalSpec, GRPOConfig, GRPOSpec, SamplingConfig, SamplingSpec, check_settings
-from spatialrl.ema import ParameterEMA
+from spatialrl.ema import ParameterEMA, ema_context, load_ema, save_ema
 from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.groups import GroupLayout
 from spatialrl.grpo import (
@@ -81,7 +81,7 @@ class FluxGRPOModule(L.LightningModule):
         grpo: the GRPO objective: group size, filtering, advantages, PPO clipping, KL, micro-batches.
         optimizer: AdamW and its learning-rate schedule (default here: lr 3e-4, weight decay 1e-4).
         ema_decay: keep an exponential moving average of the trained weights with this decay (in [0, 1));
-            null: none.
+            validation and the export use it (``eval.use_ema``). null: none.
         eval: validation sampling and what it logs.
         eval_metrics: extra rewards only computed and logged at validation (e.g. the strict judge), each under
             its own ``name``.
@@ -487,12 +487,13 @@ class FluxGRPOModule(L.LightningModule):
             out.update(reward_components(metric, images=out["images"], prompts=flat, metadata=meta))
         return out
 
-    def _ema_weights(self) -> AbstractContextManager:
-        use = self.ema is not None and self.eval_spec.use_ema
-        return self.ema.swapped(self._trainable()) if use else nullcontext()
+    def evaluated_weights(self) -> AbstractContextManager:
+        """The weights validation samples with and :func:`~spatialrl.callbacks.export_policy` writes, swapped in
+        while inside: the EMA when the module keeps one and ``eval.use_ema``, else the trained weights."""
+        return ema_context(self.ema if self.eval_spec.use_ema else None, self._trainable())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        with self._ema_weights():
+        with self.evaluated_weights():
             out = self.evaluate(list(batch["prompts"]), list(batch["metadata"]))
         for name, metric in self.val_means.items():
             metric.update(out[name])
@@ -551,8 +552,7 @@ class FluxGRPOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable weights (not the frozen base) unless FSDP2 writes a sharded checkpoint; add EMA."""
-        if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
+        save_ema(self.ema, checkpoint)
         if not isinstance(self.trainer.strategy, ModelParallelStrategy) and "state_dict" in checkpoint:
             trainable = {f"transformer.{n}" for n, p in self.transformer.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
@@ -562,7 +562,4 @@ class FluxGRPOModule(L.LightningModule):
         state = checkpoint.get("state_dict")
         if state is not None and not isinstance(self.trainer.strategy, ModelParallelStrategy):
             checkpoint["state_dict"] = {**self.state_dict(), **state}
-        if "ema" in checkpoint:
-            if self.ema is None:
-                raise ValueError("the checkpoint has EMA weights but ema_decay is not set")
-            self.ema.load_state_dict(checkpoint["ema"])
+        load_ema(self.ema, checkpoint)

@@ -8,6 +8,7 @@ judge (:class:`spatialrl.rewards.StrictReward`).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spatialrl.ema import ParameterEMA, ema_context, load_ema, save_ema
 from spatialrl.flow_matching import TimestepSampling, flow_matching_loss, noisy_latents, sample_timesteps
 from spatialrl.flux import FluxPolicy, FluxSource
 from spatialrl.lora import FluxLoraConfig, add_lora
@@ -58,6 +60,9 @@ class FlowMatchingModule(L.LightningModule):
             flow-matching loss (their prompts are then encoded afresh each step): a random or weak text encoder
             that does not separate "a red circle left of a blue square" from "a blue square left of a red
             circle" learns to; the export carries them, and GRPO loads them frozen. ``frozen``: train neither.
+        ema_decay: keep an exponential moving average of the trained weights (after every optimiser step) with
+            this decay (in [0, 1)); validation (its loss and samples) and the export use it. null: none (the
+            tiny default: 0.995 changed its held-out strict accuracy by +0.02 [-0.01, +0.06], README).
         timesteps: how training sigmas are drawn.
         guidance: FLUX's guidance scale, in training and in the validation samples.
         noise_seed: seeds each training step's sigmas and noise from (global step, batch index, rank), so a
@@ -79,6 +84,7 @@ class FlowMatchingModule(L.LightningModule):
         width: int = 32,
         optimizer: OptimizerConfig | None = None,
         text_encoders: Literal["frozen", "t5", "clip", "both"] = "frozen",
+        ema_decay: float | None = None,
         timesteps: TimestepSampling | None = None,
         guidance: float = 3.5,
         noise_seed: int = 0,
@@ -97,6 +103,9 @@ class FlowMatchingModule(L.LightningModule):
         if text_encoders not in TEXT_ENCODERS:
             raise ValueError(f"text_encoders must be one of {', '.join(TEXT_ENCODERS)}, got {text_encoders!r}")
         self.text_encoders = text_encoders
+        self.ema_decay = ema_decay
+        self.ema: ParameterEMA | None = None
+        self._validation_weights = ExitStack()
         self.guidance, self.noise_seed = guidance, noise_seed
         self.val_prompts = list(val_prompts) if val_prompts is not None else None
         self.val_samples, self.val_steps, self.val_seed = val_samples, val_steps, val_seed
@@ -119,6 +128,21 @@ class FlowMatchingModule(L.LightningModule):
         self.trained_text_encoders = torch.nn.ModuleList(
             getattr(policy, name).train().requires_grad_(True) for name in self.trained_text_encoder_names
         )
+        if self.ema_decay is not None:
+            self.ema = ParameterEMA(self._trainable(), decay=self.ema_decay)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def evaluated_weights(self) -> AbstractContextManager:
+        """The weights validation uses and :func:`~spatialrl.callbacks.export_policy` writes, swapped in while
+        inside: the EMA when ``ema_decay`` is set, else the trained weights."""
+        return ema_context(self.ema, self._trainable())
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self._trainable())
 
     @property
     def trained_text_encoder_names(self) -> tuple[str, ...]:
@@ -172,6 +196,7 @@ class FlowMatchingModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._seen_val_prompts = []
+        self._validation_weights.enter_context(self.evaluated_weights())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for prompt in batch["prompts"]:
@@ -199,6 +224,10 @@ class FlowMatchingModule(L.LightningModule):
         return trajectory.images
 
     def on_validation_epoch_end(self) -> None:
+        with self._validation_weights:  # restores the trained weights on leaving
+            self._sample_for_validation()
+
+    def _sample_for_validation(self) -> None:
         prompts = (self.val_prompts or self._seen_val_prompts)[: self.val_samples]
         if not prompts or self.trainer.sanity_checking:
             return
@@ -225,6 +254,12 @@ class FlowMatchingModule(L.LightningModule):
                 cell=160,
             )
             log_picture(self.loggers, "val/samples", grid, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_ema(self.ema, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        load_ema(self.ema, checkpoint)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_adamw(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,16 @@ def test_prompt_cache_does_not_reencode(policy: FluxPolicy) -> None:
     ref_embeds, ref_pooled, _ = fresh.pipeline().encode_prompt(PROMPTS, max_sequence_length=T5_LENGTH)
     torch.testing.assert_close(embeds, ref_embeds, atol=1e-6, rtol=0)
     torch.testing.assert_close(pooled, ref_pooled, atol=1e-6, rtol=0)
+
+
+def test_prompts_longer_than_the_t5_length_warn(policy: FluxPolicy) -> None:
+    policy.clear_prompt_cache()
+    short = "a" * (T5_LENGTH - 1)  # the character tokenizer adds an end token: exactly T5_LENGTH
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.encode_prompts([short])
+    with pytest.warns(UserWarning, match=r"1 prompt\(s\) longer than max_sequence_length=16 T5 tokens were cut"):
+        policy.encode_prompts([short + "b", short])
 
 
 @pytest.mark.parametrize("channels", [16, 4])

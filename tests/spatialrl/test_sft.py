@@ -161,6 +161,68 @@ def test_lora_export_round_trip(tmp_path: Path) -> None:
     assert not torch.allclose(untouched, ours, atol=1e-4)
 
 
+class _RecordWeights(L.Callback):
+    """The trained transformer weights after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.steps.append([p.detach().clone() for p in pl_module.transformer.parameters()])
+
+
+def test_ema_is_the_hand_average_and_is_validated_and_exported(tmp_path: Path) -> None:
+    images, prompts = _scenes(2, seed=0)
+    loader = _loader(images, prompts)
+    L.seed_everything(0)
+    module = FlowMatchingModule(
+        policy=_source(), lora=FluxLoraConfig(rank=0), optimizer=OptimizerConfig(lr=1e-2), ema_decay=0.6, val_steps=2
+    )
+    record, export = _RecordWeights(), tmp_path / "policy"
+    trainer = _trainer(max_steps=4, check_val_every_n_epoch=2, callbacks=[record, ExportPolicy(str(export))])
+    module.configure_model()
+    start = [p.detach().clone() for p in module.transformer.parameters()]
+    seen: list[list[torch.Tensor]] = []
+    validate = module.validation_step
+
+    def spy(batch: dict[str, Any], batch_idx: int) -> None:  # the weights validation runs with
+        seen.append([p.detach().clone() for p in module.transformer.parameters()])
+        validate(batch, batch_idx)
+
+    module.validation_step = spy
+    trainer.fit(module, loader, loader)
+
+    expected = start
+    for step in record.steps:
+        expected = [0.6 * e + 0.4 * w for e, w in zip(expected, step, strict=True)]
+    assert module.ema is not None and module.ema.updates == len(record.steps) == 4
+    for shadow, hand in zip(module.ema.shadow, expected, strict=True):
+        torch.testing.assert_close(shadow, hand)
+    trained = [p.detach() for p in module.transformer.parameters()]
+    assert all(torch.equal(p, w) for p, w in zip(trained, record.steps[-1], strict=True))  # restored after val
+    after_two = start
+    for step in record.steps[:2]:
+        after_two = [0.6 * e + 0.4 * w for e, w in zip(after_two, step, strict=True)]
+    assert len(seen) == 2  # validation after steps 2 and 4 saw the average, not the trained weights
+    for seen_weights, average in zip(seen, (after_two, expected), strict=True):
+        for weight, hand in zip(seen_weights, average, strict=True):
+            torch.testing.assert_close(weight, hand)
+    exported = FluxSource(path=str(export)).load().transformer.state_dict()
+    names = [name for name, _ in module.transformer.named_parameters()]
+    for name, hand in zip(names, expected, strict=True):
+        torch.testing.assert_close(exported[name], hand, msg=name)
+    assert not all(torch.allclose(a, b) for a, b in zip(expected, trained, strict=True))
+
+    checkpoint: dict[str, Any] = {}
+    module.on_save_checkpoint(checkpoint)
+    fresh = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=0), ema_decay=0.6)
+    fresh.configure_model()
+    fresh.on_load_checkpoint(checkpoint)
+    assert fresh.ema.updates == 4 and all(torch.equal(a, b) for a, b in zip(fresh.ema.shadow, module.ema.shadow))
+    with pytest.raises(ValueError, match="ema_decay is not set"):
+        FlowMatchingModule(policy=_source()).on_load_checkpoint(checkpoint)
+
+
 @pytest.mark.parametrize("which", ["t5", "both"])
 def test_trained_text_encoders_learn_and_are_exported(tmp_path: Path, which: str) -> None:
     images, prompts = _scenes(2, seed=0)
