@@ -218,7 +218,8 @@ def test_ema_is_the_hand_average_and_is_validated_and_exported(tmp_path: Path) -
     fresh = FlowMatchingModule(policy=_source(), lora=FluxLoraConfig(rank=0), ema_decay=0.6)
     fresh.configure_model()
     fresh.on_load_checkpoint(checkpoint)
-    assert fresh.ema.updates == 4 and all(torch.equal(a, b) for a, b in zip(fresh.ema.shadow, module.ema.shadow))
+    assert fresh.ema.updates == 4
+    assert all(torch.equal(a, b) for a, b in zip(fresh.ema.shadow, module.ema.shadow, strict=True))
     with pytest.raises(ValueError, match="ema_decay is not set"):
         FlowMatchingModule(policy=_source()).on_load_checkpoint(checkpoint)
 
