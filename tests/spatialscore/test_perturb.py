@@ -500,3 +500,16 @@ def test_label_repairs_stay_small() -> None:
         "The hare on the right hops."
     )
     assert not [e for e in RulePerturber().candidates(prompt) if e.before.startswith("left of a hare")]
+
+
+def test_scrutiny_mats_and_near_sides_are_not_offered() -> None:
+    assert not offered("A diver twists under the intense scrutiny of the judges.")
+    assert offered("A diver twists under the diving board.")
+    mat = offered("A gymnast hangs in a leap above the foam mat.")
+    assert mat and ("flip", "above", "below") not in mat
+    prompt = (
+        "The kettle sits on a shelf to the left of the stove, near the toaster. "
+        "The toaster stands on a stool to the left of the stove."
+    )
+    assert not [e for e in RULES.candidates(prompt) if e.before == "left"]
+    assert [e for e in RULES.candidates(prompt) if e.before == "to the left of"]  # predicates stay

@@ -121,7 +121,8 @@ _NON_OBJECT = set(
     "juxtaposition dance blend connection bond dialogue conversation routine performance game match speech "
     "ritual process journey battle argument meeting ceremony celebration show concert session lesson story "
     "moment time day night season weight pressure influence guidance care supervision command spell gaze eye "
-    "eyes watch attention light lights sunlight moonlight starlight lamplight candlelight daylight glow rays "
+    "eyes watch attention scrutiny glare stare judgment judgement light lights sunlight moonlight starlight "
+    "lamplight candlelight daylight glow rays "
     "ray sunshine sunset sunrise twilight dusk dawn shade shadow shadows haze fog mist rain weather atmosphere "
     "mood ambience air breeze wind storm silence noise sound music lens focus hue hues color colors colour "
     "colours tones palette".split()
@@ -268,9 +269,12 @@ _EVENT = (
 )
 NON_SPATIAL_IDIOM = re.compile(
     r"(?<![\w'’-])(?:"
-    r"(?:under|beneath|below|underneath) (?:the |a |an )?(?:weight|pressure|influence|guidance|care|"
-    r"supervision|command|spell|watch|watchful eye|cover|protection|direction|leadership|banner|guise|"
-    r"impression|assumption|threat|strain|burden|name|auspices|tutelage|radar)\b"
+    r"(?:under|beneath|below|underneath) (?:the |a |an |his |her |their |its )?(?:[\w'’-]+ ){0,2}?(?:weight|pressure|"
+    r"influence|guidance|care|supervision|command|spell|watch|watchful eye|cover|protection|direction|leadership|"
+    r"banner|guise|impression|assumption|threat|strain|burden|name|auspices|tutelage|radar|scrutiny|glare|stare|"
+    r"judgment|judgement)\b"
+    r"|(?:in front of|before) (?:the |a |an |his |her |their |its )?(?:[\w'’-]+ ){0,2}?(?:scrutiny|glare|stare|"
+    r"judgment|judgement|watchful eyes?)\b"
     r"|(?:under|beneath|below|underneath|in|bathed in) (?:the |a |an )?"
     r"(?!(?:[\w'’-]+ ){0,2}(?:traffic|street|string|fairy|ceiling|pendant|tail|head|brake|porch|desk|"
     r"reading|flood|neon|christmas|night|hanging) (?:light|lights|lamp)\b)(?:[\w'’-]+ ){0,3}?" + _LIGHT + r"(?![\w'’-])"

@@ -934,6 +934,8 @@ _MAX_LABEL_REPAIRS = 2
 def _with_labels(prompt: str, edit: Edit) -> Edit | None:
     """``edit`` plus flips of the other mentions that place its objects left or right ("The hare on the right
     ..." after "a fox to the left of a hare" became "... to the right of ..."), or ``None`` if there are none."""
+    if edit.kind == "predicate":
+        return None  # "left of" -> "behind" moves the object off the axis: flipping other sides repairs nothing
     nouns = {w.lower() for w in _TOKEN.findall(prompt, *_sentence_span(prompt, edit.start))}
     subs = [(edit.start, edit.end, edit.after)]
     for m in _SIDE_LABEL.finditer(prompt):
