@@ -324,6 +324,20 @@ def test_near_with_sides_of_a_third_object() -> None:
             "closer to the camera",
         ),
         (
+            "There are goats lying on the straw in the lower part of the pen, situated in front of the goats standing"
+            " on the straw, closer to the camera.",
+            "in front of",
+            "behind",
+            "closer to the camera",
+        ),
+        (
+            "In the background we can see a fence and wooden sticks, a tree, and grass. The background features a"
+            " fenced area with wooden posts and some trees, indicating a farm.",
+            "The background",
+            "The foreground",
+            "In the background",
+        ),
+        (
             "The girl in a red coat is to the left of the bench and further back on the path.",
             "to the left of",
             "in front of",

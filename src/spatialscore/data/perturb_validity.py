@@ -388,6 +388,7 @@ class _Fact:
     # what the relation places when its subject is attached or missing: the subject of the relation it continues
     # ("a cup *on* a tray *next to* the lamp": the cup; "a cat on the mat, *close to* the door": the cat)
     inherited: str | None = None
+    continues: int = -1  # index (in the fact list) of the relation it continues, -1 if none
 
 
 def _subject_index(items: Sequence[_Item], rel_index: int) -> int:
@@ -490,7 +491,8 @@ def _with_inherited(items: Sequence[_Item], facts: list[_Fact]) -> list[_Fact]:
         own = f.subject if f.subject is not None and not f.subject_attached else None
         if own is not None or prev is not None or f.index not in resolved:
             resolved[f.index] = own if own is not None else (resolved.get(prev.index) if prev else None)
-        out.append(dataclasses.replace(f, inherited=resolved[f.index]) if own is None else f)
+        cont = facts.index(prev) if prev is not None else -1
+        out.append(dataclasses.replace(f, inherited=resolved[f.index], continues=cont) if own is None else f)
     return out
 
 
@@ -591,16 +593,15 @@ def _demonstrative(items: Sequence[_Item], k: int) -> str | None:
 
 def _listed_after(items: Sequence[_Item], j: int) -> list[str]:
     """The noun phrases listed after noun phrase ``j`` ("a fence, *wooden sticks* and *a tree*"); none unless the
-    list ends in "and" and then its clause ("In the front row, a van is parked": no list)."""
+    list ends in "and" ("In the front row, a van is parked": no list)."""
     out, last_and = [], False
     while j + 2 < len(items) and items[j + 1].norm in {",", "and"}:
-        last_and = items[j + 1].norm == "and" or items[j + 2].norm == "and"
-        j += 2 if items[j + 2].norm != "and" else 3
-        if j >= len(items) or items[j].kind != "np":
-            return []
+        nxt = j + 2 if items[j + 2].norm != "and" else j + 3
+        if nxt >= len(items) or items[nxt].kind != "np":
+            break
+        last_and, j = items[j + 1].norm == "and" or items[j + 2].norm == "and", nxt
         out.append(items[j].norm)
-    ends = j + 1 >= len(items) or items[j + 1].norm in {".", ";", "!", "?"}
-    return out if last_and and ends else []
+    return out if last_and else []
 
 
 def _sentence_of(items: Sequence[_Item], k: int) -> int:
@@ -718,6 +719,24 @@ def _near_conflicts(places: Sequence[_Placement]) -> dict[tuple[str, frozenset[s
 _LOW = {"h": "left", "d": "in front"}
 
 
+def _chain_conflicts(items: Sequence[_Item], facts: Sequence[_Fact]) -> dict[tuple[str, int], tuple[_Fact, _Fact]]:
+    """A comparative that continues an opposite relation of its own chain ("situated *behind* the goats, *closer
+    to the foreground*"), however the two objects are named: keyed by the comparative's place in the sentence."""
+    out = {}
+    for f in facts:
+        if f.key not in _COMPARATIVE:
+            continue
+        axis, pole = _COMPARATIVE[f.key]
+        sentence, k = _sentence_of(items, f.index), f.continues
+        while k >= 0 and _sentence_of(items, facts[k].index) == sentence:
+            g = facts[k]
+            if g.key in _BINARY_POLES and _BINARY_POLES[g.key] == (axis, _OPPOSITE_POLE[pole]):
+                out[(f.key, sum(1 for x in facts[: facts.index(f)] if x.key == f.key))] = (g, f)
+                break
+            k = g.continues
+    return out
+
+
 def _order_conflicts(places: Sequence[_Placement]) -> dict[tuple[str, frozenset[str]], tuple[_Placement, ...]]:
     """An object labelled on the left that a chain of relations puts to the right of one labelled on the right
     ("the red car ... on the left", "the red car right of the van", "the van right of the bus", "the bus on the
@@ -759,6 +778,16 @@ def _stale_mentions(
     old = _conflicts(places_b)
     problems: list[str] = []
     reported: set[tuple[int, int]] = set()
+    before_chain = _chain_conflicts(items[0], facts[0])
+    for key, (g, f) in _chain_conflicts(items[1], facts[1]).items():
+        if key not in before_chain:
+            rel_g, rel_f = items[1][g.index], items[1][f.index]
+            stale = rel_f if _in_spans(edited, rel_g.start, rel_g.end) else rel_g
+            reported.add((stale.start, stale.end))
+            problems.append(
+                f"{perturbed[rel_g.start : rel_g.end]!r} and {perturbed[rel_f.start : rel_f.end]!r} now disagree"
+                f" (the mention {perturbed[stale.start : stale.end]!r} not updated?)"
+            )
     for finder, what in ((_near_conflicts, "near"), (_order_conflicts, "order")):
         before = finder(places_b)
         for key, involved in finder(places_a).items():
