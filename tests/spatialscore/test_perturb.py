@@ -513,3 +513,29 @@ def test_scrutiny_mats_and_near_sides_are_not_offered() -> None:
     )
     assert not [e for e in RULES.candidates(prompt) if e.before == "left"]
     assert [e for e in RULES.candidates(prompt) if e.before == "to the left of"]  # predicates stay
+
+
+@pytest.mark.parametrize(
+    "text, edit",
+    [
+        ("Gulls circle over the pebbly foreground.", ("flip", "foreground", "background")),
+        ("Boats bob in the choppy midground water.", ("anchor", "midground", "foreground")),
+        ("A tram rolls in from the right foreground.", ("flip", "right", "left")),
+        ("A hedge maze stretches across the foreground.", ("flip", "foreground", "background")),
+        ("A barn sits on the hill, and a distant windmill turns.", ("flip", "distant", "nearby")),
+        ("Cups are arranged upon a low wooden tray.", ("flip", "upon", "under")),
+        ("Three friends sit quietly around the campfire.", ("predicate", "around", "behind")),
+        ("Her red scarf flutters, the midground is filled with tents.", ("anchor", "midground", "background")),
+    ],
+)
+def test_long_prompt_regions_distance_and_rings(text: str, edit: tuple[str, str, str]) -> None:
+    assert edit in offered(text)
+
+
+def test_focus_sounds_horizons_and_walks_are_not_regions_or_rings() -> None:
+    assert not offered("The portrait has a blurred background.")
+    assert not offered("A fox listens to the distant call of an owl.")
+    ridge = [e.start for e in RULES.candidates("A distant mountain ridge meets the distant horizon.")]
+    assert ridge == [2]  # the ridge may come near, the horizon may not
+    assert not offered("He walks around the town.")
+    assert not offered("Around noon, the market fills.")

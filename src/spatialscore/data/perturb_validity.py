@@ -253,8 +253,8 @@ def _norm_word(word: str) -> str:
 def _shape_word(norm: str, prev: str, nxt: str) -> str:
     """Mask a position word after a determiner ("the *left* lantern", "its *upper-left* corner"), but not
     "the right answer" or "she left the keys"."""
-    if _CORNER.fullmatch(norm):
-        return "<pos>"
+    if _CORNER.fullmatch(norm) or norm in {"foreground", "background", "midground"}:
+        return "<pos>"  # a region word is a position wherever it stands ("the rocky foreground")
     after_det = prev in _DETS or prev in _POS_MODIFIERS or prev.endswith("'s") or prev in _ORIENT_VERBS
     after_det = after_det or prev in {"", ".", "!", "?", ";", ":"}  # "Foreground elements include ..."
     if norm in _POSITION_WORDS and nxt not in _RIGHT_NON_SPATIAL and after_det:

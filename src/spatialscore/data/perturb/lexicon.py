@@ -142,6 +142,11 @@ _GROUND_LEVEL = set(
     "river lake sea ocean bay canal pond surf shallows".split()
 )
 _FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
+# adjectives of a region that say how it looks in the photograph, not what is in it ("the blurred background")
+_REGION_ADJ_STOP = set(
+    "blurred blurry soft-focus out-of-focus defocused bokeh soft immediate far near distant left right upper lower "
+    "entire whole same other".split()
+)
 _VIEWPOINT = set("vantage viewpoint perspective angle".split())
 # the picture itself and whoever looks at it: "to the left of the frame" may flip, never become "above the frame"
 # what "overhead" may place as an adjective ("overhead lights" -> "ground-level lights")
@@ -174,6 +179,7 @@ _RIGHT_NON_SPATIAL = set(
 )
 _SIDE_NOUNS = set(
     "side sides edge edges corner corners end ends wall walls half third border rim margin flank column "
+    "foreground background midground "
     "columns panel part section wing bank lane window windows door pane arm arms leg legs hand foot shoulder "
     "cheek eye ear one ones of and".split()
 )

@@ -46,6 +46,7 @@ from spatialscore.data.perturb.lexicon import (
     _PREDICATE_TARGETS,
     _PREDICATIVE,
     _PREPOSITIONS,
+    _REGION_ADJ_STOP,
     _REMAINDER,
     _RIGHT_ADVERBIAL,
     _RIGHT_NON_SPATIAL,
@@ -192,14 +193,20 @@ _GROUND_VERBS = (
 )
 _GROUND = re.compile(
     r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing|fill|fills|filling|dominate|dominates|"
-    r"dominating) the (foreground|background)\b"
-    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:" + _GROUND_VERBS + r")\b))",
+    r"dominating|across|from|command|commands|commanding) the (foreground|background)\b"
+    r"|(?:^|(?<=[.;!?] )|(?<=, ))(?:the )?(foreground|background)(?= (?:" + _GROUND_VERBS + r")\b))",
     re.I,
 )
 _DISTANCE = re.compile(r"(?<![\w-])(?:in|into|toward|towards) (the (?:(?:far|misty|hazy|far-off) )?distance)\b", re.I)
 _MIDGROUND = re.compile(
     r"(?<![\w-])(?:(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b"
-    r"|(?:^|(?<=[.;!?] ))(?:the )?(midground)(?= (?:" + _GROUND_VERBS + r")\b))",
+    r"|(?:^|(?<=[.;!?] )|(?<=, ))(?:the )?(midground)(?= (?:" + _GROUND_VERBS + r")\b))",
+    re.I,
+)
+# "the rocky foreground", "the turbulent midground waters": a region named with what fills it
+_REGION_ADJ = re.compile(
+    r"(?<![\w'’-])(?:the|a|an|its|their) (?!(?:" + "|".join(sorted(_REGION_ADJ_STOP)) + r") )[a-z][\w-]* "
+    r"(foreground|background|midground)\b(?! of\b)",
     re.I,
 )
 _CENTER = re.compile(r"(?<![\w-])(?:in|at) the (?:very )?(?:center|centre|middle)\b" + _NIGHT, re.I)
@@ -223,9 +230,10 @@ _REL = re.compile(
     | (?P<over>over)
     | (?P<overhead>overhead)
     | (?P<side>on\ side\ of)
-    | (?P<on>on)
+    | (?P<on>on|upon)
     | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
     | (?P<amid>amid|amidst|among|amongst|surrounded\ by|encircled\ by|flanked\ by|surrounding)
+    | (?P<around>around)
     | (?P<before>{_BEFORE_PRONOUN})
     | (?P<between>between)
     | (?P<aligned>(?:(?:vertically|horizontally)\ )?aligned\ with)
@@ -357,6 +365,11 @@ def _vd_sites(text: str) -> list[_Candidate]:
         out.append(_single(text, "flip", m.start(group), m.end(group), _OPPOSITE[m.group(group).lower()]))
     for m in _DISTANCE.finditer(text):
         out.append(_single(text, "flip", m.start(), m.end(), text[m.start() : m.start(1)] + "the foreground"))
+    for m in _REGION_ADJ.finditer(text):
+        word = m.group(1).lower()
+        targets = ("foreground", "background") if word == "midground" else (_OPPOSITE[word],)
+        kind = "anchor" if word == "midground" else "flip"
+        out.append(_candidate(text, kind, [[(m.start(1), m.end(1), t)] for t in targets]))
     for m in _MIDGROUND.finditer(text):
         group = 1 if m.group(1) else 2
         alternatives = [[(m.start(group), m.end(group), word)] for word in ("foreground", "background")]
@@ -378,6 +391,14 @@ def _vd_sites(text: str) -> list[_Candidate]:
     return out
 
 
+_DISTANT = re.compile(r"(?<![\w'’-])(distant)(?= ([^\W\d_][\w'’-]*))", re.I)
+# what only ever lies far off, or "distant" in another sense ("a distant look", "a distant cousin")
+_FAR_ONLY = set(
+    "horizon horizons skyline sky skies sun moon stars star galaxy galaxies planet planets backdrop background "
+    "landscape memory memories past future echo echoes sound sounds thunder rumble hum cousin cousins relative "
+    "relatives look gaze expression stare glance smile dream dreams land lands shore shores call calls cry cries "
+    "song songs voice voices chatter laughter noise noises horn horns bell bells siren sirens roar murmur".split()
+)
 _NEARBY = re.compile(r"(?<![\w'’-])(nearby)(?= ([^\W\d_][\w'’-]*))", re.I)
 _FACING = re.compile(
     r"(?<![\w'’-])(?:turned|turning|facing|looking|gazing|glancing|angled|tilted|oriented|leaning)"
@@ -396,6 +417,11 @@ def _prose_sites(text: str) -> list[_Candidate]:
     for m in _NEARBY.finditer(text):
         if m.group(2).lower() not in _NP_STOP and _placeable(["", m.group(2)]):
             out.append(_single(text, "flip", m.start(1), m.end(1), "distant"))
+    for m in _DISTANT.finditer(text):
+        noun = m.group(2).lower()
+        if noun not in _NP_STOP and noun not in _FAR_ONLY and _placeable(["", m.group(2)]):
+            if _prev_tokens(text, m.start(), 1)[0] in _SWAP_DETS | {"", ",", "."}:
+                out.append(_single(text, "flip", m.start(1), m.end(1), "nearby"))
     for m in _FACING.finditer(text):
         out.append(_single(text, "flip", m.start(1), m.end(1), "away from"))
     for m in _CENTRALLY.finditer(text):
@@ -508,6 +534,10 @@ def _relation_sites(text: str) -> list[_Candidate]:
         elif group == "amid":
             out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
             continue
+        elif group == "around":
+            if p1 in _GATHER_VERBS or ((p1 in _ADVERBS or p1.endswith("ly")) and p2 in _GATHER_VERBS):
+                out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
+            continue
         elif group == "ab":
             flip, axis = _OPPOSITE[m.group(group).lower()], "vertical"
         elif group == "top":
@@ -550,6 +580,12 @@ def _relation_sites(text: str) -> list[_Candidate]:
     return out
 
 
+# verbs after which "around X" places people or things in a ring about X, not a motion or an approximation
+_GATHER_VERBS = set(
+    "gather gathers gathered gathering huddle huddles huddled huddling cluster clusters clustered clustering "
+    "crowd crowds crowded crowding sit sits sat seated sitting stand stands stood standing arranged placed "
+    "grouped assembled congregate congregates congregated".split()
+)
 _VERTICAL_GROUPS = {"comp", "ab", "top", "under", "over", "on", "between"}
 _VERTICAL_WORDS = {"above": "below", "below": "above", "behind": "in front of", "in front of": "behind"}
 
