@@ -535,7 +535,12 @@ def test_long_prompt_regions_distance_and_rings(text: str, edit: tuple[str, str,
 def test_focus_sounds_horizons_and_walks_are_not_regions_or_rings() -> None:
     assert not offered("The portrait has a blurred background.")
     assert not offered("A fox listens to the distant call of an owl.")
+    assert not offered("Crickets chirp over distant truck horns.")
     ridge = [e.start for e in RULES.candidates("A distant mountain ridge meets the distant horizon.")]
     assert ridge == [2]  # the ridge may come near, the horizon may not
     assert not offered("He walks around the town.")
     assert not offered("Around noon, the market fills.")
+    # a progression from the foreground to the horizon keeps its start; the camera's hill is not in the picture
+    assert ("flip", "foreground", "background") not in offered("Dunes roll from the sandy foreground to the horizon.")
+    assert ("flip", "foreground", "background") in offered("A trail winds from the foreground into the midground.")
+    assert not offered("The scene is viewed from a vantage point atop a nearby ridge.")

@@ -362,11 +362,15 @@ def _vd_sites(text: str) -> list[_Candidate]:
             out.append(_single(text, kind, m.start(1), m.end(1), _OPPOSITE[word]))
     for m in _GROUND.finditer(text):
         group = 1 if m.group(1) else 2
+        if _reverses_progression(text, m, m.group(group)):
+            continue
         out.append(_single(text, "flip", m.start(group), m.end(group), _OPPOSITE[m.group(group).lower()]))
     for m in _DISTANCE.finditer(text):
         out.append(_single(text, "flip", m.start(), m.end(), text[m.start() : m.start(1)] + "the foreground"))
     for m in _REGION_ADJ.finditer(text):
         word = m.group(1).lower()
+        if _reverses_progression(text, m, word):
+            continue
         targets = ("foreground", "background") if word == "midground" else (_OPPOSITE[word],)
         kind = "anchor" if word == "midground" else "flip"
         out.append(_candidate(text, kind, [[(m.start(1), m.end(1), t)] for t in targets]))
@@ -415,11 +419,17 @@ def _prose_sites(text: str) -> list[_Candidate]:
     "framed off-center", "the overhead lamp" -> "the ground-level lamp"."""
     out = []
     for m in _NEARBY.finditer(text):
+        if _from_viewpoint(text, m.start()):
+            continue  # "a vantage point atop a nearby hill": where the camera is
         if m.group(2).lower() not in _NP_STOP and _placeable(["", m.group(2)]):
             out.append(_single(text, "flip", m.start(1), m.end(1), "distant"))
     for m in _DISTANT.finditer(text):
-        noun = m.group(2).lower()
-        if noun not in _NP_STOP and noun not in _FAR_ONLY and _placeable(["", m.group(2)]):
+        words = []  # the noun phrase after it, to its head: "distant car horns" are a sound
+        for tok in _TOKEN.findall(text, m.end(), m.end() + 60)[:4]:
+            if not tok[0].isalpha() or tok.lower() in _NP_STOP:
+                break
+            words.append(tok.lower())
+        if words and not set(words) & _FAR_ONLY and _placeable(["", *words]) and not _from_viewpoint(text, m.start()):
             if _prev_tokens(text, m.start(), 1)[0] in _SWAP_DETS | {"", ",", "."}:
                 out.append(_single(text, "flip", m.start(1), m.end(1), "nearby"))
     for m in _FACING.finditer(text):
@@ -430,6 +440,24 @@ def _prose_sites(text: str) -> list[_Candidate]:
         if _overhead_adjective(text, m):
             out.append(_single(text, "flip", m.start(1), m.end(1), "ground-level"))
     return out
+
+
+def _from_viewpoint(text: str, pos: int) -> bool:
+    """Whether the words just before ``pos`` name the camera's position ("from a vantage point atop a ...")."""
+    return bool(set(_prev_tokens(text, pos, 4)) & _VIEWPOINT)
+
+
+_PROGRESSION_END = re.compile(
+    r"(?<![\w-])(?:to|into|toward|towards) the (?:[\w'’-]+ ){0,2}?(?:horizon|distance|skyline|background)\b", re.I
+)
+
+
+def _reverses_progression(text: str, m: re.Match[str], word: str) -> bool:
+    """ "stretches *from* the rocky foreground ... *to* the distant horizon": turning its start into the background
+    would put it behind where the progression ends."""
+    if word.lower() != "foreground" or "from" not in _prev_tokens(text, m.start(), 4):
+        return False
+    return bool(_PROGRESSION_END.search(text, m.end(), _sentence_span(text, m.start())[1]))
 
 
 def _overhead_adjective(text: str, m: re.Match[str]) -> bool:
