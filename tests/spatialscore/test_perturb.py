@@ -544,3 +544,15 @@ def test_focus_sounds_horizons_and_walks_are_not_regions_or_rings() -> None:
     assert ("flip", "foreground", "background") not in offered("Dunes roll from the sandy foreground to the horizon.")
     assert ("flip", "foreground", "background") in offered("A trail winds from the foreground into the midground.")
     assert not offered("The scene is viewed from a vantage point atop a nearby ridge.")
+
+
+def test_label_repairs_do_not_flip_relations_of_other_objects() -> None:
+    """ "is to the right of" is a relation, not a label "the right <noun>": a flip is repaired by its own label
+    only, not by also flipping an unrelated pair's relation."""
+    prompt = (
+        "The grey goat on the left stands to the left of the white goat. "
+        "The black goat is to the right of the spotted goat."
+    )
+    edits = {(e.before, e.after) for e in RULES.candidates(prompt)}
+    assert ("left stands to the left", "right stands to the right") in edits
+    assert not [b for b, _ in edits if "left" in b and "spotted" in b]

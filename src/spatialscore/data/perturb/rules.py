@@ -987,7 +987,7 @@ def _combined_problems(result: PerturbationResult) -> list[str]:
 _SIDE_LABEL = re.compile(
     r"(?<![\w'’-])(?:the|a|an|its|their)\s+(?P<noun1>[^\W\d_][\w'’-]*)\s+(?:\w+\s+){0,2}?(?:on|at|to)\s+the\s+"
     r"(?:far\s+)?(?P<side1>left|right)\b(?!\s+of\b)"
-    r"|(?<![\w'’-])the\s+(?P<side2>left|right)\s+(?P<noun2>[^\W\d_][\w'’-]*)",
+    r"|(?<![\w'’-])the\s+(?P<side2>left|right)\s+(?!of\b)(?P<noun2>[^\W\d_][\w'’-]*)",
     re.I,
 )
 
