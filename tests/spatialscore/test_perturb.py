@@ -500,3 +500,59 @@ def test_label_repairs_stay_small() -> None:
         "The hare on the right hops."
     )
     assert not [e for e in RulePerturber().candidates(prompt) if e.before.startswith("left of a hare")]
+
+
+def test_scrutiny_mats_and_near_sides_are_not_offered() -> None:
+    assert not offered("A diver twists under the intense scrutiny of the judges.")
+    assert offered("A diver twists under the diving board.")
+    mat = offered("A gymnast hangs in a leap above the foam mat.")
+    assert mat and ("flip", "above", "below") not in mat
+    prompt = (
+        "The kettle sits on a shelf to the left of the stove, near the toaster. "
+        "The toaster stands on a stool to the left of the stove."
+    )
+    assert not [e for e in RULES.candidates(prompt) if e.before == "left"]
+    assert [e for e in RULES.candidates(prompt) if e.before == "to the left of"]  # predicates stay
+
+
+@pytest.mark.parametrize(
+    "text, edit",
+    [
+        ("Gulls circle over the pebbly foreground.", ("flip", "foreground", "background")),
+        ("Boats bob in the choppy midground water.", ("anchor", "midground", "foreground")),
+        ("A tram rolls in from the right foreground.", ("flip", "right", "left")),
+        ("A hedge maze stretches across the foreground.", ("flip", "foreground", "background")),
+        ("A barn sits on the hill, and a distant windmill turns.", ("flip", "distant", "nearby")),
+        ("Cups are arranged upon a low wooden tray.", ("flip", "upon", "under")),
+        ("Three friends sit quietly around the campfire.", ("predicate", "around", "behind")),
+        ("Her red scarf flutters, the midground is filled with tents.", ("anchor", "midground", "background")),
+    ],
+)
+def test_long_prompt_regions_distance_and_rings(text: str, edit: tuple[str, str, str]) -> None:
+    assert edit in offered(text)
+
+
+def test_focus_sounds_horizons_and_walks_are_not_regions_or_rings() -> None:
+    assert not offered("The portrait has a blurred background.")
+    assert not offered("A fox listens to the distant call of an owl.")
+    assert not offered("Crickets chirp over distant truck horns.")
+    ridge = [e.start for e in RULES.candidates("A distant mountain ridge meets the distant horizon.")]
+    assert ridge == [2]  # the ridge may come near, the horizon may not
+    assert not offered("He walks around the town.")
+    assert not offered("Around noon, the market fills.")
+    # a progression from the foreground to the horizon keeps its start; the camera's hill is not in the picture
+    assert ("flip", "foreground", "background") not in offered("Dunes roll from the sandy foreground to the horizon.")
+    assert ("flip", "foreground", "background") in offered("A trail winds from the foreground into the midground.")
+    assert not offered("The scene is viewed from a vantage point atop a nearby ridge.")
+
+
+def test_label_repairs_do_not_flip_relations_of_other_objects() -> None:
+    """ "is to the right of" is a relation, not a label "the right <noun>": a flip is repaired by its own label
+    only, not by also flipping an unrelated pair's relation."""
+    prompt = (
+        "The grey goat on the left stands to the left of the white goat. "
+        "The black goat is to the right of the spotted goat."
+    )
+    edits = {(e.before, e.after) for e in RULES.candidates(prompt)}
+    assert ("left stands to the left", "right stands to the right") in edits
+    assert not [b for b, _ in edits if "left" in b and "spotted" in b]

@@ -284,3 +284,95 @@ def test_water_surface_and_graded_center() -> None:
 def test_overhead_as_an_adjective() -> None:
     assert problems("An overhead lamp lights the desk.", "An overhead", "A ground-level") == []
     assert problems("Overhead, paper lanterns sway.", "Overhead", "Below") == []
+
+
+# --------------------------------------------------------------------------------------------- round 3 rules
+def test_near_with_sides_of_a_third_object() -> None:
+    """ "A near B" cannot survive A and B moving to opposite sides of the same third object."""
+    prompt = (
+        "The kettle sits on a shelf to the left of the stove, near the toaster. "
+        "The toaster stands on a stool to the left of the stove."
+    )
+    got = problems(prompt, "left", "right")
+    assert len(got) == 1 and "which it is near" in got[0], got
+    # the same flip is fine when the two are placed against different objects
+    other = "The kettle sits to the left of the stove, near the toaster. The toaster stands to the left of the sink."
+    assert problems(other, "left", "right") == []
+
+
+@pytest.mark.parametrize(
+    "prompt, before, after, stale",
+    [
+        (
+            "In the background, we can see tall pines and a red barn. The background features tall pines and a red"
+            " barn.",
+            "background",
+            "foreground",
+            "The background features",
+        ),
+        (
+            "In the background we can see a shed, a wheelbarrow and pine trees. The background features a stone"
+            " wall and a pine tree.",
+            "The background",
+            "The foreground",
+            "In the background",
+        ),
+        (
+            "Two goats, standing in front of the hay bales, closer to the camera, chew slowly.",
+            "in front of",
+            "behind",
+            "closer to the camera",
+        ),
+        (
+            "There are goats lying on the straw in the lower part of the pen, situated in front of the goats standing"
+            " on the straw, closer to the camera.",
+            "in front of",
+            "behind",
+            "closer to the camera",
+        ),
+        (
+            "In the background we can see a fence and wooden sticks, a tree, and grass. The background features a"
+            " fenced area with wooden posts and some trees, indicating a farm.",
+            "The background",
+            "The foreground",
+            "In the background",
+        ),
+        (
+            "The girl in a red coat is to the left of the bench and further back on the path.",
+            "to the left of",
+            "in front of",
+            "further back",
+        ),
+    ],
+)
+def test_region_summaries_and_comparatives_go_stale(prompt: str, before: str, after: str, stale: str) -> None:
+    got = problems(prompt, before, after)
+    assert len(got) == 1 and f"(the mention {stale!r} not updated?)" in got[0], got
+
+
+def test_region_summaries_and_comparatives_that_stay_consistent() -> None:
+    assert problems("The girl in a red coat is to the left of the bench and further back.", "left", "right") == []
+    assert problems("The foreground features a wooden bench. A lamp post stands behind it.", "fore", "back") == []
+    # a table lamp is not the table: "the table" moving left does not contradict the lamp on the right
+    prompt = "A table lamp stands in the right part of the room. The chair is in front of the table."
+    assert problems(prompt, "in front of", "to the left of") == []
+
+
+def test_this_person_names_the_person_of_the_sentence_before() -> None:
+    prompt = (
+        "There is a person walking a grey dog. This person is located in the left part of the image. "
+        "There is a person pushing a red pram. This person is located in the right part of the image. "
+        "The person walking a grey dog is to the left of the person pushing a red pram."
+    )
+    got = problems(prompt, "to the left of the person", "to the right of the person")
+    assert got and all("not updated?" in p for p in got), got
+    assert problems(prompt, "to the left of the person", "in front of the person") == []
+
+
+def test_scrutiny_is_not_a_place_and_nothing_goes_under_a_mat() -> None:
+    got = problems("A diver twists under the watchful scrutiny of the judges.", "under", "in front of")
+    assert "an edit changes the non-spatial phrase 'under the watchful scrutiny'" in got
+    assert problems("An acrobat hangs in a leap above the rubber mat.", "above", "below") == [
+        "implausible: something placed below 'the rubber mat' (a floor covering)"
+    ]
+    assert problems("A coin lies beneath the yoga mat.", "beneath", "on top of") == []

@@ -18,9 +18,13 @@
 6. **No detectable self-contradiction**: no object newly placed on both sides of an axis by a mention the edit
    left stale: left/right ("on the right" after a flip or swap), depth ("in the foreground" yet "on the
    horizon" or only "behind" things), centre/periphery, around/beside ("in front of the carousel ... encircle
-   it"); no two mentions turned into the same corner or the same contrasting label
+   it"), including region summaries ("The background features X"), comparatives in the same sentence ("behind
+   the bench, closer to the foreground"), chained and comma-continued relations ("a cup on a tray next to the
+   lamp", "..., near the printer") and "this person" for the person of the sentence before; "A near B" with A and
+   B on opposite sides of a third object; a chain of relations that puts an object labelled on the right left of
+   one labelled on the left; no two mentions turned into the same corner or the same contrasting label
    ("the left lantern ..., the left one"), no implausible flip of a fixed landmark ("the floor above the
-   table", "the sky below", "the rug above the table").
+   table", "the sky below", "the rug above the table", "a leap below the mat").
 
 The rules are heuristics over word lists and regular expressions (no parser): they reject some valid
 rewrites (e.g. a participle clause that moves across a relation) rather than let broken ones through.
@@ -28,6 +32,7 @@ rewrites (e.g. a participle clause that moves across a relation) rather than let
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import re
@@ -60,6 +65,7 @@ from spatialscore.data.perturb.rules import _in_spans, _is_frame, _placeable
 
 __all__ = ["check_perturbation"]
 
+_SUMMARY_VERBS = r"(?:features|shows|showcases|includes|contains|reveals|displays|is|holds|boasts|presents)"
 # Relation phrases, longest first; each maps to a relation key for the arrangement facts.
 _REL_PATTERNS: list[tuple[str, str]] = [
     (r"from (?:left|right|top|bottom|front|back) to (?:left|right|top|bottom|front|back)", "row"),
@@ -67,9 +73,12 @@ _REL_PATTERNS: list[tuple[str, str]] = [
     (r"to the (?:(?:immediate|far|extreme) )?right(?: side| hand side)? of", "right"),
     (r"(?:on|at) the (?:(?:immediate|far|extreme) )?left(?:(?:-hand| hand)? side)? of", "left"),
     (r"(?:on|at) the (?:(?:immediate|far|extreme) )?right(?:(?:-hand| hand)? side)? of", "right"),
-    (r"(?:at|on|in|to) the (?:(?:far|extreme|very) )?left(?: side| end| half| edge|-hand side)?", "on-left"),
     (
-        r"(?:at|on|in|to) the (?:(?:far|extreme|very) )?right(?: side| end| half| edge|-hand side)?",
+        r"(?:at|on|in|to) the (?:(?:far|extreme|very|upper|lower) )?left(?: side| end| half| edge|-hand side)?",
+        "on-left",
+    ),
+    (
+        r"(?:at|on|in|to) the (?:(?:far|extreme|very|upper|lower) )?right(?: side| end| half| edge|-hand side)?",
         "on-right",
     ),
     (r"(?:at|on|in) the (?:very )?(?:top|upper part|upper half)(?: of)?", "on-top"),
@@ -80,6 +89,18 @@ _REL_PATTERNS: list[tuple[str, str]] = [
     (r"(?:in|into|toward|towards|at) the background(?: of)?", "on-back"),
     (r"(?:in|into|toward|towards) the (?:far |misty |hazy |far-off )?distance", "on-back"),
     (r"in the midground", "on-mid"),
+    # "The background features a fence": the region summary of a sentence places what follows the verb
+    (r"(?:^|(?<=[.;!?] ))(?:the )?foreground " + _SUMMARY_VERBS, "on-front"),
+    (r"(?:^|(?<=[.;!?] ))(?:the )?background " + _SUMMARY_VERBS, "on-back"),
+    (r"(?:^|(?<=[.;!?] ))(?:the )?midground " + _SUMMARY_VERBS, "on-mid"),
+    # "closer to the camera than the bench": in front of it; ", closer to the foreground": a comparative
+    (r"(?:closer|nearer) to the (?:foreground|camera|viewer) than", "front"),
+    (r"(?:closer|nearer) to the background than|(?:further|farther) from the (?:camera|viewer) than", "behind"),
+    (r"(?:closer|nearer) to the (?:foreground|camera|viewer)", "closer-front"),
+    (
+        r"(?:closer|nearer) to the background|(?:further|farther) (?:from the (?:camera|viewer)|back)(?! than)",
+        "closer-back",
+    ),
     (r"(?:in|at) the (?:very )?(?:center|centre|middle)(?: of)?", "center"),
     (r"(?:in|on|at) the periphery(?: of)?", "periphery"),
     (r"on (?:the )?side of", "near"),
@@ -145,6 +166,8 @@ _BINARY_POLES = {
     "behind": ("d", "behind"),
     "behind-of": ("d", "behind"),
 }
+# comparatives after a relation ("..., closer to the foreground"): against an opposite relation of the same sentence
+_COMPARATIVE = {"closer-front": ("d", "in front"), "closer-back": ("d", "behind")}
 _OPPOSITE_POLE = {
     "left": "right",
     "right": "left",
@@ -163,7 +186,7 @@ _HORIZON_PREPS = {"on", "at", "along", "near"}  # "drifts on the horizon": far a
 _PRONOUNS = {"it": False, "them": True}  # plural?
 _RELATIVE_PRONOUNS = {"which", "who", "that"}
 _FRONTED_FILLERS = set(
-    "we you one there is are was were can could see stands stand sits sit lies lie rises rise looms loom".split()
+    "we you one there is are was were can could see also stands stand sits sit lies lie rises rise looms loom".split()
 )
 _MARGINAL = set("barely hardly scarcely slightly partly partially somewhat".split())  # not with a point
 
@@ -176,7 +199,7 @@ _FINITE = (
     | _HANG_VERBS
     | _ORIENT_VERBS
     | (_NONFINITE - {"set"})
-    | set("has have had could would might must should does did be been being".split())
+    | set("has have had could would might must should does did be been being see sees seen".split())
 )
 _PREP_STOP = set("from for of to with without about during through toward towards via like unlike".split())
 _POSITION_WORDS = set(
@@ -230,8 +253,8 @@ def _norm_word(word: str) -> str:
 def _shape_word(norm: str, prev: str, nxt: str) -> str:
     """Mask a position word after a determiner ("the *left* lantern", "its *upper-left* corner"), but not
     "the right answer" or "she left the keys"."""
-    if _CORNER.fullmatch(norm):
-        return "<pos>"
+    if _CORNER.fullmatch(norm) or norm in {"foreground", "background", "midground"}:
+        return "<pos>"  # a region word is a position wherever it stands ("the rocky foreground")
     after_det = prev in _DETS or prev in _POS_MODIFIERS or prev.endswith("'s") or prev in _ORIENT_VERBS
     after_det = after_det or prev in {"", ".", "!", "?", ";", ":"}  # "Foreground elements include ..."
     if norm in _POSITION_WORDS and nxt not in _RIGHT_NON_SPATIAL and after_det:
@@ -362,6 +385,10 @@ class _Fact:
     index: int  # of the relation item
     subject_index: int  # of the subject item, -1 if none
     subject_attached: bool  # the subject is itself a preposition's object ("on the floor in front of it")
+    # what the relation places when its subject is attached or missing: the subject of the relation it continues
+    # ("a cup *on* a tray *next to* the lamp": the cup; "a cat on the mat, *close to* the door": the cat)
+    inherited: str | None = None
+    continues: int = -1  # index (in the fact list) of the relation it continues, -1 if none
 
 
 def _subject_index(items: Sequence[_Item], rel_index: int) -> int:
@@ -407,13 +434,13 @@ def _fronted_subject(items: Sequence[_Item], rel_index: int) -> int:
     if not unary and k < len(items) and items[k].kind == "np":
         k += 1
     if k < len(items) and items[k].norm == ",":
-        return k + 1 if k + 1 < len(items) and items[k + 1].kind == "np" else -1
+        return _after_fillers(items, k + 1)  # "In the background, we can see a fence"
     return _after_fillers(items, k) if unary else -1
 
 
 def _after_fillers(items: Sequence[_Item], k: int) -> int:
     """The first noun phrase from ``k`` on past words such as "we can see", "there are", "stands", or -1."""
-    while k < len(items) and items[k].kind == "word" and items[k].norm in _FRONTED_FILLERS:
+    while k < len(items) and items[k].kind in {"word", "np"} and items[k].norm in _FRONTED_FILLERS:
         k += 1
     return k if k < len(items) and items[k].kind == "np" else -1
 
@@ -430,12 +457,42 @@ def _facts(items: Sequence[_Item]) -> list[_Fact]:
             j = _fronted_subject(items, k)  # "Below, the cat sleeps": the cat is below
         subject = items[j].norm if j >= 0 else None
         obj = items[k + 1].norm if k + 1 < len(items) and items[k + 1].kind == "np" else None
-        if it.key.startswith("on-") or it.key in {"center", "centered", "periphery", "row"}:
+        if it.key.startswith(("on-", "closer-")) or it.key in {"center", "centered", "periphery", "row"}:
             obj = None  # unary: "the dog on the right", "in the center"
         if it.key == "between" and obj and k + 3 < len(items) and items[k + 2].norm == "and":
             obj = " & ".join(sorted([obj, items[k + 3].norm]))
-        attached = j > 0 and items[j - 1].kind == "rel"
+        attached = 0 < j < k and items[j - 1].kind == "rel"
         out.append(_Fact(subject, it.key, it.norm, obj, k, j, attached))
+    return _with_inherited(items, out)
+
+
+_CONTINUING = _NONFINITE | set("is are was were also just slightly".split())  # ", situated behind ..."
+
+
+def _with_inherited(items: Sequence[_Item], facts: list[_Fact]) -> list[_Fact]:
+    """Fill :attr:`_Fact.inherited`: an attached subject ("a cup on *a tray* next to the lamp") or a missing one
+    after a comma ("a cat on the mat, close to the door") stands for the subject of the relation before it."""
+    by_rel = {f.index: f for f in facts}
+    by_obj = {f.index + 1: f for f in facts if f.index + 1 < len(items) and items[f.index + 1].kind == "np"}
+    resolved: dict[int, str | None] = {}
+    out = []
+    for f in facts:
+        prev = None
+        if f.subject is not None and f.subject_attached and "with" not in f.subject.split():
+            prev = by_obj.get(f.subject_index)  # not "in front of the sofa with a board on top of it": the board
+        elif f.subject is None:
+            c = f.index - 1
+            while c >= 0 and items[c].kind == "word" and items[c].norm in _CONTINUING:
+                c -= 1
+            if c > 0 and items[c].norm in {",", "and"}:  # "..., closer to the camera", "... and further back"
+                prev = by_obj.get(c - 1) or by_rel.get(c - 1)
+                if prev is None and items[c - 1].kind == "np" and not _is_adverb(items[c - 1].norm):
+                    resolved[f.index] = items[c - 1].norm  # "Two goats, standing in front of the bales"
+        own = f.subject if f.subject is not None and not f.subject_attached else None
+        if own is not None or prev is not None or f.index not in resolved:
+            resolved[f.index] = own if own is not None else (resolved.get(prev.index) if prev else None)
+        cont = facts.index(prev) if prev is not None else -1
+        out.append(dataclasses.replace(f, inherited=resolved[f.index], continues=cont) if own is None else f)
     return out
 
 
@@ -466,11 +523,23 @@ class _Placement:
     other: frozenset[str]  # the reference object's content words, empty for an absolute placement
     start: int  # span of the placing phrase
     end: int
+    key: str = ""  # the relation key that made it
+    sentence: int = -1  # index of the sentence's first item
 
 
 def _ident(norm: str) -> frozenset[str]:
-    """Content words of a noun phrase (no determiners, quantifiers or position words)."""
-    return frozenset(norm.split()) - _DETS - _QUANTIFIERS - _POSITION_WORDS
+    """Content words of a noun phrase (no determiners, quantifiers or position words), singular, and its head
+    noun marked ``^head``: "the table" and "a table lamp" are different objects, "a tree" and "trees" the same."""
+    words = frozenset(_singular(w) for w in norm.split()) - _DETS - _QUANTIFIERS - _POSITION_WORDS
+    return words | {"^" + _singular(_np_head(norm))} if words else words
+
+
+def _singular(word: str) -> str:
+    if len(word) > 3 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is", "'s")):
+        return word[:-1]
+    return word
 
 
 def _same(a: frozenset[str], b: frozenset[str]) -> bool:
@@ -499,33 +568,81 @@ def _referent(items: Sequence[_Item], facts: Sequence[_Fact], k: int, norm: str 
     return f.obj or "" if f else ""
 
 
-def _place(axis: str, subj: str, pole: str, other: str, span: tuple[int, int]) -> _Placement:
-    return _Placement(axis, _np_head(subj), _ident(subj), pole, _ident(other), *span)
+def _place(
+    axis: str, subj: str, pole: str, other: str, span: tuple[int, int], key: str = "", sentence: int = -1
+) -> _Placement:
+    return _Placement(axis, _np_head(subj), _ident(subj), pole, _ident(other), *span, key, sentence)
+
+
+_GENERIC_HEADS = set("person man woman child boy girl individual figure object item animal vehicle".split())
+
+
+def _demonstrative(items: Sequence[_Item], k: int) -> str | None:
+    """What "this person" / "this object" at item ``k`` names: the last noun phrase with that head in the sentence
+    before ("There is a person riding a black bike. *This person* is on the right."), or ``None``."""
+    words = items[k].norm.split()
+    if len(words) != 2 or words[0] != "this" or words[1] not in _GENERIC_HEADS:
+        return None
+    ends = [j for j in range(k) if items[j].norm in {".", "!", "?"}]
+    if not ends:
+        return None
+    start = ends[-2] if len(ends) > 1 else -1
+    found = [it.norm for it in items[start + 1 : ends[-1]] if it.kind == "np" and it.key == words[1]]
+    return found[-1] if found else None
+
+
+def _listed_after(items: Sequence[_Item], j: int) -> list[str]:
+    """The noun phrases listed after noun phrase ``j`` ("a fence, *wooden sticks* and *a tree*"); none unless the
+    list ends in "and" ("In the front row, a van is parked": no list)."""
+    out, last_and = [], False
+    while j + 2 < len(items) and items[j + 1].norm in {",", "and"}:
+        nxt = j + 2 if items[j + 2].norm != "and" else j + 3
+        if nxt >= len(items) or items[nxt].kind != "np":
+            break
+        last_and, j = items[j + 1].norm == "and" or items[j + 2].norm == "and", nxt
+        out.append(items[j].norm)
+    return out if last_and else []
+
+
+def _sentence_of(items: Sequence[_Item], k: int) -> int:
+    return max((j for j in range(k) if items[j].norm in {".", "!", "?"}), default=-1) + 1
 
 
 def _fact_placements(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact) -> list[_Placement]:
     """What one relation says about where its subject (and object) are."""
     rel = items[f.index]
     span = (rel.start, items[f.index + 1].end if f.obj else rel.end)
-    subj, obj = _referent(items, facts, f.index, f.subject), _referent(items, facts, f.index, f.obj)
-    if not subj or f.subject_attached:
+    subject = f.inherited if f.subject is None or f.subject_attached else f.subject
+    if subject is not None and f.subject_index >= 0 and subject == f.subject:
+        subject = _demonstrative(items, f.subject_index) or subject
+    subj, obj = _referent(items, facts, f.index, subject), _referent(items, facts, f.index, f.obj)
+    if not subj:
         return []
     out = []
     if f.key in _UNARY_POLES and not f.obj:
         axis, pole = _UNARY_POLES[f.key]
         out.append(_place(axis, subj, pole, "", span))
+        if f.subject_index > f.index and subj == f.subject:  # "In the background we can see a fence, a tree"
+            out += [_place(axis, norm, pole, "", span) for norm in _listed_after(items, f.subject_index)]
+    elif f.key in _COMPARATIVE:
+        axis, pole = _COMPARATIVE[f.key]
+        out.append(_place(axis, subj, pole, "", span, f.key, _sentence_of(items, f.index)))
     elif f.key == "centered":
         out.append(_place("r", subj, "at the periphery" if f.phrase.startswith("off") else "at the center", "", span))
     elif f.phrase in _HORIZON_PREPS and _np_head(obj) in {"horizon", "skyline"}:
         out.append(_place("d", subj, "behind", "", span))  # "drifts on the horizon": far away
-    if not obj or _np_head(obj) == _np_head(subj):
-        return out
+    if not obj or _same(_ident(obj), _ident(subj)):
+        return out  # "the black cow is closer than the other cows"
+    sentence = _sentence_of(items, f.index)
     if f.key in _BINARY_POLES:
         axis, pole = _BINARY_POLES[f.key]
-        out += [_place(axis, subj, pole, obj, span), _place(axis, obj, _OPPOSITE_POLE[pole], subj, span)]
+        out += [
+            _place(axis, subj, pole, obj, span, f.key, sentence),
+            _place(axis, obj, _OPPOSITE_POLE[pole], subj, span, f.key, sentence),
+        ]
     if f.key in _BESIDE_KEYS or f.key == "around" or f.phrase == "around":
         pole = "beside" if f.key in _BESIDE_KEYS else "around"
-        out += [_place("a", subj, pole, obj, span), _place("a", obj, pole, subj, span)]
+        out += [_place("a", subj, pole, obj, span, f.key), _place("a", obj, pole, subj, span, f.key)]
     return out
 
 
@@ -548,25 +665,104 @@ def _placements(text: str, items: Sequence[_Item], facts: Sequence[_Fact]) -> li
     return out
 
 
-def _conflicts(places: Sequence[_Placement]) -> dict[tuple[str, frozenset[str]], tuple[_Placement, _Placement]]:
+def _conflicts(
+    places: Sequence[_Placement],
+) -> dict[tuple[str, str, frozenset[str]], tuple[_Placement, _Placement]]:
     """Objects placed inconsistently, each with two placements that disagree: two absolute labels ("in the
     foreground" and "on the horizon"), a left/right/foreground label against every relation of the object
     ("in the foreground" yet only ever "behind" something), or two relations to the same object ("left of B" and
-    "right of B"; "encircle it" and "in front of it"). Keyed by axis and the object's content words."""
+    "right of B"; "encircle it" and "in front of it"). Keyed by the kind of clash, the axis and the object's content
+    words (a clash the prompt already had does not hide a new one of another kind)."""
     out = {}
     absolute = [p for p in places if not p.other]
     relative = [p for p in places if p.other]
     for p in absolute:
         related = [q for q in relative if q.axis == p.axis and _same(p.ident, q.ident)]
         clash = [q for q in absolute if q.axis == p.axis and q.pole != p.pole and _same(p.ident, q.ident)]
-        if p.pole in _AGAINST_POLES and related and all(_OPPOSITE_POLE.get(q.pole) == p.pole for q in related):
-            clash.append(related[0])
         for q in clash:
-            out.setdefault((p.axis, p.ident | q.ident), (p, q))
+            out.setdefault(("labels", p.axis, p.ident | q.ident), (p, q))
+        if p.pole in _AGAINST_POLES and related and all(_OPPOSITE_POLE.get(q.pole) == p.pole for q in related):
+            out.setdefault(("against", p.axis, p.ident), (p, related[0]))
     for p, q in itertools.combinations(relative, 2):
+        if (p.start, p.end) == (q.start, q.end):
+            continue  # one relation's two ends
         if p.axis == q.axis and _OPPOSITE_POLE.get(p.pole) == q.pole and _same(p.ident, q.ident):
             if _same(p.other, q.other):
-                out.setdefault((p.axis, p.ident | q.ident), (p, q))
+                out.setdefault(("relations", p.axis, p.ident | q.ident), (p, q))
+    for p in absolute:
+        if p.key in _COMPARATIVE:  # "behind the bench, closer to the foreground"
+            for q in relative:
+                if q.sentence == p.sentence and q.axis == p.axis and q.pole == _OPPOSITE_POLE[p.pole]:
+                    if _same(p.ident, q.ident):
+                        out.setdefault(("comparative", p.axis, p.ident | q.ident), (p, q))
+    return out
+
+
+def _near_conflicts(places: Sequence[_Placement]) -> dict[tuple[str, frozenset[str]], tuple[_Placement, ...]]:
+    """ "A near B" while A and B are on opposite sides of a third object C ("the lamp to the right of the desk,
+    near the printer" and "the printer to the left of the desk"): keyed by the pair's content words."""
+    out = {}
+    sided = [p for p in places if p.other and p.axis in {"h", "d"}]
+    for near in places:
+        if near.key != "near" or near.axis != "a" or not near.other:
+            continue
+        for p in sided:
+            if not _same(p.ident, near.ident) or _same(p.other, near.other):
+                continue
+            for q in sided:
+                if q.axis == p.axis and q.pole == _OPPOSITE_POLE[p.pole] and _same(q.ident, near.other):
+                    if _same(q.other, p.other) and not _same(q.ident, p.ident):
+                        out.setdefault(("n", near.ident | near.other), (p, q, near))
+    return out
+
+
+_LOW = {"h": "left", "d": "in front"}
+
+
+def _chain_conflicts(items: Sequence[_Item], facts: Sequence[_Fact]) -> dict[tuple[str, int], tuple[_Fact, _Fact]]:
+    """A comparative that continues an opposite relation of its own chain ("situated *behind* the goats, *closer
+    to the foreground*"), however the two objects are named: keyed by the comparative's place in the sentence."""
+    out = {}
+    for f in facts:
+        if f.key not in _COMPARATIVE:
+            continue
+        axis, pole = _COMPARATIVE[f.key]
+        sentence, k = _sentence_of(items, f.index), f.continues
+        while k >= 0 and _sentence_of(items, facts[k].index) == sentence:
+            g = facts[k]
+            if g.key in _BINARY_POLES and _BINARY_POLES[g.key] == (axis, _OPPOSITE_POLE[pole]):
+                out[(f.key, sum(1 for x in facts[: facts.index(f)] if x.key == f.key))] = (g, f)
+                break
+            k = g.continues
+    return out
+
+
+def _order_conflicts(places: Sequence[_Placement]) -> dict[tuple[str, frozenset[str]], tuple[_Placement, ...]]:
+    """An object labelled on the left that a chain of relations puts to the right of one labelled on the right
+    ("the red car ... on the left", "the red car right of the van", "the van right of the bus", "the bus on the
+    right"), and the same for depth: keyed by both labelled objects' content words."""
+    out = {}
+    for axis, low in _LOW.items():
+        high = _OPPOSITE_POLE[low]
+        edges = [p for p in places if p.axis == axis and p.other and p.pole == low]  # p.ident is left of p.other
+        labels = [p for p in places if p.axis == axis and not p.other and p.key not in _COMPARATIVE]
+        for start in (p for p in labels if p.pole == high):
+            frontier = [e for e in edges if _same(e.ident, start.ident)]
+            seen: set[frozenset[str]] = set()
+            path: dict[frozenset[str], _Placement] = {}
+            while frontier:
+                e = frontier.pop()
+                if e.other in seen:
+                    continue
+                seen.add(e.other)
+                path.setdefault(e.other, e)
+                frontier += [x for x in edges if _same(x.ident, e.other) and x.other not in seen]
+            for end in (p for p in labels if p.pole == low):
+                if _same(end.ident, start.ident):
+                    continue
+                hit = next((e for other, e in path.items() if _same(other, end.ident)), None)
+                if hit is not None:
+                    out.setdefault((axis + "<", start.ident | end.ident), (hit, start, end))
     return out
 
 
@@ -578,9 +774,42 @@ def _stale_mentions(
     edited: Sequence[tuple[int, int]],
 ) -> list[str]:
     """Objects the perturbation newly places in two contradicting ways, naming the mention it left stale."""
-    old = _conflicts(_placements(prompt, items[0], facts[0]))
+    places_b, places_a = _placements(prompt, items[0], facts[0]), _placements(perturbed, items[1], facts[1])
+    old = _conflicts(places_b)
     problems: list[str] = []
     reported: set[tuple[int, int]] = set()
+    before_chain = _chain_conflicts(items[0], facts[0])
+    for key, (g, f) in _chain_conflicts(items[1], facts[1]).items():
+        if key not in before_chain:
+            rel_g, rel_f = items[1][g.index], items[1][f.index]
+            stale = rel_f if _in_spans(edited, rel_g.start, rel_g.end) else rel_g
+            reported.add((stale.start, stale.end))
+            problems.append(
+                f"{perturbed[rel_g.start : rel_g.end]!r} and {perturbed[rel_f.start : rel_f.end]!r} now disagree"
+                f" (the mention {perturbed[stale.start : stale.end]!r} not updated?)"
+            )
+    for finder, what in ((_near_conflicts, "near"), (_order_conflicts, "order")):
+        before = finder(places_b)
+        for key, involved in finder(places_a).items():
+            if key in before:
+                continue
+            stale = next((p for p in involved if not _in_spans(edited, p.start, p.end)), involved[-1])
+            if (stale.start, stale.end) in reported:
+                continue
+            reported.add((stale.start, stale.end))
+            mention = perturbed[stale.start : stale.end]
+            if what == "near":
+                p, q, _ = involved
+                problems.append(
+                    f"'{p.noun}' is now {p.pole} of '{_np_noun(p.other)}' while '{q.noun}', which it is near, is"
+                    f" {q.pole} of it (the mention {mention!r} not updated?)"
+                )
+            else:
+                _, start, end = involved
+                problems.append(
+                    f"through the relations, '{start.noun}' (placed {start.pole}) is now {_LOW[start.axis]} of"
+                    f" '{end.noun}' (placed {end.pole}) (the mention {mention!r} not updated?)"
+                )
     for key, (p, q) in sorted(
         _conflicts(_placements(perturbed, items[1], facts[1])).items(), key=lambda kv: kv[1][0].start
     ):
@@ -595,6 +824,10 @@ def _stale_mentions(
             f" (the mention {perturbed[stale.start : stale.end]!r} not updated?)"
         )
     return problems
+
+
+def _np_noun(ident: frozenset[str]) -> str:
+    return " ".join(sorted(w for w in ident if not w.startswith("^")))
 
 
 def _labels(text: str) -> list[Counter[str]]:
@@ -673,6 +906,8 @@ def _implausible(fact: _Fact) -> str | None:
         return f"implausible: something placed above {fact.obj!r}"
     if fact.key == "below" and obj in _GROUND_LEVEL:
         return f"implausible: something placed below {fact.obj!r}"
+    if fact.key == "below" and obj in _FLOOR_LIKE and subj not in _FLOOR_LIKE:
+        return f"implausible: something placed below {fact.obj!r} (a floor covering)"
     return None
 
 

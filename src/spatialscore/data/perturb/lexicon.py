@@ -121,7 +121,8 @@ _NON_OBJECT = set(
     "juxtaposition dance blend connection bond dialogue conversation routine performance game match speech "
     "ritual process journey battle argument meeting ceremony celebration show concert session lesson story "
     "moment time day night season weight pressure influence guidance care supervision command spell gaze eye "
-    "eyes watch attention light lights sunlight moonlight starlight lamplight candlelight daylight glow rays "
+    "eyes watch attention scrutiny glare stare judgment judgement light lights sunlight moonlight starlight "
+    "lamplight candlelight daylight glow rays "
     "ray sunshine sunset sunrise twilight dusk dawn shade shadow shadows haze fog mist rain weather atmosphere "
     "mood ambience air breeze wind storm silence noise sound music lens focus hue hues color colors colour "
     "colours tones palette".split()
@@ -141,6 +142,11 @@ _GROUND_LEVEL = set(
     "river lake sea ocean bay canal pond surf shallows".split()
 )
 _FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
+# adjectives of a region that say how it looks in the photograph, not what is in it ("the blurred background")
+_REGION_ADJ_STOP = set(
+    "blurred blurry soft-focus out-of-focus defocused bokeh soft immediate far near distant left right upper lower "
+    "entire whole same other".split()
+)
 _VIEWPOINT = set("vantage viewpoint perspective angle".split())
 # the picture itself and whoever looks at it: "to the left of the frame" may flip, never become "above the frame"
 # what "overhead" may place as an adjective ("overhead lights" -> "ground-level lights")
@@ -173,6 +179,7 @@ _RIGHT_NON_SPATIAL = set(
 )
 _SIDE_NOUNS = set(
     "side sides edge edges corner corners end ends wall walls half third border rim margin flank column "
+    "foreground background midground "
     "columns panel part section wing bank lane window windows door pane arm arms leg legs hand foot shoulder "
     "cheek eye ear one ones of and".split()
 )
@@ -268,9 +275,12 @@ _EVENT = (
 )
 NON_SPATIAL_IDIOM = re.compile(
     r"(?<![\w'’-])(?:"
-    r"(?:under|beneath|below|underneath) (?:the |a |an )?(?:weight|pressure|influence|guidance|care|"
-    r"supervision|command|spell|watch|watchful eye|cover|protection|direction|leadership|banner|guise|"
-    r"impression|assumption|threat|strain|burden|name|auspices|tutelage|radar)\b"
+    r"(?:under|beneath|below|underneath) (?:the |a |an |his |her |their |its )?(?:[\w'’-]+ ){0,2}?(?:weight|pressure|"
+    r"influence|guidance|care|supervision|command|spell|watch|watchful eye|cover|protection|direction|leadership|"
+    r"banner|guise|impression|assumption|threat|strain|burden|name|auspices|tutelage|radar|scrutiny|glare|stare|"
+    r"judgment|judgement)\b"
+    r"|(?:in front of|before) (?:the |a |an |his |her |their |its )?(?:[\w'’-]+ ){0,2}?(?:scrutiny|glare|stare|"
+    r"judgment|judgement|watchful eyes?)\b"
     r"|(?:under|beneath|below|underneath|in|bathed in) (?:the |a |an )?"
     r"(?!(?:[\w'’-]+ ){0,2}(?:traffic|street|string|fairy|ceiling|pendant|tail|head|brake|porch|desk|"
     r"reading|flood|neon|christmas|night|hanging) (?:light|lights|lamp)\b)(?:[\w'’-]+ ){0,3}?" + _LIGHT + r"(?![\w'’-])"

@@ -46,6 +46,7 @@ from spatialscore.data.perturb.lexicon import (
     _PREDICATE_TARGETS,
     _PREDICATIVE,
     _PREPOSITIONS,
+    _REGION_ADJ_STOP,
     _REMAINDER,
     _RIGHT_ADVERBIAL,
     _RIGHT_NON_SPATIAL,
@@ -192,14 +193,20 @@ _GROUND_VERBS = (
 )
 _GROUND = re.compile(
     r"(?<![\w-])(?:(?:in|into|toward|towards|at|frame|frames|framing|fill|fills|filling|dominate|dominates|"
-    r"dominating) the (foreground|background)\b"
-    r"|(?:^|(?<=[.;!?] ))(?:the )?(foreground|background)(?= (?:" + _GROUND_VERBS + r")\b))",
+    r"dominating|across|from|command|commands|commanding) the (foreground|background)\b"
+    r"|(?:^|(?<=[.;!?] )|(?<=, ))(?:the )?(foreground|background)(?= (?:" + _GROUND_VERBS + r")\b))",
     re.I,
 )
 _DISTANCE = re.compile(r"(?<![\w-])(?:in|into|toward|towards) (the (?:(?:far|misty|hazy|far-off) )?distance)\b", re.I)
 _MIDGROUND = re.compile(
     r"(?<![\w-])(?:(?:in|occupies|occupy|occupying|fills|fill) the (midground)\b"
-    r"|(?:^|(?<=[.;!?] ))(?:the )?(midground)(?= (?:" + _GROUND_VERBS + r")\b))",
+    r"|(?:^|(?<=[.;!?] )|(?<=, ))(?:the )?(midground)(?= (?:" + _GROUND_VERBS + r")\b))",
+    re.I,
+)
+# "the rocky foreground", "the turbulent midground waters": a region named with what fills it
+_REGION_ADJ = re.compile(
+    r"(?<![\w'’-])(?:the|a|an|its|their) (?!(?:" + "|".join(sorted(_REGION_ADJ_STOP)) + r") )[a-z][\w-]* "
+    r"(foreground|background|midground)\b(?! of\b)",
     re.I,
 )
 _CENTER = re.compile(r"(?<![\w-])(?:in|at) the (?:very )?(?:center|centre|middle)\b" + _NIGHT, re.I)
@@ -223,9 +230,10 @@ _REL = re.compile(
     | (?P<over>over)
     | (?P<overhead>overhead)
     | (?P<side>on\ side\ of)
-    | (?P<on>on)
+    | (?P<on>on|upon)
     | (?P<adj>next\ to|beside|near|close\ to|adjacent\ to)
     | (?P<amid>amid|amidst|among|amongst|surrounded\ by|encircled\ by|flanked\ by|surrounding)
+    | (?P<around>around)
     | (?P<before>{_BEFORE_PRONOUN})
     | (?P<between>between)
     | (?P<aligned>(?:(?:vertically|horizontally)\ )?aligned\ with)
@@ -354,9 +362,18 @@ def _vd_sites(text: str) -> list[_Candidate]:
             out.append(_single(text, kind, m.start(1), m.end(1), _OPPOSITE[word]))
     for m in _GROUND.finditer(text):
         group = 1 if m.group(1) else 2
+        if _reverses_progression(text, m, m.group(group)):
+            continue
         out.append(_single(text, "flip", m.start(group), m.end(group), _OPPOSITE[m.group(group).lower()]))
     for m in _DISTANCE.finditer(text):
         out.append(_single(text, "flip", m.start(), m.end(), text[m.start() : m.start(1)] + "the foreground"))
+    for m in _REGION_ADJ.finditer(text):
+        word = m.group(1).lower()
+        if _reverses_progression(text, m, word):
+            continue
+        targets = ("foreground", "background") if word == "midground" else (_OPPOSITE[word],)
+        kind = "anchor" if word == "midground" else "flip"
+        out.append(_candidate(text, kind, [[(m.start(1), m.end(1), t)] for t in targets]))
     for m in _MIDGROUND.finditer(text):
         group = 1 if m.group(1) else 2
         alternatives = [[(m.start(group), m.end(group), word)] for word in ("foreground", "background")]
@@ -378,6 +395,14 @@ def _vd_sites(text: str) -> list[_Candidate]:
     return out
 
 
+_DISTANT = re.compile(r"(?<![\w'’-])(distant)(?= ([^\W\d_][\w'’-]*))", re.I)
+# what only ever lies far off, or "distant" in another sense ("a distant look", "a distant cousin")
+_FAR_ONLY = set(
+    "horizon horizons skyline sky skies sun moon stars star galaxy galaxies planet planets backdrop background "
+    "landscape memory memories past future echo echoes sound sounds thunder rumble hum cousin cousins relative "
+    "relatives look gaze expression stare glance smile dream dreams land lands shore shores call calls cry cries "
+    "song songs voice voices chatter laughter noise noises horn horns bell bells siren sirens roar murmur".split()
+)
 _NEARBY = re.compile(r"(?<![\w'’-])(nearby)(?= ([^\W\d_][\w'’-]*))", re.I)
 _FACING = re.compile(
     r"(?<![\w'’-])(?:turned|turning|facing|looking|gazing|glancing|angled|tilted|oriented|leaning)"
@@ -394,8 +419,19 @@ def _prose_sites(text: str) -> list[_Candidate]:
     "framed off-center", "the overhead lamp" -> "the ground-level lamp"."""
     out = []
     for m in _NEARBY.finditer(text):
+        if _from_viewpoint(text, m.start()):
+            continue  # "a vantage point atop a nearby hill": where the camera is
         if m.group(2).lower() not in _NP_STOP and _placeable(["", m.group(2)]):
             out.append(_single(text, "flip", m.start(1), m.end(1), "distant"))
+    for m in _DISTANT.finditer(text):
+        words = []  # the noun phrase after it, to its head: "distant car horns" are a sound
+        for tok in _TOKEN.findall(text, m.end(), m.end() + 60)[:4]:
+            if not tok[0].isalpha() or tok.lower() in _NP_STOP:
+                break
+            words.append(tok.lower())
+        if words and not set(words) & _FAR_ONLY and _placeable(["", *words]) and not _from_viewpoint(text, m.start()):
+            if _prev_tokens(text, m.start(), 1)[0] in _SWAP_DETS | {"", ",", "."}:
+                out.append(_single(text, "flip", m.start(1), m.end(1), "nearby"))
     for m in _FACING.finditer(text):
         out.append(_single(text, "flip", m.start(1), m.end(1), "away from"))
     for m in _CENTRALLY.finditer(text):
@@ -404,6 +440,24 @@ def _prose_sites(text: str) -> list[_Candidate]:
         if _overhead_adjective(text, m):
             out.append(_single(text, "flip", m.start(1), m.end(1), "ground-level"))
     return out
+
+
+def _from_viewpoint(text: str, pos: int) -> bool:
+    """Whether the words just before ``pos`` name the camera's position ("from a vantage point atop a ...")."""
+    return bool(set(_prev_tokens(text, pos, 4)) & _VIEWPOINT)
+
+
+_PROGRESSION_END = re.compile(
+    r"(?<![\w-])(?:to|into|toward|towards) the (?:[\w'’-]+ ){0,2}?(?:horizon|distance|skyline|background)\b", re.I
+)
+
+
+def _reverses_progression(text: str, m: re.Match[str], word: str) -> bool:
+    """ "stretches *from* the rocky foreground ... *to* the distant horizon": turning its start into the background
+    would put it behind where the progression ends."""
+    if word.lower() != "foreground" or "from" not in _prev_tokens(text, m.start(), 4):
+        return False
+    return bool(_PROGRESSION_END.search(text, m.end(), _sentence_span(text, m.start())[1]))
 
 
 def _overhead_adjective(text: str, m: re.Match[str]) -> bool:
@@ -508,6 +562,10 @@ def _relation_sites(text: str) -> list[_Candidate]:
         elif group == "amid":
             out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
             continue
+        elif group == "around":
+            if p1 in _GATHER_VERBS or ((p1 in _ADVERBS or p1.endswith("ly")) and p2 in _GATHER_VERBS):
+                out.append(_candidate(text, "predicate", [[(start, end, t)] for t in _amid_targets(m.group())]))
+            continue
         elif group == "ab":
             flip, axis = _OPPOSITE[m.group(group).lower()], "vertical"
         elif group == "top":
@@ -550,6 +608,12 @@ def _relation_sites(text: str) -> list[_Candidate]:
     return out
 
 
+# verbs after which "around X" places people or things in a ring about X, not a motion or an approximation
+_GATHER_VERBS = set(
+    "gather gathers gathered gathering huddle huddles huddled huddling cluster clusters clustered clustering "
+    "crowd crowds crowded crowding sit sits sat seated sitting stand stands stood standing arranged placed "
+    "grouped assembled congregate congregates congregated".split()
+)
 _VERTICAL_GROUPS = {"comp", "ab", "top", "under", "over", "on", "between"}
 _VERTICAL_WORDS = {"above": "below", "below": "above", "behind": "in front of", "in front of": "behind"}
 
@@ -923,7 +987,7 @@ def _combined_problems(result: PerturbationResult) -> list[str]:
 _SIDE_LABEL = re.compile(
     r"(?<![\w'’-])(?:the|a|an|its|their)\s+(?P<noun1>[^\W\d_][\w'’-]*)\s+(?:\w+\s+){0,2}?(?:on|at|to)\s+the\s+"
     r"(?:far\s+)?(?P<side1>left|right)\b(?!\s+of\b)"
-    r"|(?<![\w'’-])the\s+(?P<side2>left|right)\s+(?P<noun2>[^\W\d_][\w'’-]*)",
+    r"|(?<![\w'’-])the\s+(?P<side2>left|right)\s+(?!of\b)(?P<noun2>[^\W\d_][\w'’-]*)",
     re.I,
 )
 
@@ -934,6 +998,8 @@ _MAX_LABEL_REPAIRS = 2
 def _with_labels(prompt: str, edit: Edit) -> Edit | None:
     """``edit`` plus flips of the other mentions that place its objects left or right ("The hare on the right
     ..." after "a fox to the left of a hare" became "... to the right of ..."), or ``None`` if there are none."""
+    if edit.kind == "predicate":
+        return None  # "left of" -> "behind" moves the object off the axis: flipping other sides repairs nothing
     nouns = {w.lower() for w in _TOKEN.findall(prompt, *_sentence_span(prompt, edit.start))}
     subs = [(edit.start, edit.end, edit.after)]
     for m in _SIDE_LABEL.finditer(prompt):
