@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +35,24 @@ def export_policy(module: L.LightningModule, directory: str | Path, *, is_global
     ``width`` it sampled at and its validation's ODE ``num_steps`` (:func:`sampling_settings`: ``spatialrl
     evaluate``'s defaults), and under ``weights_sha256`` the SHA-256 of every weights file (the merged
     components and the LoRA file), checked when ``FluxSource`` loads the folder. The weights are gathered as
-    a full state dict first, so this works for sharded (FSDP2) models too; every rank must call it. A module
-    with an ``evaluated_weights()`` context (an EMA) is exported with those weights, the ones its validation judged.
+    a full state dict first, so this works for sharded (FSDP2) models too; every rank must call it.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    # the EMA, when the module keeps one; swapped in until the weights are copied (on CPU the state dict holds
-    # the parameters themselves, not copies)
-    with getattr(module, "evaluated_weights", nullcontext)():
-        state = get_model_state_dict(module.transformer, options=options)
-        encoders = {
-            name: get_model_state_dict(getattr(module.policy, name), options=options)
-            for name in getattr(module, "trained_text_encoder_names", ())
-        }
-        if not is_global_zero:
-            return
-        policy = module.source.load(device="cpu")
-        if has_lora(module.transformer):
-            add_lora(policy.transformer, module.lora)
-        # the adapter keeps its fp32 master weights (add_lora), so the LoRA file is not rounded to the policy's dtype
-        policy.transformer.load_state_dict({k: v if "lora_" in k else v.to(policy.dtype) for k, v in state.items()})
-        for name, encoder_state in encoders.items():  # text encoders the module trained (FlowMatchingModule)
-            getattr(policy, name).load_state_dict(encoder_state)
+    state = get_model_state_dict(module.transformer, options=options)
+    encoders = {
+        name: get_model_state_dict(getattr(module.policy, name), options=options)
+        for name in getattr(module, "trained_text_encoder_names", ())
+    }
+    if not is_global_zero:
+        return
     directory = Path(directory)
+    policy = module.source.load(device="cpu")
+    if has_lora(module.transformer):
+        add_lora(policy.transformer, module.lora)
+    # the adapter keeps its fp32 master weights (add_lora), so the LoRA file is not rounded to the policy's dtype
+    policy.transformer.load_state_dict({k: v if "lora_" in k else v.to(policy.dtype) for k, v in state.items()})
+    for name, encoder_state in encoders.items():  # text encoders the module trained (FlowMatchingModule)
+        getattr(policy, name).load_state_dict(encoder_state)
     merged = FluxPolicy(
         transformer=merged_copy(policy.transformer),
         vae=policy.vae,

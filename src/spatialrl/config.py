@@ -112,7 +112,7 @@ class EvalConfig:
         grid_prompts: a grid of the first this many prompts' samples (with their text) goes to every logger
             that takes images.
         at_start: also evaluate the initial policy before the first training step (logged at step 0).
-        use_ema: evaluate, and export, the EMA weights when the module keeps them (``ema_decay`` set).
+        use_ema: evaluate with the EMA weights when the module keeps them (``ema_decay`` set).
     """
 
     num_steps: int = 28

@@ -81,7 +81,7 @@ class FluxGRPOModule(L.LightningModule):
         grpo: the GRPO objective: group size, filtering, advantages, PPO clipping, KL, micro-batches.
         optimizer: AdamW and its learning-rate schedule (default here: lr 3e-4, weight decay 1e-4).
         ema_decay: keep an exponential moving average of the trained weights with this decay (in [0, 1));
-            validation and the export use it (``eval.use_ema``). null: none.
+            validation uses it (``eval.use_ema``). null: none.
         eval: validation sampling and what it logs.
         eval_metrics: extra rewards only computed and logged at validation (e.g. the strict judge), each under
             its own ``name``.
@@ -488,8 +488,8 @@ class FluxGRPOModule(L.LightningModule):
         return out
 
     def evaluated_weights(self) -> AbstractContextManager:
-        """The weights validation samples with and :func:`~spatialrl.callbacks.export_policy` writes, swapped in
-        while inside: the EMA when the module keeps one and ``eval.use_ema``, else the trained weights."""
+        """The weights validation samples with, swapped in while inside: the EMA when the module keeps one
+        and ``eval.use_ema``, else the trained weights."""
         return ema_context(self.ema if self.eval_spec.use_ema else None, self._trainable())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

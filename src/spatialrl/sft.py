@@ -61,7 +61,7 @@ class FlowMatchingModule(L.LightningModule):
             that does not separate "a red circle left of a blue square" from "a blue square left of a red
             circle" learns to; the export carries them, and GRPO loads them frozen. ``frozen``: train neither.
         ema_decay: keep an exponential moving average of the trained weights (after every optimiser step) with
-            this decay (in [0, 1)); validation (its loss and samples) and the export use it. null: none (the
+            this decay (in [0, 1)); validation (its loss and samples) uses it. null: none (the
             tiny default: 0.995 changed its held-out strict accuracy by +0.02 [-0.01, +0.06], README).
         timesteps: how training sigmas are drawn.
         guidance: FLUX's guidance scale, in training and in the validation samples.
@@ -135,8 +135,8 @@ class FlowMatchingModule(L.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def evaluated_weights(self) -> AbstractContextManager:
-        """The weights validation uses and :func:`~spatialrl.callbacks.export_policy` writes, swapped in while
-        inside: the EMA when ``ema_decay`` is set, else the trained weights."""
+        """The weights validation uses, swapped in while inside: the EMA when ``ema_decay`` is set, else
+        the trained weights."""
         return ema_context(self.ema, self._trainable())
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -171,7 +171,7 @@ class _RecordWeights(L.Callback):
         self.steps.append([p.detach().clone() for p in pl_module.transformer.parameters()])
 
 
-def test_ema_is_the_hand_average_and_is_validated_and_exported(tmp_path: Path) -> None:
+def test_ema_is_the_hand_average_and_is_validated(tmp_path: Path) -> None:
     images, prompts = _scenes(2, seed=0)
     loader = _loader(images, prompts)
     L.seed_everything(0)
@@ -207,10 +207,6 @@ def test_ema_is_the_hand_average_and_is_validated_and_exported(tmp_path: Path) -
     for seen_weights, average in zip(seen, (after_two, expected), strict=True):
         for weight, hand in zip(seen_weights, average, strict=True):
             torch.testing.assert_close(weight, hand)
-    exported = FluxSource(path=str(export)).load().transformer.state_dict()
-    names = [name for name, _ in module.transformer.named_parameters()]
-    for name, hand in zip(names, expected, strict=True):
-        torch.testing.assert_close(exported[name], hand, msg=name)
     assert not all(torch.allclose(a, b) for a, b in zip(expected, trained, strict=True))
 
     checkpoint: dict[str, Any] = {}
