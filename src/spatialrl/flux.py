@@ -392,9 +392,8 @@ class FluxPolicy:
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        cut = [
-            p for p, ids in zip(prompts, self.tokenizer_2(prompts).input_ids, strict=True) if len(ids) > len(t5_ids[0])
-        ]
+        lengths = [len(ids) for ids in self.tokenizer_2(prompts).input_ids]  # untruncated; uncached prompts only
+        cut = [p for p, n in zip(prompts, lengths, strict=True) if n > self.max_sequence_length]
         if cut:  # FluxPipeline logs the same; nothing is dropped silently
             warnings.warn(
                 f"{len(cut)} prompt(s) longer than max_sequence_length={self.max_sequence_length} T5 tokens were cut "

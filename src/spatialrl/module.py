@@ -487,13 +487,13 @@ class FluxGRPOModule(L.LightningModule):
             out.update(reward_components(metric, images=out["images"], prompts=flat, metadata=meta))
         return out
 
-    def evaluated_weights(self) -> AbstractContextManager:
+    def _evaluated_weights(self) -> AbstractContextManager:
         """The weights validation samples with, swapped in while inside: the EMA when the module keeps one
         and ``eval.use_ema``, else the trained weights."""
         return ema_context(self.ema if self.eval_spec.use_ema else None, self._trainable())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        with self.evaluated_weights():
+        with self._evaluated_weights():
             out = self.evaluate(list(batch["prompts"]), list(batch["metadata"]))
         for name, metric in self.val_means.items():
             metric.update(out[name])

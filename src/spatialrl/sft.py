@@ -134,7 +134,7 @@ class FlowMatchingModule(L.LightningModule):
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def evaluated_weights(self) -> AbstractContextManager:
+    def _evaluated_weights(self) -> AbstractContextManager:
         """The weights validation uses, swapped in while inside: the EMA when ``ema_decay`` is set, else
         the trained weights."""
         return ema_context(self.ema, self._trainable())
@@ -196,7 +196,7 @@ class FlowMatchingModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._seen_val_prompts = []
-        self._validation_weights.enter_context(self.evaluated_weights())
+        self._validation_weights.enter_context(self._evaluated_weights())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for prompt in batch["prompts"]:

@@ -171,7 +171,7 @@ class _RecordWeights(L.Callback):
         self.steps.append([p.detach().clone() for p in pl_module.transformer.parameters()])
 
 
-def test_ema_is_the_hand_average_and_is_validated(tmp_path: Path) -> None:
+def test_ema_is_the_hand_average_is_validated_and_the_export_is_trained(tmp_path: Path) -> None:
     images, prompts = _scenes(2, seed=0)
     loader = _loader(images, prompts)
     L.seed_everything(0)
@@ -208,6 +208,9 @@ def test_ema_is_the_hand_average_and_is_validated(tmp_path: Path) -> None:
         for weight, hand in zip(seen_weights, average, strict=True):
             torch.testing.assert_close(weight, hand)
     assert not all(torch.allclose(a, b) for a, b in zip(expected, trained, strict=True))
+    exported = FluxSource(path=str(export)).load().transformer.state_dict()  # the export: the trained weights
+    for (name, _), weight in zip(module.transformer.named_parameters(), trained, strict=True):
+        torch.testing.assert_close(exported[name], weight, msg=name)
 
     checkpoint: dict[str, Any] = {}
     module.on_save_checkpoint(checkpoint)
