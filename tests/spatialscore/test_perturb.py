@@ -556,3 +556,14 @@ def test_label_repairs_do_not_flip_relations_of_other_objects() -> None:
     edits = {(e.before, e.after) for e in RULES.candidates(prompt)}
     assert ("left stands to the left", "right stands to the right") in edits
     assert not [b for b, _ in edits if "left" in b and "spotted" in b]
+
+
+def test_round_4_stale_edits_are_not_offered() -> None:
+    """Edits the round-4 validity rules reject never reach the candidates; the valid ones stay."""
+    rules = RulePerturber()
+    prompt = "A grey horse stands on the meadow. A brown horse stands next to the grey horse."
+    offered = {e.after for e in rules.candidates(prompt) if e.before == "next to"}
+    assert offered and not offered & {"above", "below"}
+    prompt = "A red scooter fills the foreground while the calm sea shines in the midground."
+    offered = {(e.before, e.after) for e in rules.candidates(prompt)}
+    assert ("foreground", "background") not in offered and ("midground", "background") in offered

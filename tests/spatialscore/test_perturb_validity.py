@@ -366,3 +366,103 @@ def test_scrutiny_is_not_a_place_and_nothing_goes_under_a_mat() -> None:
         "implausible: something placed below 'the rubber mat' (a floor covering)"
     ]
     assert problems("A coin lies beneath the yoga mat.", "beneath", "on top of") == []
+
+
+# --------------------------------------------------------------------------------------------- round 4 rules
+@pytest.mark.parametrize(
+    "prompt, before, after, stale",
+    [
+        # what "beneath them" stood under is no longer on the desk (the desk now above it, or beside it)
+        (
+            "A stack of old letters is arranged upon a time-worn oak desk. The lens catches the grain of the worn"
+            " desk beneath them.",
+            "upon",
+            "under",
+            "beneath them",
+        ),
+        (
+            "A stack of old letters is arranged upon a time-worn oak desk. The lens catches the grain of the worn"
+            " desk beneath them.",
+            "upon",
+            "next to",
+            "beneath them",
+        ),
+        (
+            "A kitten dozes on top of the bookcase. The bookcase under the kitten is made of pine.",
+            "on top of",
+            "below",
+            "under the kitten",
+        ),
+        # upper part of the ground = far: a dog lying on the road there is not in the foreground
+        (
+            "A tired dog lies on the road at the bottom of the photo, in the foreground.",
+            "bottom",
+            "top",
+            "in the foreground",
+        ),
+        # the subject of "are in front of" is the goats, not the bucket they eat from
+        (
+            "The goats eating from a bucket are in front of the gate, and the gate is behind all the goats.",
+            "in front of",
+            "behind",
+            "behind all the goats",
+        ),
+    ],
+)
+def test_stale_vertical_and_image_depth_mentions(prompt: str, before: str, after: str, stale: str) -> None:
+    got = problems(prompt, before, after)
+    assert len(got) == 1 and f"(the mention {stale!r} not updated?)" in got[0], got
+
+
+def test_nothing_beyond_the_sea_or_the_mountains_of_its_sentence() -> None:
+    prompt = "A bike's wheels and frame fill the foreground while the calm sea shines in the midground."
+    assert problems(prompt, "foreground", "background") == [
+        "'the background' now puts something beyond the sea of its sentence"
+    ]
+    assert problems(prompt, "midground", "background") == []  # the sea moves further away: fine
+    prompt = "In the foreground a fishing hut stands, while snowy mountains rise in the midground."
+    assert problems(prompt, "foreground", "background") == [
+        "'In the background' now puts something beyond the mountain of its sentence"
+    ]
+    # no landmark, or the landmark is what moves
+    assert problems("A red kite dances in the foreground while a dog runs in the midground.", "fore", "back") == []
+    assert (
+        problems("Cliffs fill the foreground while the sea glints in the midground.", "midground", "foreground") == []
+    )
+
+
+def test_things_standing_on_the_ground_are_not_stacked() -> None:
+    prompt = "A grey horse stands on the meadow. A brown horse stands next to the grey horse."
+    assert problems(prompt, "next to", "above") == [
+        "implausible: two of the horses, which stand on the ground here, placed one above the other"
+    ]
+    assert problems(prompt, "next to", "behind") == []
+    assert (
+        problems("A grey horse stands on the meadow. A hawk circles next to the grey horse.", "next to", "above") == []
+    )
+    assert problems("A cat sits on the shelf. A small cat sleeps next to the cat.", "next to", "above") == []
+
+
+@pytest.mark.parametrize(
+    "prompt, before, after",
+    [
+        ("A stack of old letters is arranged upon a writing desk. A cat sleeps beneath it.", "upon", "under"),
+        ("A paper lantern hangs from a hook at the bottom of the photo, in the foreground.", "bottom", "top"),
+        ("A tired dog lies on the road at the bottom of the photo.", "bottom", "top"),
+        # two mentions introduced with "a" are two goats, however alike
+        (
+            "A black goat stands in the lower part of the image. There is also a black goat near the gate in the"
+            " lower part of the image.",
+            "lower part of the image.",
+            "upper part of the image.",
+        ),
+        # "on the desk there are pens" places the pens, not the stool before the comma
+        (
+            "The stool is in front of the desk. There is a wooden stool, on the desk there are pens.",
+            "in front of",
+            "below",
+        ),
+    ],
+)
+def test_round_4_rules_leave_valid_edits_alone(prompt: str, before: str, after: str) -> None:
+    assert problems(prompt, before, after) == []

@@ -22,9 +22,14 @@
    the bench, closer to the foreground"), chained and comma-continued relations ("a cup on a tray next to the
    lamp", "..., near the printer") and "this person" for the person of the sentence before; "A near B" with A and
    B on opposite sides of a third object; a chain of relations that puts an object labelled on the right left of
-   one labelled on the left; no two mentions turned into the same corner or the same contrasting label
-   ("the left lantern ..., the left one"), no implausible flip of a fixed landmark ("the floor above the
-   table", "the sky below", "the rug above the table", "a leap below the mat").
+   one labelled on the left; up/down ("the worn desk beneath them" once nothing is on the desk; for things
+   standing on the ground, "in the upper part of the image" is far: not "closer to the foreground"); no two
+   mentions turned into the same corner or the same contrasting label ("the left lantern ..., the left one"), no
+   implausible flip of a fixed landmark ("the floor above the table", "the sky below", "the rug above the table",
+   "a leap below the mat"), no two things of a kind standing on the ground here stacked ("a brown horse above
+   the grey horse" among horses on a meadow), nothing newly put beyond the ocean, horizon or mountains of its
+   sentence ("a bike filling the background while the sea shines in the midground"). Two mentions introduced
+   with "a" ("a black goat ... There is also a black goat") are two objects.
 
 The rules are heuristics over word lists and regular expressions (no parser): they reject some valid
 rewrites (e.g. a participle clause that moves across a relation) rather than let broken ones through.
@@ -45,9 +50,11 @@ from spatialscore.data.perturb.lexicon import (
     _AGREE,
     _BEFORE_PRONOUN,
     _COLOURS,
+    _FAR_LANDMARKS,
     _FLOOR_LIKE,
     _FRAMING,
     _GROUND_LEVEL,
+    _GROUND_SURFACES,
     _HANG_VERBS,
     _ING_NOUNS,
     _MATERIALS,
@@ -148,8 +155,8 @@ _DIRECTED = {
     "behind": ("d", -1),
     "behind-of": ("d", -1),  # "hidden by Y": the subject is behind Y
 }
-# Stale mentions: where a relation key places its subject, per axis ("h" left/right, "d" depth, "r" centre or
-# edge, "a" around or beside); a binary key also places its object on the opposite pole.
+# Stale mentions: where a relation key places its subject, per axis ("h" left/right, "d" depth, "v" up/down, "r"
+# centre or edge, "a" around or beside); a binary key also places its object on the opposite pole.
 _UNARY_POLES = {
     "on-left": ("h", "left"),
     "on-right": ("h", "right"),
@@ -158,13 +165,20 @@ _UNARY_POLES = {
     "on-mid": ("d", "in the midground"),
     "center": ("r", "at the center"),
     "periphery": ("r", "at the periphery"),
+    "on-top": ("v", "at the top"),
+    "on-bottom": ("v", "at the bottom"),
 }
+# in a photograph, the upper part of the ground is the far part: labels that also place a grounded object in depth
+_IMAGE_DEPTH = {"on-top": "behind", "on-bottom": "in front"}
 _BINARY_POLES = {
     "left": ("h", "left"),
     "right": ("h", "right"),
     "front": ("d", "in front"),
     "behind": ("d", "behind"),
     "behind-of": ("d", "behind"),
+    "above": ("v", "above"),
+    "on": ("v", "above"),
+    "below": ("v", "below"),
 }
 # comparatives after a relation ("..., closer to the foreground"): against an opposite relation of the same sentence
 _COMPARATIVE = {"closer-front": ("d", "in front"), "closer-back": ("d", "behind")}
@@ -175,6 +189,8 @@ _OPPOSITE_POLE = {
     "behind": "in front",
     "around": "beside",
     "beside": "around",
+    "above": "below",
+    "below": "above",
 }
 # absolute poles that contradict being only ever on the other side of things: "the lamp on the right" only
 # left of things, a foreground fence only behind things; a background lighthouse in front of a rocky point is fine
@@ -413,9 +429,17 @@ def _subject_index(items: Sequence[_Item], rel_index: int) -> int:
     return -1
 
 
+_PARTICIPLE_PREPS = {"from", "for", "through", "toward", "towards", "like"}  # "eating from a bucket"
+
+
 def _attribute_owner(items: Sequence[_Item], j: int) -> int:
     """The noun phrase that a "with" phrase ending at noun phrase ``j`` belongs to ("*a woman* with
-    captivating eyes"), or -1."""
+    captivating eyes"), or that a participle's object is ("*the goats* eating from a bucket"), or -1."""
+    if j > 1 and items[j - 1].norm in _PARTICIPLE_PREPS:
+        m = j - 2
+        while m >= 0 and items[m].kind == "word" and (items[m].norm.endswith("ing") or items[m].norm in _NONFINITE):
+            m -= 1
+        return m if 0 <= m < j - 2 and items[m].kind == "np" else -1
     k = j - 2 if j > 1 and items[j - 1].kind == "word" and items[j - 1].norm[:1].isalpha() else j - 1
     ok = k > 0 and items[k].norm == "with" and items[k - 1].kind == "np"
     return k - 1 if ok else -1
@@ -480,7 +504,7 @@ def _with_inherited(items: Sequence[_Item], facts: list[_Fact]) -> list[_Fact]:
         prev = None
         if f.subject is not None and f.subject_attached and "with" not in f.subject.split():
             prev = by_obj.get(f.subject_index)  # not "in front of the sofa with a board on top of it": the board
-        elif f.subject is None:
+        elif f.subject is None and not _opens_clause(items, f):
             c = f.index - 1
             while c >= 0 and items[c].kind == "word" and items[c].norm in _CONTINUING:
                 c -= 1
@@ -494,6 +518,13 @@ def _with_inherited(items: Sequence[_Item], facts: list[_Fact]) -> list[_Fact]:
         cont = facts.index(prev) if prev is not None else -1
         out.append(dataclasses.replace(f, inherited=resolved[f.index], continues=cont) if own is None else f)
     return out
+
+
+def _opens_clause(items: Sequence[_Item], f: _Fact) -> bool:
+    """A relation and its object that open an existential clause ("..., on the shelf there are jars"): they place
+    what follows, not what precedes the comma."""
+    k = f.index + (2 if f.obj else 1)
+    return k < len(items) and items[k].norm == "there"
 
 
 def _canonical(fact: _Fact) -> tuple[str | None, str, str | None]:
@@ -525,12 +556,15 @@ class _Placement:
     end: int
     key: str = ""  # the relation key that made it
     sentence: int = -1  # index of the sentence's first item
+    introduced: int = -1  # the item of a subject named with "a"/"another": two such mentions are two objects
 
 
 def _ident(norm: str) -> frozenset[str]:
     """Content words of a noun phrase (no determiners, quantifiers or position words), singular, and its head
-    noun marked ``^head``: "the table" and "a table lamp" are different objects, "a tree" and "trees" the same."""
-    words = frozenset(_singular(w) for w in norm.split()) - _DETS - _QUANTIFIERS - _POSITION_WORDS
+    noun marked ``^head``: "the table" and "a table lamp" are different objects, "a tree" and "trees" the same; a
+    hyphenated word also gives its parts ("the worn table" names "a time-worn table")."""
+    split = [part for w in norm.split() for part in ([w, *w.split("-")] if "-" in w.strip("-") else [w])]
+    words = frozenset(_singular(w) for w in split) - _DETS - _QUANTIFIERS - _POSITION_WORDS
     return words | {"^" + _singular(_np_head(norm))} if words else words
 
 
@@ -542,10 +576,14 @@ def _singular(word: str) -> str:
     return word
 
 
+_ANYTHING = frozenset({"*"})
+"""The reference object of a vertical relation with an unresolved pronoun ("the worn desk beneath them")."""
+
+
 def _same(a: frozenset[str], b: frozenset[str]) -> bool:
     """Whether two mentions may name the same object: one's content words contain the other's ("the cow",
-    "a brown cow"), so "the black cow" and "the brown cow" are kept apart."""
-    return bool(a and b) and (a <= b or b <= a)
+    "a brown cow"), so "the black cow" and "the brown cow" are kept apart; :data:`_ANYTHING` matches any."""
+    return bool(a and b) and (a <= b or b <= a or _ANYTHING in (a, b))
 
 
 def _antecedent(items: Sequence[_Item], facts: Sequence[_Fact], k: int, pronoun: str) -> _Fact | None:
@@ -572,6 +610,12 @@ def _place(
     axis: str, subj: str, pole: str, other: str, span: tuple[int, int], key: str = "", sentence: int = -1
 ) -> _Placement:
     return _Placement(axis, _np_head(subj), _ident(subj), pole, _ident(other), *span, key, sentence)
+
+
+def _two_introduced(p: _Placement, q: _Placement) -> bool:
+    """Whether ``p`` and ``q`` place two objects each introduced with "a" ("a black goat stands in the lower part",
+    "There is also a black goat near the gate"): the same words, yet two objects."""
+    return p.introduced >= 0 and q.introduced >= 0 and p.introduced != q.introduced
 
 
 _GENERIC_HEADS = set("person man woman child boy girl individual figure object item animal vehicle".split())
@@ -608,20 +652,40 @@ def _sentence_of(items: Sequence[_Item], k: int) -> int:
     return max((j for j in range(k) if items[j].norm in {".", "!", "?"}), default=-1) + 1
 
 
-def _fact_placements(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact) -> list[_Placement]:
-    """What one relation says about where its subject (and object) are."""
-    rel = items[f.index]
-    span = (rel.start, items[f.index + 1].end if f.obj else rel.end)
+def _placed_subject(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact) -> str:
+    """The noun phrase a relation places: its own subject, the one it inherits, "this person"'s antecedent, with
+    "it"/"them" resolved ("" when there is none)."""
     subject = f.inherited if f.subject is None or f.subject_attached else f.subject
     if subject is not None and f.subject_index >= 0 and subject == f.subject:
         subject = _demonstrative(items, f.subject_index) or subject
-    subj, obj = _referent(items, facts, f.index, subject), _referent(items, facts, f.index, f.obj)
+    return _referent(items, facts, f.index, subject)
+
+
+def _fact_placements(
+    items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact, grounded: Sequence[frozenset[str]]
+) -> list[_Placement]:
+    """What one relation says about where its subject (and object) are; a subject "X of Y" places Y as well
+    ("the textures of the worn desk beneath them")."""
+    subj = _placed_subject(items, facts, f)
     if not subj:
         return []
+    subjects = [subj, subj.rsplit(" of ", 1)[1]] if " of " in subj else [subj]
+    return [p for s in subjects for p in _subject_placements(items, facts, f, s, grounded)]
+
+
+def _subject_placements(
+    items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact, subj: str, grounded: Sequence[frozenset[str]]
+) -> list[_Placement]:
+    """:func:`_fact_placements` for one placed noun phrase ``subj``."""
+    rel = items[f.index]
+    span = (rel.start, items[f.index + 1].end if f.obj else rel.end)
+    obj = _referent(items, facts, f.index, f.obj)
     out = []
     if f.key in _UNARY_POLES and not f.obj:
         axis, pole = _UNARY_POLES[f.key]
         out.append(_place(axis, subj, pole, "", span))
+        if f.key in _IMAGE_DEPTH and any(_same(_ident(subj), g) for g in grounded):
+            out.append(_place("d", subj, _IMAGE_DEPTH[f.key], "", span, f.key))  # "lying on the grass, at the top"
         if f.subject_index > f.index and subj == f.subject:  # "In the background we can see a fence, a tree"
             out += [_place(axis, norm, pole, "", span) for norm in _listed_after(items, f.subject_index)]
     elif f.key in _COMPARATIVE:
@@ -631,8 +695,12 @@ def _fact_placements(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact) -
         out.append(_place("r", subj, "at the periphery" if f.phrase.startswith("off") else "at the center", "", span))
     elif f.phrase in _HORIZON_PREPS and _np_head(obj) in {"horizon", "skyline"}:
         out.append(_place("d", subj, "behind", "", span))  # "drifts on the horizon": far away
+    own = f.subject is not None and not f.subject_attached  # not "onto the ground below it": the ground is
+    if own and not obj and _np_head(f.obj) in _PRONOUNS and _BINARY_POLES.get(f.key, ("",))[0] == "v":
+        axis, pole = _BINARY_POLES[f.key]  # "the worn desk beneath them": beneath whatever "them" is
+        out.append(dataclasses.replace(_place(axis, subj, pole, "", span, f.key), other=_ANYTHING))
     if not obj or _same(_ident(obj), _ident(subj)):
-        return out  # "the black cow is closer than the other cows"
+        return _introduced(items, facts, f, subj, out)  # "the black cow is closer than the other cows"
     sentence = _sentence_of(items, f.index)
     if f.key in _BINARY_POLES:
         axis, pole = _BINARY_POLES[f.key]
@@ -643,13 +711,30 @@ def _fact_placements(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact) -
     if f.key in _BESIDE_KEYS or f.key == "around" or f.phrase == "around":
         pole = "beside" if f.key in _BESIDE_KEYS else "around"
         out += [_place("a", subj, pole, obj, span, f.key), _place("a", obj, pole, subj, span, f.key)]
-    return out
+    return _introduced(items, facts, f, subj, out)
+
+
+def _introduced(
+    items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact, subj: str, places: list[_Placement]
+) -> list[_Placement]:
+    """Mark the placements of ``subj`` with its mention's item when "a"/"an"/"another" introduces it."""
+    g = f
+    while (g.subject is None or g.subject_attached) and g.continues >= 0:
+        g = facts[g.continues]  # "a cup on a tray next to the lamp": the cup's mention
+    if g.subject is None or g.subject_attached or g.subject_index < 0:
+        return places
+    words = [w for w in items[g.subject_index].norm.split() if w != "also"]
+    ident = _ident(subj)
+    if not words or words[0] not in {"a", "another"} or ident != _ident(items[g.subject_index].norm):
+        return places
+    return [dataclasses.replace(p, introduced=g.subject_index) if p.ident == ident else p for p in places]
 
 
 def _placements(text: str, items: Sequence[_Item], facts: Sequence[_Fact]) -> list[_Placement]:
     """Every phrase of ``text`` that places an object on an axis: relations, position labels ("the right
     lantern") and "surround"/"encircle" with a pronoun ("figures ... encircle it")."""
-    out = [p for f in facts for p in _fact_placements(items, facts, f)]
+    grounded = _grounded(items, facts)[0]
+    out = [p for f in facts for p in _fact_placements(items, facts, f, grounded)]
     for k, it in enumerate(items):
         if it.kind != "np":
             continue
@@ -663,6 +748,19 @@ def _placements(text: str, items: Sequence[_Item], facts: Sequence[_Fact]) -> li
                 pole = "left" if raw & {"left", "leftmost"} else "right"
                 out.append(_place("h", it.norm, pole, "", (it.start, it.end)))
     return out
+
+
+def _grounded(items: Sequence[_Item], facts: Sequence[_Fact]) -> tuple[list[frozenset[str]], set[str]]:
+    """Objects this prompt stands on land ("a dog lies on the road", "goats resting in the paddock"): their
+    content words, and their head nouns (the kinds of thing that stand on the ground here)."""
+    idents, heads = [], set()
+    for f in facts:
+        if f.key in {"on", "in"} and _singular(_np_head(f.obj)) in _GROUND_SURFACES:
+            subj = _placed_subject(items, facts, f)
+            if subj and _ident(subj):
+                idents.append(_ident(subj))
+                heads.add(_singular(_np_head(subj)))
+    return idents, heads
 
 
 def _conflicts(
@@ -679,15 +777,20 @@ def _conflicts(
     for p in absolute:
         related = [q for q in relative if q.axis == p.axis and _same(p.ident, q.ident)]
         clash = [q for q in absolute if q.axis == p.axis and q.pole != p.pole and _same(p.ident, q.ident)]
-        for q in clash:
+        for q in (q for q in clash if not _two_introduced(p, q)):
             out.setdefault(("labels", p.axis, p.ident | q.ident), (p, q))
-        if p.pole in _AGAINST_POLES and related and all(_OPPOSITE_POLE.get(q.pole) == p.pole for q in related):
+        if (
+            p.pole in _AGAINST_POLES
+            and p.key not in _IMAGE_DEPTH
+            and related
+            and all(_OPPOSITE_POLE.get(q.pole) == p.pole for q in related)
+        ):
             out.setdefault(("against", p.axis, p.ident), (p, related[0]))
     for p, q in itertools.combinations(relative, 2):
         if (p.start, p.end) == (q.start, q.end):
             continue  # one relation's two ends
         if p.axis == q.axis and _OPPOSITE_POLE.get(p.pole) == q.pole and _same(p.ident, q.ident):
-            if _same(p.other, q.other):
+            if _same(p.other, q.other) and not _two_introduced(p, q):
                 out.setdefault(("relations", p.axis, p.ident | q.ident), (p, q))
     for p in absolute:
         if p.key in _COMPARATIVE:  # "behind the bench, closer to the foreground"
@@ -778,6 +881,12 @@ def _stale_mentions(
     old = _conflicts(places_b)
     problems: list[str] = []
     reported: set[tuple[int, int]] = set()
+    for q in (q for q in places_a if q.other == _ANYTHING):
+        if _backed(places_b, q) and not _backed(places_a, q):  # nothing on the desk "beneath them" any more
+            reported.add((q.start, q.end))
+            problems.append(
+                f"'{q.noun}' is no longer {q.pole} anything (the mention {perturbed[q.start : q.end]!r} not updated?)"
+            )
     before_chain = _chain_conflicts(items[0], facts[0])
     for key, (g, f) in _chain_conflicts(items[1], facts[1]).items():
         if key not in before_chain:
@@ -826,6 +935,13 @@ def _stale_mentions(
     return problems
 
 
+def _backed(places: Sequence[_Placement], q: _Placement) -> bool:
+    """Whether a relation to a named object places ``q``'s object as ``q`` (with its unresolved pronoun) does."""
+    return any(
+        p.axis == q.axis and p.pole == q.pole and p.other != _ANYTHING and _same(p.ident, q.ident) for p in places
+    )
+
+
 def _np_noun(ident: frozenset[str]) -> str:
     return " ".join(sorted(w for w in ident if not w.startswith("^")))
 
@@ -862,6 +978,7 @@ def _problems_in_relations(
     if touched and changed <= covered:
         if Counter(_canonical(f) for f in facts_b) == Counter(_canonical(f) for f in facts_a):
             problems.append("the arrangement does not change (the new relation says the same as the old one)")
+    kinds_b, kinds_a = _grounded(before, facts_b)[1], _grounded(after, facts_a)[1]
     for fb, fa in touched:
         text = perturbed[after[fa.index].start : after[fa.index].end]
         # 4. relation arguments must be placeable things
@@ -882,12 +999,77 @@ def _problems_in_relations(
         implausible = _implausible(fa)
         if implausible and implausible != _implausible(fb):
             problems.append(implausible)
+        stacked = _stacked(after, facts_a, fa, kinds_a)
+        if stacked and stacked != _stacked(before, facts_b, fb, kinds_b):
+            problems.append(stacked)
     # 6. self-contradictions new in the perturbed prompt
     problems += _stale_mentions(prompt, perturbed, (facts_b, facts_a), (before, after), edited)
+    problems += _beyond_landmarks((before, after), (facts_b, facts_a), perturbed)
     for labels_b, labels_a in zip(_labels(prompt), _labels(perturbed), strict=False):
         for label, count in sorted(labels_a.items()):
             if count > max(1, labels_b[label]) and len(labels_a) < len(labels_b):
                 problems.append(f"two mentions now name the same position {label!r}")
+    return problems
+
+
+def _stacked(items: Sequence[_Item], facts: Sequence[_Fact], f: _Fact, kinds: set[str]) -> str | None:
+    """Two things of a kind this prompt stands on the ground, one placed above the other ("a grey horse stands on
+    the meadow" ... "a brown horse above the grey horse")."""
+    if f.key not in {"above", "below", "on"} or not f.obj:
+        return None
+    subj = _placed_subject(items, facts, f)
+    head = _singular(_np_head(subj)) if subj else ""
+    if head in kinds and head == _singular(_np_head(f.obj)):
+        return f"implausible: two of the {head}s, which stand on the ground here, placed one above the other"
+    return None
+
+
+_REGION_ORDER = {"on-front": 0, "on-mid": 1, "on-back": 2, "foreground": 0, "midground": 1, "background": 2}
+_CLAUSE_BOUNDS = {",", ";", ":", ".", "!", "?", "while", "whereas", "but"}
+
+
+def _region_marks(items: Sequence[_Item], facts: Sequence[_Fact]) -> dict[int, tuple[int, set[str]]]:
+    """Depth regions named in ``items``, by item index: the region's order (foreground 0, midground 1, background
+    2) and the singular words of what it places (the relation's subject, else its clause up to the region: "its
+    wheels and frame fill *the foreground*")."""
+    by_rel = {f.index: f for f in facts}
+    out = {}
+    for k, it in enumerate(items):
+        regions = [_REGION_ORDER[w] for w in it.norm.split() if w in _REGION_ORDER] if it.kind == "np" else []
+        if it.kind == "rel" and it.key in _REGION_ORDER:
+            regions = [_REGION_ORDER[it.key]]
+        if len(regions) != 1:
+            continue
+        f = by_rel.get(k)
+        owner = _placed_subject(items, facts, f) if f is not None else ""
+        if not owner:
+            j = k - 1
+            while j >= 0 and items[j].norm not in _CLAUSE_BOUNDS:
+                j -= 1
+            owner = " ".join(x.norm for x in items[j + 1 : k] if x.kind == "np")
+        if owner:
+            out[k] = (regions[0], {_singular(w) for w in owner.split()})
+    return out
+
+
+def _beyond_landmarks(
+    items: tuple[Sequence[_Item], Sequence[_Item]], facts: tuple[Sequence[_Fact], Sequence[_Fact]], perturbed: str
+) -> list[str]:
+    """A sentence that now puts something deeper than the ocean, the horizon or the mountains it names ("the bike
+    filling the *background* while the sea shines in the midground"); sky and landscape may lie beyond."""
+    marks_b, marks_a = _region_marks(items[0], facts[0]), _region_marks(items[1], facts[1])
+    after = items[1]
+    problems = []
+    for thing, land in itertools.permutations(marks_a, 2):
+        (depth, words), (land_depth, land_words) = marks_a[thing], marks_a[land]
+        if _sentence_of(after, thing) != _sentence_of(after, land) or not land_words & _FAR_LANDMARKS:
+            continue
+        if words & (_FAR_LANDMARKS | _SKY) or depth <= land_depth:
+            continue
+        if thing in marks_b and land in marks_b and marks_b[thing][0] > marks_b[land][0]:
+            continue  # already beyond it
+        region = perturbed[after[thing].start : after[thing].end]
+        problems.append(f"{region!r} now puts something beyond the {min(land_words & _FAR_LANDMARKS)} of its sentence")
     return problems
 
 

@@ -142,6 +142,13 @@ _GROUND_LEVEL = set(
     "river lake sea ocean bay canal pond surf shallows".split()
 )
 _FLOOR_LIKE = set("deck floorboards carpet rug mat terrace platform pavement tiles".split())  # as subjects
+# land that things stand on: a kind this prompt puts there ("horses standing on the meadow") is not stacked
+_GROUND_SURFACES = set(
+    "ground floor grass lawn field meadow pasture paddock road street sidewalk pavement sand beach dirt soil earth "
+    "snow".split()
+)
+# what nothing on land lies beyond in a photograph ("the ocean in the midground": a car is not behind it)
+_FAR_LANDMARKS = set("ocean sea horizon skyline mountain".split())
 # adjectives of a region that say how it looks in the photograph, not what is in it ("the blurred background")
 _REGION_ADJ_STOP = set(
     "blurred blurry soft-focus out-of-focus defocused bokeh soft immediate far near distant left right upper lower "
