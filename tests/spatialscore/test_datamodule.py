@@ -241,6 +241,33 @@ def test_synthetic_fills_only_the_splits_without_a_manifest(synthetic_dir, tmp_p
     assert len(module.manifests["val"]) == 4  # 2 pairs and their mirrors
 
 
+def test_palette_order_is_recorded_only_when_on(tmp_path):
+    """A folder written before ``palette_order`` existed (no such key in its record) stays valid; with the flag on,
+    the record says so and the generated prompts name red first."""
+    folder = tmp_path / "syn"
+    spec = SyntheticData(directory=str(folder), train_pairs=4, val_pairs=0, test_pairs=0, stages=(3,), eval_stages=(3,))
+    PreferenceDataModule(synthetic=spec).prepare_data()
+    record = folder / "synthetic_spec.json"
+    old = {k: v for k, v in json.loads(record.read_text()).items() if k != "palette_order"}
+    record.write_text(json.dumps(old))
+    (folder / "train.synth.json").write_text(
+        json.dumps(
+            {k: v for k, v in json.loads((folder / "train.synth.json").read_text()).items() if k != "palette_order"}
+        )
+    )
+    PreferenceDataModule(synthetic=spec).prepare_data()  # an old folder: accepted as it is
+    assert json.loads(record.read_text())["palette_order"] is False
+    wide = SyntheticData(
+        **{**spec.__dict__, "directory": str(tmp_path / "wide"), "train_pairs": 12, "palette_order": True}
+    )
+    PreferenceDataModule(synthetic=wide).prepare_data()
+    assert json.loads((tmp_path / "wide" / "synthetic_spec.json").read_text())["palette_order"] is True
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "wide" / "train.jsonl").read_text().splitlines()]
+    assert len(prompts) == 24 and all(p.startswith("a red ") for p in prompts)
+    with pytest.raises(ValueError, match="palette_order"):
+        PreferenceDataModule(synthetic=SyntheticData(**{**wide.__dict__, "palette_order": False})).prepare_data()
+
+
 def test_batch_size_binds_resuming_training_only(synthetic_dir):
     """Issue 15: validate/test --ckpt_path refused a checkpoint trained with another batch size."""
     state = PreferenceDataModule(**_explicit(synthetic_dir), batch_size=4, seed=0).state_dict()

@@ -176,6 +176,40 @@ def test_record_is_reproducible_from_its_meta(dataset):
         assert Scene.from_dict(meta["scene"]) in (pair.perfect, pair.perturbed)
 
 
+def test_palette_order_names_red_first_on_both_axes_and_is_recorded(tmp_path):
+    """Stage 3 with palette_order: red/blue, left/right/above/below, red always named first, so a prompt and its
+    mirror differ in the relation word only; the images still satisfy their prompts; the flag is in the settings
+    and the meta, and a record regenerates from its meta."""
+    manifest = write_synthetic_dataset(
+        tmp_path, num_pairs=40, seed=5, stages=(3,), palette_order=True, show_progress=False
+    )
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    words = Counter()
+    for r in records:
+        for prompt in (r["prompt"], r["perturbed_prompt"]):
+            assert prompt.startswith("a red ") and " a blue " in prompt, prompt
+            words.update(w for w in ("left", "right", "above", "below") if f" {w} " in f" {prompt} ")
+        assert relation_score(Image.open(tmp_path / r["chosen"]), r["prompt"]) == 1.0
+        assert relation_score(Image.open(tmp_path / r["rejected"]), r["prompt"]) == 0.0
+        meta = r["meta"]
+        assert meta["palette_order"] is True
+        pair = generate_pair(seed=(meta["seed"], meta["pair_index"]), stage=3, palette_order=True)
+        assert {pair.perfect.prompt, pair.perturbed.prompt} == {r["prompt"], r["perturbed_prompt"]}
+    assert min(words[w] for w in ("left", "right", "above", "below")) >= 10, words
+    settings = json.loads((tmp_path / "train.synth.json").read_text())
+    assert settings["palette_order"] is True
+    with pytest.raises(ValueError, match="palette_order"):  # the same folder without the flag is refused
+        write_synthetic_dataset(tmp_path, num_pairs=40, seed=5, stages=(3,), show_progress=False)
+    plain = write_synthetic_dataset(tmp_path / "plain", num_pairs=40, seed=5, stages=(3,), show_progress=False)
+    plain_records = [json.loads(line) for line in plain.read_text().splitlines()]
+    assert json.loads((tmp_path / "plain" / "train.synth.json").read_text())["palette_order"] is False
+    record = tmp_path / "plain" / "train.synth.json"  # written before the option: no key, read as off
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "palette_order"}))
+    assert write_synthetic_dataset(tmp_path / "plain", num_pairs=40, seed=5, stages=(3,), show_progress=False) == plain
+    assert "palette_order" not in plain_records[0]["meta"]
+    assert any(r["prompt"].startswith("a blue ") for r in plain_records)  # without it stage 3 names either first
+
+
 def test_warm_up_stage_has_no_mirrors_and_one_prompt_form(tmp_path):
     manifest = write_synthetic_dataset(tmp_path, num_pairs=8, seed=3, stages=(0,), show_progress=False)
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -205,7 +239,7 @@ def test_rerun_is_a_no_op_and_other_settings_or_foreign_files_are_refused(tmp_pa
     written = _tree(out)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert json.loads((out / "train.synth.json").read_text()) == {
-        "split": "train", "num_pairs": 3, "seed": 1, "image_size": 64, "stages": [1]
+        "split": "train", "num_pairs": 3, "seed": 1, "image_size": 64, "stages": [1], "palette_order": False
     }  # fmt: skip
     assert cli_main(args) == 0  # the same settings: nothing is written again
     assert "train.jsonl already holds these 6 records (same settings)" in capsys.readouterr().out

@@ -44,6 +44,8 @@ class SyntheticData:
             listed k times gets k shares).
         eval_stages: curriculum stages of the validation and test pairs.
         seed: seed of the generation (each split gets its own stream from it).
+        palette_order: name the objects of every pair relation in palette order (red first) at every stage, as
+            stages 0-1 do (``spatialscore synth --palette-order``).
     """
 
     directory: str = "data/synthetic"
@@ -54,6 +56,7 @@ class SyntheticData:
     stages: Sequence[int] = (0, 1, 2, 3, 4)
     eval_stages: Sequence[int] = (4,)
     seed: int = 0
+    palette_order: bool = False
 
 
 @dataclass
@@ -416,7 +419,8 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         record = Path(spec.directory) / "synthetic_spec.json"
         wanted = json.loads(json.dumps(asdict(spec)))
-        if record.exists() and json.loads(record.read_text()) != wanted:
+        added_later = {"palette_order": False}  # what a record written before these settings existed means
+        if record.exists() and {**added_later, **json.loads(record.read_text())} != wanted:
             raise ValueError(
                 f"{spec.directory} holds procedural data generated with {record.read_text().strip()}, but this run "
                 f"asks for {json.dumps(wanted)}: delete the folder or set data.synthetic.directory to another one"
@@ -433,6 +437,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 image_size=spec.image_size,
                 stages=tuple(stages),
                 split=split,
+                palette_order=spec.palette_order,
             )
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(wanted))

@@ -381,16 +381,22 @@ def exclusive_lock(path: Path, *, busy: str) -> Iterator[None]:
 
 
 def check_settings(
-    path: Path, settings: dict[str, Any], *, made: str = "was rendered", hint: str = "use a new --out folder"
+    path: Path,
+    settings: dict[str, Any],
+    *,
+    made: str = "was rendered",
+    hint: str = "use a new --out folder",
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Record ``settings`` in ``path`` (JSON) on the first run; refuse a rerun with other settings.
 
+    ``defaults``: values of settings added later, read for a record written before they existed.
     The refusal reads ``{path}: {folder} {made} with other settings (key: old -> new; ...); {hint}``.
     """
     if not path.is_file():
         atomic_write(path, lambda fh: fh.write((json.dumps(settings, indent=2) + "\n").encode()))
         return
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    previous = {**(defaults or {}), **json.loads(path.read_text(encoding="utf-8"))}
     changed = [f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in settings if previous.get(k) != settings[k]]
     if changed:
         raise ValueError(f"{path}: {path.parent} {made} with other settings ({'; '.join(changed)}); {hint}")

@@ -99,13 +99,18 @@ def _sample_layout(
     return None if placed is None else (placed, depth, row)
 
 
-def _draw_pair(rng: np.random.Generator, stage: int, plan: Sequence[str]) -> tuple[Scene, Scene, set[int]] | None:
+def _draw_pair(
+    rng: np.random.Generator, stage: int, plan: Sequence[str], *, palette_order: bool = False
+) -> tuple[Scene, Scene, set[int]] | None:
     """One attempt at a scene pair: perfect scene, perturbed scene and the indices of the changed relations.
 
     Lay out the objects, pick one target relation per planned perturbation, perturb, then fill the prompt
-    with relations that clearly hold in both scenes. None when this draw does not work out.
+    with relations that clearly hold in both scenes (``palette_order``: every stage names pairs in palette
+    order, as stages 0-1 do). None when this draw does not work out.
     """
     spec = _STAGES[stage]
+    if palette_order:
+        spec = dataclasses.replace(spec, palette_order=True)
     layout = _sample_layout(rng, spec, plan)
     if layout is None:
         return None
@@ -204,9 +209,11 @@ def _depth_readable(scene: Scene, found: Mapping[str, Detection]) -> bool:
     return True
 
 
-def _generate(rng: np.random.Generator, stage: int, image_size: int) -> tuple[ScenePair, Image.Image, Image.Image]:
-    """Draw a perturbation plan (1 kind, or 2-3 distinct kinds at stage 3), then pairs until one verifies
-    on the rendered pixels."""
+def _generate(
+    rng: np.random.Generator, stage: int, image_size: int, *, palette_order: bool = False
+) -> tuple[ScenePair, Image.Image, Image.Image]:
+    """Draw a perturbation plan (1 kind, or 2-3 distinct kinds at the full stage), then pairs until one
+    verifies on the rendered pixels."""
     if stage not in _STAGES:
         raise ValueError(f"stage must be one of {sorted(_STAGES)}, got {stage}")
     kinds = _STAGES[stage].perturbations
@@ -214,7 +221,7 @@ def _generate(rng: np.random.Generator, stage: int, image_size: int) -> tuple[Sc
     plan = [str(k) for k in rng.choice(kinds, count, replace=False)]
     plan.sort(key=PERTURBATIONS.index)
     for _ in range(5000):
-        drawn = _draw_pair(rng, stage, plan)
+        drawn = _draw_pair(rng, stage, plan, palette_order=palette_order)
         if drawn is None:
             continue
         scene, perturbed, changed = drawn
@@ -231,13 +238,18 @@ def _generate(rng: np.random.Generator, stage: int, image_size: int) -> tuple[Sc
     raise RuntimeError(f"could not generate a verified stage-{stage} {'+'.join(plan)} pair at {image_size} px")
 
 
-def generate_pair(*, seed: int | Sequence[int], stage: int = FULL_STAGE, image_size: int = 64) -> ScenePair:
+def generate_pair(
+    *, seed: int | Sequence[int], stage: int = FULL_STAGE, image_size: int = 64, palette_order: bool = False
+) -> ScenePair:
     """One verified perfect/perturbed scene pair; ``seed=(dataset_seed, pair_index)`` reproduces a record.
 
     Verified on the rendered ``image_size`` images: the perfect image satisfies every original relation,
     the perturbed image every perturbed relation, and each image clearly violates exactly the changed ones.
+    ``palette_order`` names the two objects of every pair relation in palette order (red before blue) at any
+    stage, so that a relation word, not word order, tells a prompt from its mirror (for text encoders that
+    barely read word order, like the tiny random ones of the embedded RL).
     """
-    return _generate(np.random.default_rng(seed), stage, _checked_size(image_size))[0]
+    return _generate(np.random.default_rng(seed), stage, _checked_size(image_size), palette_order=palette_order)[0]
 
 
 def _checked_size(image_size: int) -> int:

@@ -31,6 +31,7 @@ def write_synthetic_dataset(
     image_size: int = 64,
     stages: Sequence[int] = (FULL_STAGE,),
     split: str = "train",
+    palette_order: bool = False,
     show_progress: bool = True,
 ) -> Path:
     """Write ``2 * num_pairs`` preference records to ``out_dir/{split}.jsonl`` and PNGs to ``out_dir/images``.
@@ -41,6 +42,7 @@ def write_synthetic_dataset(
     spread evenly over the pairs in order (a stage listed k times gets k shares). Output is byte-identical for a
     seed (with the same numpy and Pillow). Pair i is ``generate_pair(seed=(seed, i), stage=...)``; its record ids are
     ``{split}-{i:06d}`` and ``{split}-{i:06d}-mirror``; ``category`` joins the perturbation kinds with "+".
+    ``palette_order`` names every pair relation in palette order (red first) at any stage (:func:`generate_pair`).
 
     The settings are recorded in ``out_dir/{split}.synth.json`` before anything else is written, and the manifest
     appears (atomically) only once every image is written. A rerun with the same settings finds the manifest and
@@ -54,6 +56,7 @@ def write_synthetic_dataset(
         image_size=image_size,
         stages=stages,
         split=split,
+        palette_order=palette_order,
         show_progress=show_progress,
     )[0]
 
@@ -66,6 +69,7 @@ def _write_synthetic(
     image_size: int,
     stages: Sequence[int],
     split: str,
+    palette_order: bool,
     show_progress: bool,
 ) -> tuple[Path, bool]:
     """:func:`write_synthetic_dataset`, and whether it wrote anything (False: the same data set was there)."""
@@ -92,12 +96,14 @@ def _write_synthetic(
         "seed": int(seed),
         "image_size": image_size,
         "stages": stages,
+        "palette_order": palette_order,
     }
     check_settings(
         record_path,
         settings,
         made=f"holds a {split!r} split written",
         hint=f"use another --out folder (or delete {out_dir} to write it anew)",
+        defaults={"palette_order": False},  # folders written before the option
     )
     if manifest.is_file():
         return manifest, False
@@ -106,7 +112,9 @@ def _write_synthetic(
     def write(sink: Any) -> None:
         for index in tqdm(range(num_pairs), desc=f"synth {split}", unit="pair", disable=not show_progress):
             stage = stages[index * len(stages) // num_pairs]
-            pair, perfect_image, perturbed_image = _generate(np.random.default_rng((seed, index)), stage, image_size)
+            pair, perfect_image, perturbed_image = _generate(
+                np.random.default_rng((seed, index)), stage, image_size, palette_order=palette_order
+            )
             name = f"{split}-{index:06d}"
             paths = {}
             for role, image in (("perfect", perfect_image), ("perturbed", perturbed_image)):
@@ -132,6 +140,7 @@ def _write_synthetic(
                         "seed": seed,
                         "pair_index": index,
                         "image_size": image_size,
+                        **({"palette_order": True} if palette_order else {}),
                         "scene": scenes[good],
                         "rejected_scene": scenes[bad],
                     },
@@ -150,6 +159,7 @@ def synth_command(
     image_size: int = 64,
     stages: Sequence[int] = (FULL_STAGE,),
     split: str = "train",
+    palette_order: bool = False,
     no_progress: bool = False,
 ) -> int:
     """Write procedural spatial preference pairs (PNG + JSON Lines) and print what was written.
@@ -162,6 +172,9 @@ def synth_command(
         stages: curriculum stages, spread evenly over the pairs (0 = red/blue warm-up ... 4 = two objects of all
             colours ... the last = the full task, the default; a stage listed k times gets k shares)
         split: manifest name: OUT/SPLIT.jsonl
+        palette_order: name the objects of every pair relation in palette order (red first) at any stage, as
+            stages 0-1 do: with stage 3, red/blue left/right/above/below where only the relation word differs
+            from the mirror
         no_progress: hide the progress bar
     """
     try:
@@ -172,6 +185,7 @@ def synth_command(
             image_size=image_size,
             stages=stages,
             split=split,
+            palette_order=palette_order,
             show_progress=not no_progress,
         )
     except ValueError as error:
