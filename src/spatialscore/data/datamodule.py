@@ -45,7 +45,7 @@ class SyntheticData:
         eval_stages: curriculum stages of the validation and test pairs.
         seed: seed of the generation (each split gets its own stream from it).
         palette_order: name the objects of every pair relation in palette order (red first) at every stage, as
-            stages 0-1 do (``spatialscore synth --palette-order``).
+            stages 0-1 do (``spatialscore synth --palette-order true``).
     """
 
     directory: str = "data/synthetic"
