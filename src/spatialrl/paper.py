@@ -2,7 +2,8 @@
 
     spatialrl paper --out runs/paper/seed0 --seed 0
 
-1. ``sft``: the tiny FLUX's supervised start (``configs/spatialrl/sft_tiny.yaml``).
+1. ``sft``: the tiny FLUX's supervised start (``configs/paper/sft_tiny.yaml``: the embedded default's, on the
+   loop's stage-1 prompts, red named first, left or right).
 2. ``prompts``: the RL training prompts and the held-out prompts of the RL config's data (procedural scenes), each
    perturbed by ``spatialscore perturb`` (the path a user of real prompts takes); a training perturbation that
    lands on a held-out prompt is dropped, so neither the reward model nor the policy sees a held-out prompt.
@@ -21,7 +22,8 @@
    the reward model retrained on them. These are the hard negatives the paper's perturbation kinds do not make:
    the extra and duplicated objects a policy produces to game the reward model.
 7. ``rl-spatialscore``: GRPO with the last reward model as the only reward (the strict judge is an eval metric).
-8. ``rl-rule`` (``--compare-rule``): the same GRPO with the strict rule reward, for comparison. ``--rl-minutes``
+8. ``rl-rule`` (``--compare-rule``): the same GRPO with the strict rule reward (``configs/paper/rule_tiny.yaml``),
+   for comparison. ``--rl-minutes``
    sets the wall-clock cap of both (their configs' is 10 minutes; their step cap, 330, still applies).
 9. ``evaluate``: ``spatialrl evaluate`` of the supervised start, the probes and the RL policies on the held-out
    prompts, by the strict judge (and by the last reward model, to see whether it was gamed).
@@ -79,10 +81,10 @@ class PaperConfig:
 
     out: str
     seed: int = 0
-    sft_config: str = "configs/spatialrl/sft_tiny.yaml"
+    sft_config: str = "configs/paper/sft_tiny.yaml"
     rm_config: str = "configs/paper/spatialscore_tiny.yaml"
     rl_config: str = "configs/paper/rl_spatialscore_tiny.yaml"
-    rule_config: str = "configs/spatialrl/tiny.yaml"
+    rule_config: str = "configs/paper/rule_tiny.yaml"
     images_per_prompt: int = 64
     heldout_images_per_prompt: int = 32
     steps: int = 20
@@ -256,10 +258,10 @@ def _run_stages(
 
     seed_arg = [f"--seed_everything={seed}"]
     runs = {
-        "sft": "runs/spatialrl/sft-tiny",
+        "sft": "runs/paper/sft",
         "rm": "runs/paper/spatialscore",
         "rl": "runs/paper/rl-spatialscore",
-        "rule": "runs/spatialrl/tiny",
+        "rule": "runs/paper/rl-rule",
     }
 
     def lightning(name: str, package: str, base: str, moves: Mapping[str, str], extra: Sequence[str] = ()) -> Path:

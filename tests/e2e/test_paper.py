@@ -133,7 +133,7 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = PaperConfig(
         out=str(tmp_path / "run"),
-        sft_config=_trimmed(str(repo / "configs/spatialrl/sft_tiny.yaml"), tmp_path / "sft.yaml", sft),
+        sft_config=_trimmed(str(repo / "configs/paper/sft_tiny.yaml"), tmp_path / "sft.yaml", sft),
         rl_config=_trimmed(str(repo / "configs/paper/rl_spatialscore_tiny.yaml"), tmp_path / "rl.yaml", rl),
         images_per_prompt=2,
         heldout_images_per_prompt=1,
