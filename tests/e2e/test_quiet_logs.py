@@ -115,12 +115,12 @@ print("bitsandbytes" in sys.modules, any(isinstance(m, bnb.nn.Linear4bit) for m 
 
 def test_shipped_tensorboard_loggers_have_no_hp_metric_placeholder():
     loggers = []
-    for path in sorted([*CONFIGS.glob("spatialrl/*.yaml"), *CONFIGS.glob("spatialscore/*.yaml")]):
+    for path in sorted(CONFIGS.glob("*/*.yaml")):
         logger = (yaml.safe_load(path.read_text()).get("trainer") or {}).get("logger")
         for entry in logger if isinstance(logger, list) else [logger] if logger else []:
             if entry["class_path"].endswith("TensorBoardLogger"):
                 loggers.append((path.name, entry["init_args"].get("default_hp_metric", True)))
-    assert len(loggers) == 5
+    assert len(loggers) == 8
     assert [name for name, hp_metric in loggers if hp_metric is not False] == []
 
 
@@ -137,7 +137,7 @@ def test_shipped_configs_checkpoint_after_validation_not_every_n_train_steps():
             assert "every_n_train_steps" not in callback["init_args"], path.name
             assert trainer["val_check_interval"], path.name
             checked += 1
-    assert checked == 6
+    assert checked == 8
 
 
 @pytest.mark.parametrize("every_n_train_steps", [None, 10])
