@@ -140,7 +140,7 @@ def _write_synthetic(
                         "seed": seed,
                         "pair_index": index,
                         "image_size": image_size,
-                        **({"palette_order": True} if palette_order else {}),
+                        **({"palette_order": True} if palette_order else {}),  # off: records byte-identical to before
                         "scene": scenes[good],
                         "rejected_scene": scenes[bad],
                     },
