@@ -34,10 +34,13 @@ review`` first); a later run without it goes on from there.
 Every stage writes into ``OUT/<stage>/`` and, when it finishes, ``OUT/<stage>/stage.json`` (its settings and
 seconds). A rerun skips finished stages and refuses a finished stage whose settings changed (delete its folder to
 redo it); an interrupted stage starts again. Lightning stages run as ``spatialrl fit`` / ``spatialscore fit``
-subprocesses on a copy of their base config (``OUT/<stage>/config.yaml``) whose ``runs/...`` folders are moved
-into ``OUT``. ``OUT/summary.md`` / ``summary.json`` report every stage: pairs kept and why others were dropped, the
-reward model's held-out pairwise accuracy, strict accuracy and extra-object share of each policy, whether the
-training reward and the strict judge diverged during RL, and the wall-clock of each stage.
+subprocesses on a copy of their base config (``OUT/<stage>/config.yaml``) in which each config's
+``trainer.default_root_dir`` is moved into ``OUT`` (:func:`run_folders`: the GRPO configs must start from the
+supervised config's folder and read the reward model from the reward-model config's, else the loop refuses them).
+``OUT/summary.md`` / ``summary.json`` report every stage: pairs kept and why others were dropped, the reward model's
+held-out pairwise accuracy, strict accuracy and extra-object share of each policy, whether the training reward and
+the strict judge diverged during RL (or, at the run's last validation only, began to: too late for the two-in-a-row
+rule, still reported), and the wall-clock of each stage.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ __all__ = [
     "check_reward_model",
     "cli_main",
     "paper_command",
+    "run_folders",
     "run_paper",
     "run_stage",
     "stage_names",
@@ -164,6 +168,42 @@ def stage_config(base: str | Path, *, moves: Mapping[str, str]) -> str:
     return text
 
 
+def run_folders(settings: PaperConfig) -> dict[str, str]:
+    """Each stage config's ``trainer.default_root_dir`` (``sft``, ``rm``, ``rl``, ``rule``): the folders the loop
+    moves into its run folder. The RL configs must start from the supervised start's folder and the RL config must
+    read its reward model from the reward model's, else the loop would train from (or on) something it did not make:
+    :class:`ValueError` names the file and field."""
+    configs = {
+        "sft": settings.sft_config,
+        "rm": settings.rm_config,
+        "rl": settings.rl_config,
+        "rule": settings.rule_config,
+    }
+    for key, path in configs.items():
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such file (the {key} stage's config; relative to {Path.cwd()})")
+    loaded = {key: yaml.safe_load(Path(path).read_text()) or {} for key, path in configs.items()}
+    roots = {}
+    for key, config in loaded.items():
+        root = (config.get("trainer") or {}).get("default_root_dir")
+        if not root:
+            raise ValueError(f"{configs[key]}: trainer.default_root_dir is not set (the loop moves it into its run)")
+        roots[key] = str(root).rstrip("/")
+    needs = [("rl", "policy", ("policy", "path"), "sft"), ("rl", "reward", ("reward", "init_args", "path"), "rm")]
+    if settings.compare_rule:
+        needs.append(("rule", "policy", ("policy", "path"), "sft"))
+    for key, what, fields, source in needs:
+        value: Any = (loaded[key].get("model") or {}).get("init_args") or {}
+        for field in fields:
+            value = value.get(field) if isinstance(value, dict) else None
+        if not (isinstance(value, str) and value.startswith(roots[source] + "/")):
+            raise ValueError(
+                f"{configs[key]}: model.init_args.{'.'.join(fields)} is {value!r}, not inside {roots[source]!r} "
+                f"(trainer.default_root_dir of {configs[source]}): the loop's {what} would not be its own"
+            )
+    return roots
+
+
 def accuracy_bar(config_text: str) -> float | None:
     """The ``bar`` of a reward-model config's ``TrainUntil`` callback (None: the config has none)."""
     callbacks = (yaml.safe_load(config_text).get("trainer") or {}).get("callbacks") or []
@@ -257,12 +297,7 @@ def _run_stages(
             raise _Until
 
     seed_arg = [f"--seed_everything={seed}"]
-    runs = {
-        "sft": "runs/paper/sft",
-        "rm": "runs/paper/spatialscore",
-        "rl": "runs/paper/rl-spatialscore",
-        "rule": "runs/paper/rl-rule",
-    }
+    runs = run_folders(settings)
 
     def lightning(name: str, package: str, base: str, moves: Mapping[str, str], extra: Sequence[str] = ()) -> Path:
         folder = out / name
@@ -491,6 +526,9 @@ def summarize(settings: PaperConfig, out: Path, records: Mapping[str, Any]) -> d
         judge = [r["val/strict_correct"] for r in series]
         divergence[name] = {
             "diverged": diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=2),
+            # the last validation alone: a fall the run ended too soon to confirm (patience 2) is still a finding
+            "diverging_at_end": diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=1),
+            "best_strict_correct": round(max(judge), 4) if judge else None,
             "val/reward": [round(v, 4) for v in rewards],
             "val/strict_correct": [round(v, 4) for v in judge],
         }
@@ -553,9 +591,14 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines += ["", markdown_table([*header, "missing objects", "SpatialScore"], rows).rstrip()]
     lines.append("")
     for name, values in summary["divergence"].items():
-        verdict = "diverged" if values["diverged"] else "did not diverge"
+        verdict = "diverged over the validations" if values["diverged"] else "did not diverge over the validations"
+        if values.get("diverging_at_end") and not values["diverged"]:
+            verdict = (
+                "began to diverge at the last validation, too late for a second one to confirm it (strict "
+                f"{values['best_strict_correct']:.3f} at its best, then more than 0.05 lower while the reward rose)"
+            )
         lines.append(
-            f"- {name}: training reward and strict judge {verdict} over the validations "
+            f"- {name}: training reward and strict judge {verdict} "
             f"(val/reward {values['val/reward'][0]:.3f} -> {values['val/reward'][-1]:.3f}, "
             f"val/strict_correct {values['val/strict_correct'][0]:.3f} -> "
             f"{values['val/strict_correct'][-1]:.3f})"

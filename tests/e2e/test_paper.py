@@ -70,7 +70,16 @@ def test_summary_markdown_reports_every_number():
                 "vs_start": {"strict_correct": [0.4, 0.32, 0.48], "strict_extra": [-0.16, -0.2, -0.1]},
             },
         },
-        "divergence": {"probe-1": {"diverged": True, "val/reward": [0.1, 0.9], "val/strict_correct": [0.5, 0.2]}},
+        "divergence": {
+            "probe-1": {"diverged": True, "val/reward": [0.1, 0.9], "val/strict_correct": [0.5, 0.2]},
+            "rl-spatialscore": {
+                "diverged": False,
+                "diverging_at_end": True,
+                "best_strict_correct": 0.901,
+                "val/reward": [-44.8, -26.0, -22.0],
+                "val/strict_correct": [0.224, 0.901, 0.318],
+            },
+        },
         "seconds": {"sft": 240.0, "rl-rule": 600.0},
         "loop_seconds": 240.0,
     }
@@ -81,7 +90,21 @@ def test_summary_markdown_reports_every_number():
     assert "| sft | 0.150 | - | 0.360 | - | 0.630 | -1.200 |" in text
     assert "| rl | 0.550 | +0.400 [+0.320, +0.480] | 0.200 | -0.160 [-0.200, -0.100] | 0.100 | 1.500 |" in text
     assert "probe-1: training reward and strict judge diverged" in text and "val/strict_correct 0.500 -> 0.200" in text
+    assert "rl-spatialscore: training reward and strict judge began to diverge at the last validation" in text
+    assert "(strict 0.901 at its best, then more than 0.05 lower while the reward rose) (val/reward -44.800" in text
     assert "the loop (without rl-rule): 4.0 min" in text
+
+
+def test_a_fall_at_the_last_validation_is_reported_though_too_late_to_confirm():
+    """Seed 1 of the wide loop: the judge rose to 0.901, fell to 0.318 at the last validation while SpatialScore
+    rose; the two-in-a-row rule cannot see it, the last-validation check does."""
+    from spatialrl.callbacks import diverged
+
+    rewards = [-44.84, -37.8, -33.52, -29.55, -25.97, -26.26, -22.02]
+    judge = [0.223, 0.479, 0.651, 0.744, 0.901, 0.718, 0.317]
+    assert not diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=2)
+    assert diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=1)
+    assert not diverged(rewards=rewards[:-1], judge=judge[:-1], tolerance=0.05, patience=1)  # reward fell with it
 
 
 def test_prompt_sets_hold_out_the_validation_prompts_and_their_mirrors(tmp_path):
@@ -135,6 +158,8 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
         out=str(tmp_path / "run"),
         sft_config=_trimmed(str(repo / "configs/paper/sft_tiny.yaml"), tmp_path / "sft.yaml", sft),
         rl_config=_trimmed(str(repo / "configs/paper/rl_spatialscore_tiny.yaml"), tmp_path / "rl.yaml", rl),
+        rm_config=str(repo / PaperConfig.rm_config),  # read up front (run_folders), from another working folder
+        rule_config=str(repo / PaperConfig.rule_config),
         images_per_prompt=2,
         heldout_images_per_prompt=1,
         steps=2,
@@ -185,3 +210,41 @@ def test_stage_budgets_are_lightning_max_time_overrides():
 
     assert _max_time(3) == "--trainer.max_time=00:00:03:00"
     assert _max_time(90) == "--trainer.max_time=00:01:30:00"
+
+
+def test_run_folders_come_from_the_stage_configs_and_must_chain(tmp_path):
+    """The loop moves each config's default_root_dir into its run; an RL config that does not start from the
+    loop's supervised start (or reads another reward model) is refused, naming the file and field."""
+    import yaml
+
+    from spatialrl.paper import PaperConfig, run_folders
+
+    repo = Path(__file__).resolve().parents[2]
+    shipped = PaperConfig(out="x")
+    paths = {k: str(repo / getattr(shipped, k)) for k in ("sft_config", "rm_config", "rl_config", "rule_config")}
+    roots = run_folders(PaperConfig(out="x", compare_rule=True, **paths))
+    for key, config in zip(("sft", "rm", "rl", "rule"), paths.values(), strict=True):
+        assert roots[key] == yaml.safe_load(Path(config).read_text())["trainer"]["default_root_dir"]
+    assert len(set(roots.values())) == 4
+
+    rule = yaml.safe_load(Path(paths["rule_config"]).read_text())
+    rule["model"]["init_args"]["policy"]["path"] = "runs/elsewhere/policy"
+    (tmp_path / "rule.yaml").write_text(yaml.safe_dump(rule))
+    other = {**paths, "rule_config": str(tmp_path / "rule.yaml")}
+    assert run_folders(PaperConfig(out="x", **other)) == {**roots}  # not checked without --compare-rule
+    with pytest.raises(ValueError, match=r"rule.yaml: model.init_args.policy.path is 'runs/elsewhere/policy', not"):
+        run_folders(PaperConfig(out="x", compare_rule=True, **other))
+
+    rl = yaml.safe_load(Path(paths["rl_config"]).read_text())
+    rl["model"]["init_args"]["reward"]["init_args"]["path"] = roots["rm"] + "-old/export"  # a prefix is not inside
+    (tmp_path / "rl.yaml").write_text(yaml.safe_dump(rl))
+    with pytest.raises(ValueError, match=r"rl.yaml: model.init_args.reward.init_args.path is .*the loop's reward"):
+        run_folders(PaperConfig(out="x", **{**paths, "rl_config": str(tmp_path / "rl.yaml")}))
+
+    with pytest.raises(ValueError, match=r"nowhere.yaml: no such file \(the rule stage's config; relative to"):
+        run_folders(PaperConfig(out="x", **{**paths, "rule_config": str(tmp_path / "nowhere.yaml")}))
+
+    del rl["trainer"]["default_root_dir"]
+    (tmp_path / "rl.yaml").write_text(yaml.safe_dump(rl))
+    with pytest.raises(ValueError, match=r"rl.yaml: trainer.default_root_dir is not set"):
+        run_folders(PaperConfig(out="x", **{**paths, "rl_config": str(tmp_path / "rl.yaml")}))
