@@ -181,7 +181,7 @@ def run_folders(settings: PaperConfig) -> dict[str, str]:
     }
     for key, path in configs.items():
         if not Path(path).is_file():
-            raise ValueError(f"{path}: no such file (the {key} stage's config; relative to {Path.cwd()})")
+            raise ValueError(f"{path}: no such file (--{key}-config, relative to {Path.cwd()})")
     loaded = {key: yaml.safe_load(Path(path).read_text()) or {} for key, path in configs.items()}
     roots = {}
     for key, config in loaded.items():

@@ -241,7 +241,7 @@ def test_run_folders_come_from_the_stage_configs_and_must_chain(tmp_path):
     with pytest.raises(ValueError, match=r"rl.yaml: model.init_args.reward.init_args.path is .*the loop's reward"):
         run_folders(PaperConfig(out="x", **{**paths, "rl_config": str(tmp_path / "rl.yaml")}))
 
-    with pytest.raises(ValueError, match=r"nowhere.yaml: no such file \(the rule stage's config; relative to"):
+    with pytest.raises(ValueError, match=r"nowhere.yaml: no such file \(--rule-config, relative to"):
         run_folders(PaperConfig(out="x", **{**paths, "rule_config": str(tmp_path / "nowhere.yaml")}))
 
     del rl["trainer"]["default_root_dir"]
