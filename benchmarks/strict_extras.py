@@ -1,7 +1,8 @@
 """What does the strict judge count as extra in a policy's images? Samples every held-out prompt (the evaluation's
-seed-999 noise, 20 Euler steps), judges each image, and tallies every extra object by colour and size: a second
-component of a named colour, a component of an unnamed palette colour, or one of off-palette ("unmatched") pixels;
-"small" is under 2% of the image, "large" over 30%. Writes the tally (Markdown) and a grid of the images with extras.
+seed-999 noise, 20 Euler steps), judges each image, and tallies every extra object (``Judgement.extras``) by colour
+and size: a named colour's components beyond its largest, a component of an unnamed palette colour, or one of
+off-palette ("unmatched") pixels; "small" is under 2% of the image, "large" over 30%. Writes the tally (Markdown)
+and a grid of the images with extras.
 
     python benchmarks/strict_extras.py --policy RUN/rl-spatialscore/policy --prompts RUN/prompts/heldout.txt \
         --out benchmarks/results/paper/strict_extras_wide_seed1
@@ -19,22 +20,12 @@ from PIL import Image
 
 from spatialrl.evaluate import parse_policy_spec
 from spatialrl.rollout import ode_images
-from spatialscore.data.strict import Judgement, judge
+from spatialscore.data.strict import judge
 
 
-def extra_objects(judgement: Judgement, prompt: str) -> list[str]:
-    """``colour/size`` of each object the judge counts as extra (beyond the largest one of each named colour)."""
-    by_colour: dict[str, list] = {}
-    for found in judgement.objects:
-        by_colour.setdefault(found.colour, []).append(found)
-    labels = []
-    for colour, found in by_colour.items():
-        if colour != "unmatched" and colour in prompt.split():
-            found = sorted(found, key=lambda o: -o.detection.area)[1:]
-        for obj in found:
-            area = obj.detection.area
-            labels.append(f"{colour}/{'large' if area > 0.3 else 'small' if area < 0.02 else 'medium'}")
-    return labels
+def size_label(area: float) -> str:
+    """``small`` under 2% of the image, ``large`` over 30%, else ``medium``."""
+    return "large" if area > 0.3 else "small" if area < 0.02 else "medium"
 
 
 def main() -> None:
@@ -69,7 +60,7 @@ def main() -> None:
         correct += judgement.correct
         if judgement.has_extra:
             with_extra += 1
-            tally.update(extra_objects(judgement, prompt))
+            tally.update(f"{obj.colour}/{size_label(obj.detection.area)}" for obj in judgement.extras)
             if len(shown) < 32:
                 shown.append(image)
     lines = [

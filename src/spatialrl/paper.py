@@ -169,16 +169,13 @@ def stage_config(base: str | Path, *, moves: Mapping[str, str]) -> str:
 
 
 def run_folders(settings: PaperConfig) -> dict[str, str]:
-    """Each stage config's ``trainer.default_root_dir`` (``sft``, ``rm``, ``rl``, ``rule``): the folders the loop
-    moves into its run folder. The RL configs must start from the supervised start's folder and the RL config must
-    read its reward model from the reward model's, else the loop would train from (or on) something it did not make:
-    :class:`ValueError` names the file and field."""
-    configs = {
-        "sft": settings.sft_config,
-        "rm": settings.rm_config,
-        "rl": settings.rl_config,
-        "rule": settings.rule_config,
-    }
+    """Each stage config's ``trainer.default_root_dir`` (``sft``, ``rm``, ``rl``, and ``rule`` with ``compare_rule``):
+    the folders the loop moves into its run folder. The RL configs must start from the supervised start's folder and
+    the RL config must read its reward model from the reward model's, else the loop would train from (or on)
+    something it did not make: :class:`ValueError` names the file and field."""
+    configs = {"sft": settings.sft_config, "rm": settings.rm_config, "rl": settings.rl_config}
+    if settings.compare_rule:
+        configs["rule"] = settings.rule_config
     for key, path in configs.items():
         if not Path(path).is_file():
             raise ValueError(f"{path}: no such file (--{key}-config, relative to {Path.cwd()})")
@@ -190,7 +187,7 @@ def run_folders(settings: PaperConfig) -> dict[str, str]:
             raise ValueError(f"{configs[key]}: trainer.default_root_dir is not set (the loop moves it into its run)")
         roots[key] = str(root).rstrip("/")
     needs = [("rl", "policy", ("policy", "path"), "sft"), ("rl", "reward", ("reward", "init_args", "path"), "rm")]
-    if settings.compare_rule:
+    if "rule" in configs:
         needs.append(("rule", "policy", ("policy", "path"), "sft"))
     for key, what, fields, source in needs:
         value: Any = (loaded[key].get("model") or {}).get("init_args") or {}
@@ -528,7 +525,6 @@ def summarize(settings: PaperConfig, out: Path, records: Mapping[str, Any]) -> d
             "diverged": diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=2),
             # the last validation alone: a fall the run ended too soon to confirm (patience 2) is still a finding
             "diverging_at_end": diverged(rewards=rewards, judge=judge, tolerance=0.05, patience=1),
-            "best_strict_correct": round(max(judge), 4) if judge else None,
             "val/reward": [round(v, 4) for v in rewards],
             "val/strict_correct": [round(v, 4) for v in judge],
         }
@@ -595,7 +591,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         if values.get("diverging_at_end") and not values["diverged"]:
             verdict = (
                 "began to diverge at the last validation, too late for a second one to confirm it (strict "
-                f"{values['best_strict_correct']:.3f} at its best, then more than 0.05 lower while the reward rose)"
+                f"{max(values['val/strict_correct']):.3f} at its best, then more than 0.05 lower while the reward rose)"
             )
         lines.append(
             f"- {name}: training reward and strict judge {verdict} "

@@ -75,7 +75,6 @@ def test_summary_markdown_reports_every_number():
             "rl-spatialscore": {
                 "diverged": False,
                 "diverging_at_end": True,
-                "best_strict_correct": 0.901,
                 "val/reward": [-44.8, -26.0, -22.0],
                 "val/strict_correct": [0.224, 0.901, 0.318],
             },
@@ -159,7 +158,6 @@ def test_loop_runs_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
         sft_config=_trimmed(str(repo / "configs/paper/sft_tiny.yaml"), tmp_path / "sft.yaml", sft),
         rl_config=_trimmed(str(repo / "configs/paper/rl_spatialscore_tiny.yaml"), tmp_path / "rl.yaml", rl),
         rm_config=str(repo / PaperConfig.rm_config),  # read up front (run_folders), from another working folder
-        rule_config=str(repo / PaperConfig.rule_config),
         images_per_prompt=2,
         heldout_images_per_prompt=1,
         steps=2,
@@ -226,12 +224,13 @@ def test_run_folders_come_from_the_stage_configs_and_must_chain(tmp_path):
     for key, config in zip(("sft", "rm", "rl", "rule"), paths.values(), strict=True):
         assert roots[key] == yaml.safe_load(Path(config).read_text())["trainer"]["default_root_dir"]
     assert len(set(roots.values())) == 4
+    without_rule = {**paths, "rule_config": str(tmp_path / "nowhere.yaml")}  # not read without --compare-rule
+    assert run_folders(PaperConfig(out="x", **without_rule)) == {k: v for k, v in roots.items() if k != "rule"}
 
     rule = yaml.safe_load(Path(paths["rule_config"]).read_text())
     rule["model"]["init_args"]["policy"]["path"] = "runs/elsewhere/policy"
     (tmp_path / "rule.yaml").write_text(yaml.safe_dump(rule))
     other = {**paths, "rule_config": str(tmp_path / "rule.yaml")}
-    assert run_folders(PaperConfig(out="x", **other)) == {**roots}  # not checked without --compare-rule
     with pytest.raises(ValueError, match=r"rule.yaml: model.init_args.policy.path is 'runs/elsewhere/policy', not"):
         run_folders(PaperConfig(out="x", compare_rule=True, **other))
 
@@ -242,7 +241,7 @@ def test_run_folders_come_from_the_stage_configs_and_must_chain(tmp_path):
         run_folders(PaperConfig(out="x", **{**paths, "rl_config": str(tmp_path / "rl.yaml")}))
 
     with pytest.raises(ValueError, match=r"nowhere.yaml: no such file \(--rule-config, relative to"):
-        run_folders(PaperConfig(out="x", **{**paths, "rule_config": str(tmp_path / "nowhere.yaml")}))
+        run_folders(PaperConfig(out="x", compare_rule=True, **without_rule))
 
     del rl["trainer"]["default_root_dir"]
     (tmp_path / "rl.yaml").write_text(yaml.safe_dump(rl))

@@ -56,6 +56,8 @@ def test_a_duplicated_object_fails_although_the_centroids_still_hold():
     verdict = judge(image, PROMPT)
     assert not verdict.correct and verdict.duplicated == ("red",) and verdict.extra == 1 and verdict.has_extra
     assert verdict.relations == 0.0  # no single red object to place
+    (smaller,) = verdict.extras  # the larger red counts as the named object, the smaller one as extra
+    assert smaller.colour == "red" and smaller.detection.box[0] < 4 / 64 < 8 / 64 == RED_LEFT[2][0] / 64
 
 
 def test_the_right_layout_drawn_twice_fails():
@@ -77,7 +79,7 @@ def test_an_object_of_another_colour_is_extra(colour):
     verdict = judge(image, PROMPT)
     assert not verdict.correct and verdict.extra == 1 and verdict.missing == ()
     assert verdict.relations == 1.0  # the layout itself is right: only the extra object fails it
-    assert ("unmatched" if isinstance(colour, tuple) else colour) in {o.colour for o in verdict.objects}
+    assert [o.colour for o in verdict.extras] == ["unmatched" if isinstance(colour, tuple) else colour]
 
 
 def test_a_missing_object_fails():

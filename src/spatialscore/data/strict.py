@@ -10,8 +10,8 @@ checker, and its 8-connected components of at least ``min_pixels`` pixels are th
 the procedural grammar (:func:`~spatialscore.data.synthetic.parse_prompt`):
 
 - a named colour with no component is **missing**; one with several components is **duplicated**;
-- every component beyond the first of a named colour, of an unnamed palette colour, or of unmatched pixels
-  (a blob of a colour outside the palette) is an **extra** object;
+- every component of a named colour beyond its largest (which counts as the named object), of an unnamed palette
+  colour, or of unmatched pixels (a blob of a colour outside the palette) is an **extra** object;
 - an object whose bounding box is at least ``shape_min_side`` pixels on both sides has its shape read by
   comparing it with each shape drawn in the same box (best intersection over union); an object of another
   shape than the prompt names is a **wrong shape**. Smaller objects, and objects whose box overlaps another's
@@ -72,9 +72,14 @@ class Judgement:
     relations: float
     missing: tuple[str, ...]
     duplicated: tuple[str, ...]
-    extra: int
+    extras: tuple[FoundObject, ...]
     wrong_shape: tuple[str, ...]
     objects: tuple[FoundObject, ...]
+
+    @property
+    def extra(self) -> int:
+        """How many extra objects the image shows (``extras``: which ones)."""
+        return len(self.extras)
 
     @property
     def has_extra(self) -> bool:
@@ -184,17 +189,21 @@ def judge(
         by_colour.setdefault(obj.colour, []).append(obj)
     missing = tuple(c for c in named if c not in by_colour)
     duplicated = tuple(c for c in named if len(by_colour.get(c, ())) > 1)
-    extra = sum(len(found) - (colour in named) for colour, found in by_colour.items())
+    extras = tuple(
+        obj
+        for colour, found in by_colour.items()
+        for obj in (sorted(found, key=lambda o: -o.detection.area)[1:] if colour in named else found)
+    )
     single = {c: by_colour[c][0] for c in named if len(by_colour.get(c, ())) == 1}
     wrong_shape = tuple(c for c, obj in single.items() if obj.shape is not None and obj.shape != named[c])
     geometry = {c: obj.detection for c, obj in single.items()}
     held = sum(_slack(relation, geometry) > 0 for relation in relations) / len(relations)
     return Judgement(
-        correct=held == 1.0 and not (missing or duplicated or extra or wrong_shape),  # clean, relations held
+        correct=held == 1.0 and not (missing or duplicated or extras or wrong_shape),  # clean, relations held
         relations=held,
         missing=missing,
         duplicated=duplicated,
-        extra=extra,
+        extras=extras,
         wrong_shape=wrong_shape,
         objects=tuple(objects),
     )
